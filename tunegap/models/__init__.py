@@ -1,0 +1,40 @@
+"""Models built by name: `build_model("cnn1d", num_classes=10)`.
+
+Each family lives in its own module and registers its builders with `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+ModelBuilder = Callable[..., nn.Module]
+MODELS: dict[str, ModelBuilder] = {}
+
+
+def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a model builder to the registry under `name`."""
+
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = builder
+        return builder
+
+    return add
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a registered model; unknown names get the list of known ones."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}"
+        ) from None
+    return builder(**kwargs)
+
+
+# Importing the family modules fills the registry.
+from tunegap.models import cnn1d as _cnn1d  # noqa: E402, F401

@@ -1,0 +1,165 @@
+"""Datasets held as tensors on the training device, and a batch loader over them.
+
+Small datasets (MNIST-1D, MNIST, CIFAR) fit in device memory, so an epoch is a seeded random
+permutation and index slicing: no DataLoader workers, no host-device copies per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "tunegap"
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A train/test split as tensors; `x_*` are float32 with a channel axis."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def train_size(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(
+            name=self.name,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+            num_classes=self.num_classes,
+        )
+
+
+def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
+    # Several trials may build the same cache at once: write aside, then rename in one step.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_mnist1d(
+    *, num_samples: int = 10_000, seed: int = 42, data_dir: str | Path | None = None
+) -> TensorData:
+    """MNIST-1D (Greydanus 2020), generated offline by the `mnist1d` package.
+
+    80% train / 20% test as in the package. The arrays are cached in `data_dir` (default
+    ~/.cache/tunegap) under a name that encodes the generation arguments, so a change of
+    arguments never reads a stale file.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    key = hashlib.sha1(repr(sorted(vars(args).items())).encode()).hexdigest()[:10]
+    path = Path(data_dir or DEFAULT_DATA_DIR) / f"mnist1d-{num_samples}-{seed}-{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    else:
+        made = make_dataset(args)
+        arrays = {k: np.asarray(made[k]) for k in ("x", "y", "x_test", "y_test")}
+        _save_npz_atomically(path, **arrays)
+    return TensorData(
+        name="mnist1d",
+        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
+        y_train=torch.from_numpy(arrays["y"]).long(),
+        x_test=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
+        y_test=torch.from_numpy(arrays["y_test"]).long(),
+        num_classes=10,
+    )
+
+
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+class DeviceLoader:
+    """Batches of a device-resident dataset, reshuffled each epoch by a seeded generator.
+
+    The permutation is drawn on the CPU generator (so a seed gives the same order on every
+    device) and moved to the data's device once per epoch. The last batch of an epoch may be
+    smaller: no sample is dropped. `state_dict` holds the generator state for checkpoints.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        augment: Augment | None = None,
+    ) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+        else:
+            order = None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                xb = self.x[start : start + self.batch_size]
+                yb = self.y[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                xb, yb = self.x[idx], self.y[idx]
+            if self.augment is not None:
+                xb = self.augment(xb, self.generator)
+            yield xb, yb
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+DATASETS: dict[str, Callable[..., TensorData]] = {"mnist1d": load_mnist1d}
+
+
+def load_dataset(name: str, **kwargs: object) -> TensorData:
+    """Load a dataset by name (see `DATASETS`)."""
+    try:
+        loader = DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}: use one of {', '.join(sorted(DATASETS))}"
+        ) from None
+    return loader(**kwargs)

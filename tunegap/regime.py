@@ -1,0 +1,183 @@
+"""The training regime and the paper's two rules that change it with the batch size.
+
+- Learning-rate scaling (+LR): lr = base_lr * (B / B0) ** lr_exponent. Exponent 0.5 is the
+  paper's square-root rule (it keeps the covariance of the weight increments equal to the
+  small-batch one), 1 is the linear rule of Goyal et al. 2017.
+- Regime adaptation (+RA): the number of epochs and every LR-decay epoch are multiplied by
+  `regime_multiplier`; the word "matched" means ceil(B / B0), as in the authors' code, which
+  gives the large batch as many weight updates as the small one.
+
+Warm-up is kept in epochs, not multiplied: Goyal et al. define it as a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MATCHED = "matched"
+MULTIPLIER_WORDS = (MATCHED,)
+
+
+def parse_regime_multiplier(value: object) -> float | str:
+    """Check a regime multiplier: a finite number > 0, or the word "matched".
+
+    Multipliers below 1 (shorter training) are allowed as long as they are positive, since a
+    study may ask how fast the gap opens; zero, negative or non-finite values are not.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in MULTIPLIER_WORDS:
+            return word
+        try:
+            value = float(word)
+        except ValueError:
+            raise ValueError(
+                f"regime_multiplier {value!r} is not allowed: use a positive number or "
+                f"one of {', '.join(MULTIPLIER_WORDS)}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"regime_multiplier {value!r} is not allowed: use a positive number or "
+            f"one of {', '.join(MULTIPLIER_WORDS)}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"regime_multiplier {value!r} is not allowed: use a finite number > 0 or "
+            f"one of {', '.join(MULTIPLIER_WORDS)}"
+        )
+    return float(value)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return `value` if it is a positive integer (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} {value!r} is not allowed: use a positive integer")
+    return value
+
+
+def check_exponent(value: object) -> float:
+    """An LR-scaling exponent: a finite number >= 0 (0 = no scaling, 0.5 sqrt, 1 linear)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"lr_exponent {value!r} is not allowed: use a finite number >= 0")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"lr_exponent {value!r} is not allowed: use a finite number >= 0")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ResolvedRegime:
+    """The concrete schedule of one trial at one batch size."""
+
+    batch_size: int
+    lr: float
+    epochs: int
+    decay_epochs: tuple[int, ...]
+    decay_factor: float
+    warmup_epochs: float
+    clip_norm: float | None
+    multiplier: float
+    updates_per_epoch: int | None
+    total_updates: int | None
+
+    def lr_at(self, epoch_progress: float) -> float:
+        """Learning rate at a fractional epoch (e.g. 3.25 = a quarter into the 4th epoch).
+
+        Linear warm-up from lr / warmup_steps to lr over `warmup_epochs`, then a step decay
+        by `decay_factor` at each decay epoch.
+        """
+        lr = self.lr * self.decay_factor ** sum(epoch_progress >= d for d in self.decay_epochs)
+        if self.warmup_epochs > 0 and epoch_progress < self.warmup_epochs:
+            lr *= (epoch_progress + self._warmup_floor()) / self.warmup_epochs
+        return lr
+
+    def _warmup_floor(self) -> float:
+        # The first update already uses a non-zero rate: one update's worth of progress.
+        return 1.0 / self.updates_per_epoch if self.updates_per_epoch else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat `resolved_*` entries for MLflow params and result tables."""
+        return {
+            "resolved_lr": self.lr,
+            "resolved_epochs": self.epochs,
+            "resolved_decay_epochs": ",".join(str(d) for d in self.decay_epochs),
+            "resolved_multiplier": self.multiplier,
+            "resolved_total_updates": self.total_updates,
+        }
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A base training regime defined at `base_batch_size`, plus the two scaling rules."""
+
+    base_lr: float
+    base_batch_size: int
+    epochs: int
+    decay_epochs: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    lr_exponent: float = 0.0
+    regime_multiplier: float | str = 1.0
+    warmup_epochs: float = 0.0
+    clip_norm: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
+            raise ValueError(f"base_lr {self.base_lr!r} is not allowed: use a number > 0")
+        check_positive_int("base_batch_size", self.base_batch_size)
+        check_positive_int("epochs", self.epochs)
+        object.__setattr__(self, "decay_epochs", tuple(self.decay_epochs))
+        for d in self.decay_epochs:
+            if isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= self.epochs:
+                raise ValueError(
+                    f"decay epoch {d!r} is not allowed: use integers in 1..epochs ({self.epochs})"
+                )
+        if list(self.decay_epochs) != sorted(self.decay_epochs):
+            raise ValueError(f"decay_epochs {self.decay_epochs} must be increasing")
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(f"decay_factor {self.decay_factor!r} is not allowed: use 0 < f <= 1")
+        object.__setattr__(self, "lr_exponent", check_exponent(self.lr_exponent))
+        object.__setattr__(
+            self, "regime_multiplier", parse_regime_multiplier(self.regime_multiplier)
+        )
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise ValueError(f"warmup_epochs {self.warmup_epochs!r} is not allowed: use >= 0")
+        if self.clip_norm is not None and not (
+            math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ValueError(f"clip_norm {self.clip_norm!r} is not allowed: use > 0 or None")
+
+    def multiplier_for(self, batch_size: int) -> float:
+        """The numeric regime multiplier at this batch size ("matched" = ceil(B/B0))."""
+        if self.regime_multiplier == MATCHED:
+            return float(math.ceil(batch_size / self.base_batch_size))
+        return float(self.regime_multiplier)
+
+    def lr_for(self, batch_size: int) -> float:
+        """base_lr * (B / B0) ** lr_exponent."""
+        return self.base_lr * (batch_size / self.base_batch_size) ** self.lr_exponent
+
+    def resolve(self, batch_size: int, train_size: int | None = None) -> ResolvedRegime:
+        """The concrete lr, epochs and decay epochs at `batch_size`.
+
+        With `train_size` (number of training samples) it also gives updates per epoch and in
+        total; the last, smaller batch of an epoch counts as an update (no samples dropped).
+        """
+        check_positive_int("batch_size", batch_size)
+        mult = self.multiplier_for(batch_size)
+        epochs = max(1, round(self.epochs * mult))
+        decay = tuple(max(1, round(d * mult)) for d in self.decay_epochs)
+        per_epoch = None if train_size is None else math.ceil(train_size / batch_size)
+        return ResolvedRegime(
+            batch_size=batch_size,
+            lr=self.lr_for(batch_size),
+            epochs=epochs,
+            decay_epochs=decay,
+            decay_factor=self.decay_factor,
+            warmup_epochs=self.warmup_epochs,
+            clip_norm=self.clip_norm,
+            multiplier=mult,
+            updates_per_epoch=per_epoch,
+            total_updates=None if per_epoch is None else per_epoch * epochs,
+        )

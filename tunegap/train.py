@@ -1,0 +1,343 @@
+"""The training engine: one epoch of SGD and an evaluation, with per-epoch metrics.
+
+No Ray and no MLflow in here, so one configuration can be debugged on its own:
+
+    python -m tunegap.train --workload mnist1d-cnn --batch-size 2048 --ghost-batch-size 32 \
+        --lr-exponent 0.5 --regime-multiplier matched --seed 0
+
+A step reads top to bottom: set the scheduled learning rate, forward, loss, backward, clip,
+SGD step. Metrics are summed on the device and read once per epoch, so a GPU never waits for
+the host inside an epoch. A non-finite loss ends the run as `diverged` instead of crashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunegap.config import TrialConfig
+from tunegap.data import DeviceLoader, TensorData, load_dataset
+from tunegap.gbn import convert_to_ghost_bn
+from tunegap.models import build_model
+from tunegap.regime import ResolvedRegime
+
+METRIC_NAMES = (
+    "epoch",
+    "updates",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "train_test_gap",
+    "weight_distance",
+    "seconds",
+)
+
+
+def pick_device(name: str) -> torch.device:
+    """ "auto" means CUDA where present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available: use cpu or auto")
+    return torch.device(name)
+
+
+def load_workload_data(config: TrialConfig) -> TensorData:
+    workload = config.get_workload()
+    kwargs: dict[str, Any] = dict(workload.dataset_kwargs)
+    if config.data_dir is not None:
+        kwargs["data_dir"] = config.data_dir
+    return load_dataset(workload.dataset, **kwargs)
+
+
+class Engine:
+    """Trains one `TrialConfig` epoch by epoch.
+
+    Accuracies are in percent. `train_loss`/`train_acc` are averaged over the epoch's batches
+    in training mode (as the authors' code reports them), so they cost no extra pass.
+    """
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        *,
+        data: TensorData | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config = config
+        self.workload = config.get_workload()
+        self.device = pick_device(config.device) if device is None else torch.device(device)
+        self.data = (data or load_workload_data(config)).to(self.device)
+        self.regime = config.regime()
+        self.resolved: ResolvedRegime = self.regime.resolve(
+            config.batch_size, train_size=self.data.train_size
+        )
+
+        # The model's initial weights depend on the seed alone, never on global RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_model(
+                self.workload.model, num_classes=self.data.num_classes, **self.workload.model_kwargs
+            )
+        if config.ghost_batch_size is not None:
+            model = convert_to_ghost_bn(model, config.ghost_batch_size)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=self.resolved.lr,
+            momentum=self.regime.momentum,
+            weight_decay=self.regime.weight_decay,
+        )
+        self.loader = DeviceLoader(
+            self.data.x_train,
+            self.data.y_train,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+        )
+        self.initial_params = [p.detach().clone() for p in self.model.parameters()]
+        self.epoch = 0
+        self.updates = 0
+        self.diverged = False
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or self.epoch >= self.resolved.epochs
+
+    def weight_distance(self) -> float:
+        """||w_t - w_0|| over all trainable parameters (the paper's Figure 2 quantity)."""
+        total = torch.zeros((), device=self.device)
+        for p, p0 in zip(self.model.parameters(), self.initial_params, strict=True):
+            total += (p.detach() - p0).pow(2).sum()
+        return float(total.sqrt())
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate, and return the epoch's metrics."""
+        if self.done:
+            raise RuntimeError("the regime is finished: no epochs left to train")
+        started = time.perf_counter()
+        self.model.train()
+        steps = len(self.loader)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        lr = self.resolved.lr
+        for i, (x, y) in enumerate(self.loader):
+            lr = self.resolved.lr_at(self.epoch + i / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.resolved.clip_norm is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm)
+            self.optimizer.step()
+            self.updates += 1
+            n = y.shape[0]
+            loss_sum += loss.detach() * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += n
+        self.epoch += 1
+        train_loss = float(loss_sum) / seen
+        train_acc = 100.0 * float(correct) / seen
+        if not math.isfinite(train_loss):
+            self.diverged = True
+            test_loss, test_acc, distance = math.nan, math.nan, math.nan
+        else:
+            test_loss, test_acc = self.evaluate()
+            distance = self.weight_distance()
+            if not (math.isfinite(test_loss) and math.isfinite(distance)):
+                self.diverged = True
+        return {
+            "epoch": self.epoch,
+            "updates": self.updates,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "train_test_gap": train_acc - test_acc,
+            "weight_distance": distance,
+            "seconds": time.perf_counter() - started,
+            "diverged": self.diverged,
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy (percent) with running BatchNorm statistics."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        x_all, y_all = self.data.x_test, self.data.y_test
+        for start in range(0, x_all.shape[0], self.workload.eval_batch_size):
+            x = x_all[start : start + self.workload.eval_batch_size]
+            y = y_all[start : start + self.workload.eval_batch_size]
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        n = x_all.shape[0]
+        return float(loss_sum) / n, 100.0 * float(correct) / n
+
+    def run(self, *, on_epoch: Any = None) -> list[dict[str, Any]]:
+        """Train to the end of the regime (or divergence); returns every epoch's metrics."""
+        history = []
+        while not self.done:
+            metrics = self.train_epoch()
+            history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+        return history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stopped."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "initial_params": [p.cpu() for p in self.initial_params],
+            "epoch": self.epoch,
+            "updates": self.updates,
+            "diverged": self.diverged,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != self.config.to_dict():
+            raise ValueError("checkpoint belongs to a different trial config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        self.initial_params = [p.to(self.device) for p in state["initial_params"]]
+        self.epoch = state["epoch"]
+        self.updates = state["updates"]
+        self.diverged = state["diverged"]
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineErrorParser(
+        prog="python -m tunegap.train",
+        description="Train one configuration (no Ray, no MLflow) and print one line per epoch.",
+    )
+    p.add_argument("--workload", default="mnist1d-cnn")
+    p.add_argument("--batch-size", required=True, type=_int_arg("--batch-size"))
+    p.add_argument(
+        "--ghost-batch-size",
+        default="none",
+        help="positive integer, or 'none' for plain BatchNorm (default)",
+    )
+    p.add_argument(
+        "--lr-exponent",
+        default=0.0,
+        type=_float_arg("--lr-exponent"),
+        help="lr = base_lr * (B/B0)^alpha; 0.5 is the paper's sqrt rule",
+    )
+    p.add_argument(
+        "--regime-multiplier",
+        default="1",
+        help="epochs and decay epochs times this number, or 'matched' = ceil(B/B0)",
+    )
+    p.add_argument("--seed", default=0, type=_int_arg("--seed"))
+    p.add_argument(
+        "--epochs",
+        default=None,
+        type=_int_arg("--epochs"),
+        help="override the workload's base epochs (before the multiplier)",
+    )
+    p.add_argument("--base-lr", default=None, type=_float_arg("--base-lr"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", default=None)
+    return p
+
+
+def _int_arg(flag: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
+
+    return parse
+
+
+def _float_arg(flag: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
+
+    return parse
+
+
+def format_epoch(m: dict[str, Any]) -> str:
+    return (
+        f"epoch {m['epoch']:4d}  updates {m['updates']:6d}  lr {m['lr']:.4g}  "
+        f"train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:6.2f}  "
+        f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:6.2f}  "
+        f"weight_distance {m['weight_distance']:.3f}  {m['seconds']:.2f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = TrialConfig(
+            workload=args.workload,
+            batch_size=args.batch_size,
+            ghost_batch_size=args.ghost_batch_size,
+            lr_exponent=args.lr_exponent,
+            regime_multiplier=args.regime_multiplier,
+            seed=args.seed,
+            epochs=args.epochs,
+            base_lr=args.base_lr,
+            device=args.device,
+            data_dir=args.data_dir,
+        )
+        pick_device(config.device)
+    except ValueError as err:
+        print(f"python -m tunegap.train: error: {err}", file=sys.stderr)
+        return 2
+    engine = Engine(config)
+    r = engine.resolved
+    print(
+        f"# {config.workload} B={config.batch_size} ghost={config.ghost_batch_size} "
+        f"lr={r.lr:.4g} epochs={r.epochs} decay_epochs={list(r.decay_epochs)} "
+        f"updates={r.total_updates} device={engine.device}",
+        flush=True,
+    )
+    history = engine.run(on_epoch=lambda m: print(format_epoch(m), flush=True))
+    last = history[-1]
+    outcome = "diverged" if engine.diverged else "completed"
+    print(
+        f"# {outcome}: test_acc {last['test_acc']:.2f}  train_acc {last['train_acc']:.2f}  "
+        f"train_test_gap {last['train_test_gap']:.2f}  updates {last['updates']}  "
+        f"seconds {sum(m['seconds'] for m in history):.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
