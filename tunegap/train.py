@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         pick_device(config.device)
     except ValueError as err:
         print(f"python -m tunegap.train: error: {err}", file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     engine = Engine(config)
     r = engine.resolved
     print(

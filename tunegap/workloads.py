@@ -23,6 +23,8 @@ class Workload:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_batch_size: int = 2048
+    # The "large batch" of the paper's Table 1 for this workload (4096 for CIFAR there).
+    large_batch_size: int = 4096
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     source: str = ""
@@ -69,6 +71,7 @@ register_workload(
             clip_norm=5.0,
         ),
         eval_batch_size=2000,
+        large_batch_size=2048,
         source=(
             "tunegap's CPU-sized stand-in for the paper's Table 1 (../shared/PAPER.md): "
             "MNIST-1D 8k/2k, 3-layer 1D CNN, SGD momentum 0.9, wd 5e-4, clip 5, "

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+
+from tunegap.regime import MATCHED, Regime, parse_regime_multiplier
+
+
+def paper_regime(**kw):
+    base = dict(base_lr=0.1, base_batch_size=128, epochs=100, decay_epochs=(50, 75))
+    base.update(kw)
+    return Regime(**base)
+
+
+def test_sqrt_rule_matches_the_authors_factor():
+    r = paper_regime(lr_exponent=0.5).resolve(4096)
+    assert r.lr == pytest.approx(0.1 * (4096 / 128) ** 0.5)
+    assert r.lr == pytest.approx(0.1 * math.sqrt(32))
+
+
+def test_linear_rule_and_no_scaling():
+    assert paper_regime(lr_exponent=1).resolve(1024).lr == pytest.approx(0.8)
+    assert paper_regime(lr_exponent=0).resolve(1024).lr == pytest.approx(0.1)
+    # Smaller than B0 scales down.
+    assert paper_regime(lr_exponent=1).resolve(64).lr == pytest.approx(0.05)
+
+
+def test_matched_regime_is_ceil_of_batch_ratio_and_equalises_updates():
+    regime = paper_regime(regime_multiplier=MATCHED)
+    large = regime.resolve(4096, train_size=50_000)
+    assert large.multiplier == 32
+    assert large.epochs == 3200
+    assert large.decay_epochs == (1600, 2400)
+    small = regime.resolve(128, train_size=50_000)
+    assert small.multiplier == 1 and small.epochs == 100
+    assert large.total_updates == 3200 * math.ceil(50_000 / 4096)
+    # Update counts agree up to the one partial (smaller) batch each large-batch epoch has.
+    assert 0 <= large.total_updates - small.total_updates <= large.epochs
+    # A ratio that is not an integer rounds up, as ceil() in the authors' code.
+    assert regime.resolve(200).multiplier == 2
+
+
+def test_numeric_multiplier_scales_epochs_and_decays():
+    r = paper_regime(regime_multiplier=2.5).resolve(512)
+    assert (r.epochs, r.decay_epochs) == (250, (125, 188))
+
+
+def test_lr_schedule_step_decay():
+    r = paper_regime().resolve(128, train_size=1280)
+    assert r.lr_at(0) == pytest.approx(0.1)
+    assert r.lr_at(49.9) == pytest.approx(0.1)
+    assert r.lr_at(50) == pytest.approx(0.01)
+    assert r.lr_at(80) == pytest.approx(0.001)
+
+
+def test_warmup_rises_linearly_then_holds():
+    r = paper_regime(warmup_epochs=5, lr_exponent=1).resolve(1024, train_size=10_240)
+    peak = 0.8
+    assert r.updates_per_epoch == 10
+    first = r.lr_at(0)
+    assert 0 < first < peak / 10
+    assert r.lr_at(2.4) == pytest.approx(peak * 2.5 / 5)
+    assert r.lr_at(5) == pytest.approx(peak)
+    assert r.lr_at(30) == pytest.approx(peak)
+    # Warm-up stays in epochs: the regime multiplier does not stretch it.
+    rm = paper_regime(warmup_epochs=5, regime_multiplier=MATCHED).resolve(1024)
+    assert rm.warmup_epochs == 5
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, "fast", True, None])
+def test_bad_multipliers_are_refused(bad):
+    with pytest.raises(ValueError, match="regime_multiplier"):
+        parse_regime_multiplier(bad)
+
+
+def test_multiplier_words_and_numbers_parse():
+    assert parse_regime_multiplier("Matched") == MATCHED
+    assert parse_regime_multiplier("4") == 4.0
+    assert parse_regime_multiplier(0.5) == 0.5
+
+
+@pytest.mark.parametrize(
+    "kw, word",
+    [
+        ({"lr_exponent": -0.5}, "lr_exponent"),
+        ({"lr_exponent": math.nan}, "lr_exponent"),
+        ({"base_batch_size": 0}, "base_batch_size"),
+        ({"decay_epochs": (80, 40)}, "increasing"),
+        ({"decay_epochs": (150,)}, "decay epoch"),
+        ({"base_lr": 0.0}, "base_lr"),
+        ({"clip_norm": -1.0}, "clip_norm"),
+    ],
+)
+def test_bad_regimes_are_refused(kw, word):
+    with pytest.raises(ValueError, match=word):
+        paper_regime(**kw)
+
+
+def test_resolve_refuses_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        paper_regime().resolve(0)

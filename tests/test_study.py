@@ -1,0 +1,116 @@
+"""End-to-end: tiny real studies on local Ray, MLflow on a temp sqlite file, real Parquet."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tunegap.results import read_tables
+from tunegap.study import RunOptions, Study, StudyError, run_study
+
+pytestmark = pytest.mark.slow
+
+
+def options(tmp_path, data_dir, **kw):
+    base = dict(storage_path=str(tmp_path / "results"),
+                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", device="cpu",
+                data_dir=str(data_dir), quiet=True, checkpoint_every=1)
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def child_runs(client, parent_id):
+    exp_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.fixture(scope="module")
+def ghost_study(tmp_path_factory, data_dir, ray_session):
+    tmp = tmp_path_factory.mktemp("ghost")
+    study = Study(
+        name="ghost_size", workload="mnist1d-cnn", epochs=2,
+        grid={"batch_size": (512, 2048), "ghost_batch_size": (None, 64), "lr_exponent": (0.5,)},
+        # A learning rate this large overflows the weights: the cell must show as diverged.
+        points=({"batch_size": 1024, "base_lr": 1e6},),
+    )
+    outcome = run_study(study, options(tmp, data_dir))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    return study, outcome, client
+
+
+def test_one_child_run_per_trial_under_the_parent(ghost_study):
+    study, outcome, client = ghost_study
+    parent = client.get_run(outcome.parent_run_id)
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.name == "tunegap/ghost_size"
+    assert parent.info.status == "FINISHED"
+    children = child_runs(client, outcome.parent_run_id)
+    assert len(children) == len(study.trial_configs()) == len(outcome.trials) == 6
+    ids = {r.data.tags["tunegap.trial_id"] for r in children}
+    assert ids == set(outcome.trials["trial_id"])
+    assert set(outcome.trials["mlflow_run_id"]) == {r.info.run_id for r in children}
+
+
+def test_child_params_metrics_steps_and_outcomes(ghost_study):
+    _, outcome, client = ghost_study
+    by_run = outcome.trials.set_index("mlflow_run_id")
+    for run in child_runs(client, outcome.parent_run_id):
+        row = by_run.loc[run.info.run_id]
+        p = run.data.params
+        assert int(p["batch_size"]) == row["batch_size"]
+        assert p["ghost_batch_size"] == ("none" if pd.isna(row["ghost_batch_size"])
+                                         else str(int(row["ghost_batch_size"])))
+        assert "resolved_lr" in p and float(p["resolved_lr"]) == pytest.approx(row["resolved_lr"])
+        assert run.data.tags["outcome"] == row["outcome"]
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        epochs = outcome.epochs[outcome.epochs["trial_id"] == row["trial_id"]]
+        # One point per epoch, logged at step = updates, equal to the Parquet rows.
+        assert [m.step for m in history] == epochs["updates"].tolist()
+        for m, value in zip(history, epochs["test_acc"], strict=True):
+            assert (math.isnan(m.value) and math.isnan(value)) or m.value == pytest.approx(value)
+
+
+def test_divergence_is_logged_and_on_the_map(ghost_study):
+    _, outcome, client = ghost_study
+    diverged = outcome.trials[outcome.trials["outcome"] == "diverged"]
+    assert len(diverged) == 1 and diverged["base_lr_override"].iloc[0] == 1e6
+    run = client.get_run(diverged["mlflow_run_id"].iloc[0])
+    assert run.data.tags["outcome"] == "diverged"
+    assert "diverged" in set(outcome.cells["status"])
+    assert "diverged" in outcome.table
+    assert set(outcome.trials["outcome"]) == {"completed", "diverged"}
+
+
+def test_artifacts_and_parquet_match(ghost_study, tmp_path):
+    _, outcome, client = ghost_study
+    names = {f.path for f in client.list_artifacts(outcome.parent_run_id)}
+    assert {"trials.parquet", "epochs.parquet", "summary.md", "gap_map.png"} <= names
+    local = client.download_artifacts(outcome.parent_run_id, "trials.parquet", str(tmp_path))
+    from_mlflow = pd.read_parquet(local)
+    trials, epochs = read_tables(outcome.run_dir)
+    pd.testing.assert_frame_equal(from_mlflow, trials)
+    assert len(epochs) == int(trials["epochs_done"].sum())
+    summary = (outcome.run_dir / "summary.md").read_text()
+    assert "ghost_size" in summary and "closed when gap <=" in summary
+
+
+def test_gap_is_measured_against_the_baseline(ghost_study):
+    _, outcome, _ = ghost_study
+    base = outcome.trials[outcome.trials["is_baseline"]]
+    assert len(base) == 1 and base["batch_size"].iloc[0] == 32
+    cells = outcome.cells.set_index(["batch_size", "ghost_batch_size"], drop=False)
+    row = outcome.trials[(outcome.trials["batch_size"] == 2048)
+                         & outcome.trials["ghost_batch_size"].isna()].iloc[0]
+    cell = outcome.cells[(outcome.cells["batch_size"] == 2048)
+                         & outcome.cells["ghost_batch_size"].isna()].iloc[0]
+    assert cell["gap"] == pytest.approx(base["test_acc"].iloc[0] - row["test_acc"])
+    assert len(cells) == 6
+
+
+def test_resume_without_previous_run_is_refused(tmp_path, data_dir):
+    study = Study(name="lr_scaling", workload="mnist1d-cnn", grid={"batch_size": (64,)})
+    with pytest.raises(StudyError, match="--resume found no previous run"):
+        run_study(study, options(tmp_path, data_dir, resume=True))

@@ -1,0 +1,59 @@
+"""Ghost batch size: at which ghost sizes does Ghost BatchNorm close the gap, per batch size?
+
+    python -m tunegap.studies.ghost_size
+
+Batch sizes x ghost batch sizes (plain BatchNorm included), with the paper's sqrt learning-rate
+scaling, at the workload's base epoch budget; the small-batch baseline is added automatically.
+The map is the gap (points of test accuracy below the baseline) per (batch, ghost) cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tunegap import gapmap
+from tunegap.study import Study, common_study_fields, ghost_list, int_list, study_main, study_parser
+
+QUESTION = (
+    "Which ghost batch sizes close the generalization gap at each batch size, with sqrt "
+    "learning-rate scaling and the base number of epochs?"
+)
+
+
+def figures(cells, trials, epochs) -> dict:
+    return {
+        "gap_map": gapmap.gap_heatmap(
+            cells[~cells["is_baseline"]], rows="batch_size", cols="ghost_batch_size",
+            title="gap to small batch (points): batch size x ghost batch size",
+        )
+    }
+
+
+def parser():
+    p = study_parser("ghost_size", __doc__, seeds=2)
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
+    p.add_argument("--ghost-sizes", type=ghost_list, default=(None, 16, 32, 128, 512))
+    p.add_argument("--lr-exponent", type=float, default=0.5)
+    return p
+
+
+def build(args) -> Study:
+    return Study(
+        name="ghost_size",
+        grid={
+            "batch_size": args.batch_sizes,
+            "ghost_batch_size": args.ghost_sizes,
+            "lr_exponent": (args.lr_exponent,),
+        },
+        question=QUESTION,
+        figures=figures,
+        **common_study_fields(args),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    study_main(parser(), build, argv)
+
+
+if __name__ == "__main__":
+    main()

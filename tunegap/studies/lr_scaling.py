@@ -1,0 +1,84 @@
+"""Learning-rate scaling: which exponent alpha in lr = base_lr * (B/B0)^alpha works best?
+
+    python -m tunegap.studies.lr_scaling
+    python -m tunegap.studies.lr_scaling --search optuna --num-samples 40
+
+Grid: alpha in {0, 0.25, 0.5, 0.75, 1} x batch sizes (0.5 is the paper's sqrt rule, 1 the linear
+rule of Goyal et al.). With `--search optuna`, Optuna searches alpha (continuous, 0..1) and the
+base learning rate (log scale) jointly with the batch size (categorical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tunegap import gapmap
+from tunegap.study import (
+    Study,
+    common_study_fields,
+    float_list,
+    int_list,
+    study_main,
+    study_parser,
+)
+from tunegap.workloads import get_workload
+
+QUESTION = (
+    "Which learning-rate scaling exponent (0 none, 0.5 sqrt, 1 linear) gives the best test "
+    "accuracy at each batch size, for the base number of epochs?"
+)
+
+
+def figures(cells, trials, epochs) -> dict:
+    grid = cells[~cells["is_baseline"]]
+    return {
+        "gap_map": gapmap.gap_heatmap(
+            grid, rows="batch_size", cols="lr_exponent",
+            title="gap to small batch (points): batch size x LR exponent",
+        )
+    }
+
+
+def parser():
+    p = study_parser("lr_scaling", __doc__, seeds=1, searches=("grid", "optuna"))
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
+    p.add_argument("--exponents", type=float_list("--exponents"),
+                   default=(0.0, 0.25, 0.5, 0.75, 1.0))
+    return p
+
+
+def build(args) -> Study:
+    fields = common_study_fields(args)
+    if args.search == "optuna":
+        base_lr = get_workload(args.workload).regime.base_lr if _known(args.workload) else 0.1
+        return Study(
+            name="lr_scaling",
+            grid={"batch_size": args.batch_sizes},
+            optuna_space={"lr_exponent": (0.0, 1.0), "base_lr": (base_lr / 10, base_lr * 10)},
+            question=QUESTION,
+            figures=None,
+            **fields,
+        )
+    return Study(
+        name="lr_scaling",
+        grid={"batch_size": args.batch_sizes, "lr_exponent": args.exponents},
+        question=QUESTION,
+        figures=figures,
+        **fields,
+    )
+
+
+def _known(name: str) -> bool:
+    try:
+        get_workload(name)
+    except ValueError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    study_main(parser(), build, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Table 1 of the paper: SB, LB, +LR, +GBN, +RA for one workload over several seeds.
+
+    python -m tunegap.studies.table1
+
+Each column adds a remedy to the previous one: LB (large batch, nothing changed), +LR (sqrt
+learning-rate scaling), +GBN (ghost batches of B0 samples), +RA (regime adaptation: as many
+updates as the small batch). Printed as a markdown table of test accuracy, mean ± std over
+seeds, beside the paper's numbers where the workload is one of the paper's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from tunegap import gapmap
+from tunegap.remedies import TABLE1_COLUMNS, table1_rows
+from tunegap.study import Study, StudyError, common_study_fields, study_main, study_parser
+from tunegap.workloads import get_workload
+
+QUESTION = (
+    "Does each of the paper's remedies (sqrt LR scaling, Ghost BatchNorm, regime adaptation) "
+    "recover part of the large-batch gap, and do all three together close it?"
+)
+
+
+def column_of(row: pd.Series, b0: int) -> str:
+    if row["batch_size"] == b0:
+        return "SB"
+    if row["regime_multiplier"] not in ("1.0", "1", 1, 1.0):
+        return "+RA"
+    if pd.notna(row["ghost_batch_size"]):
+        return "+GBN"
+    return "+LR" if row["lr_exponent"] > 0 else "LB"
+
+
+def table1_markdown(cells: pd.DataFrame, workload: str) -> str:
+    """One row per workload, one column per remedy: mean ± std test accuracy."""
+    b0 = get_workload(workload).regime.base_batch_size
+    by_column = {column_of(r, b0): r for _, r in cells.iterrows()}
+    head = "| workload | " + " | ".join(TABLE1_COLUMNS) + " |"
+    rule = "|---" * (len(TABLE1_COLUMNS) + 1) + "|"
+    values = []
+    for col in TABLE1_COLUMNS:
+        r = by_column.get(col)
+        if r is None:
+            values.append("-")
+        elif r["status"] in ("diverged", "error"):
+            values.append(str(r["status"]))
+        else:
+            std = r["test_acc_std"]
+            values.append(f"{r['test_acc_mean']:.2f}" + (f" ± {std:.2f}" if pd.notna(std) else ""))
+    return "\n".join([head, rule, f"| {workload} | " + " | ".join(values) + " |"])
+
+
+def figures(cells, trials, epochs) -> dict:
+    return {
+        "test_acc_vs_updates": gapmap.curves(epochs, trials, x="updates", y="test_acc",
+                                             hue="batch_size", logx=True),
+    }
+
+
+def parser():
+    p = study_parser("table1", __doc__, seeds=3)
+    p.add_argument("--large-batch-size", type=int, default=None,
+                   help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
+    return p
+
+
+def build(args) -> Study:
+    try:
+        rows = table1_rows(get_workload(args.workload), large_batch_size=args.large_batch_size)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    points = tuple({k: v for k, v in kw.items() if k != "workload"} for _, kw in rows[1:])
+    return Study(name="table1", points=points, question=QUESTION, figures=figures,
+                 **common_study_fields(args))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    outcome = study_main(parser(), build, argv)
+    print()
+    print(table1_markdown(outcome.cells, outcome.trials["workload"].iloc[0]))
+
+
+if __name__ == "__main__":
+    main()

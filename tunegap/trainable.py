@@ -1,0 +1,61 @@
+"""`GapTrainable`: the training engine as a Ray Tune class trainable, one epoch per step.
+
+Checkpoints hold everything the engine needs to continue exactly where it stopped (model,
+optimizer with momentum buffers, shuffle generator, global RNG, initial weights, counters),
+so a trial restored after a fault reports the same metrics an uninterrupted one would (CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from tunegap.config import TrialConfig
+from tunegap.train import Engine
+
+CHECKPOINT_FILE = "engine.pt"
+
+
+def trial_resources(config: dict[str, Any], *, gpus_per_trial: float | None = None) -> dict:
+    """CPU/GPU per trial: the workload's defaults, GPUs only where the trial may use CUDA."""
+    trial = TrialConfig.from_dict(config)
+    workload = trial.get_workload()
+    gpus = workload.gpus_per_trial if gpus_per_trial is None else gpus_per_trial
+    if trial.device == "cpu":
+        gpus = 0.0
+    return {"cpu": workload.cpus_per_trial, "gpu": gpus}
+
+
+class GapTrainable(tune.Trainable):
+    """A Tune trial of one `TrialConfig`; each `step()` trains and evaluates one epoch.
+
+    Results carry the epoch metrics of `tunegap.train.METRIC_NAMES`, `diverged`, the resolved
+    regime (`resolved_*`, the same in every result) and `done` at the end of the regime or on
+    divergence.
+    """
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self.trial_config = TrialConfig.from_dict(dict(config))
+        # A worker may hold several CPUs; let torch use what Ray reserved for this trial.
+        cpus = int(trial_resources(config)["cpu"])
+        if cpus >= 1:
+            torch.set_num_threads(cpus)
+        self.engine = Engine(self.trial_config)
+        self.resolved = self.engine.resolved.as_dict()
+
+    def step(self) -> dict[str, Any]:
+        metrics = self.engine.train_epoch()
+        metrics.update(self.resolved)
+        metrics["done"] = self.engine.done
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.engine.state_dict(), Path(checkpoint_dir) / CHECKPOINT_FILE)
+
+    def load_checkpoint(self, checkpoint: str | dict) -> None:
+        path = Path(checkpoint) / CHECKPOINT_FILE
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.engine.load_state_dict(state)
