@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tunegap.results import read_tables
+from tunegap.studies import ghost_size
 from tunegap.study import RunOptions, Study, StudyError, run_study
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,7 @@ def ghost_study(tmp_path_factory, data_dir, ray_session):
         grid={"batch_size": (512, 2048), "ghost_batch_size": (None, 64), "lr_exponent": (0.5,)},
         # A learning rate this large overflows the weights: the cell must show as diverged.
         points=({"batch_size": 1024, "base_lr": 1e6},),
+        figures=ghost_size.figures,
     )
     outcome = run_study(study, options(tmp, data_dir))
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
@@ -88,10 +90,13 @@ def test_artifacts_and_parquet_match(ghost_study, tmp_path):
     _, outcome, client = ghost_study
     names = {f.path for f in client.list_artifacts(outcome.parent_run_id)}
     assert {"trials.parquet", "epochs.parquet", "summary.md", "gap_map.png"} <= names
-    local = client.download_artifacts(outcome.parent_run_id, "trials.parquet", str(tmp_path))
-    from_mlflow = pd.read_parquet(local)
+    for name in ("trials.parquet", "epochs.parquet"):
+        client.download_artifacts(outcome.parent_run_id, name, str(tmp_path))
+    trials_logged, epochs_logged = read_tables(tmp_path)
     trials, epochs = read_tables(outcome.run_dir)
-    pd.testing.assert_frame_equal(from_mlflow, trials)
+    pd.testing.assert_frame_equal(trials_logged, trials)
+    pd.testing.assert_frame_equal(epochs_logged, epochs)
+    pd.testing.assert_frame_equal(trials, outcome.trials)
     assert len(epochs) == int(trials["epochs_done"].sum())
     summary = (outcome.run_dir / "summary.md").read_text()
     assert "ghost_size" in summary and "closed when gap <=" in summary

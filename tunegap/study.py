@@ -322,10 +322,11 @@ def _init_ray(options: RunOptions) -> None:
 
     if ray.is_initialized():
         return
-    if options.address:
+    if options.address and options.address != "local":
         ray.init(address=options.address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local" starts a fresh Ray owned by this process, even where `ray start` left one.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def total_trials(study: Study) -> int:
@@ -420,8 +421,9 @@ def collect_records(run_dir: Path, run_ids: dict[str, str]) -> list[dict[str, An
     records = []
     for trial in analysis.trials:
         history, resolved = [], {}
-        result_file = Path(trial.local_path) / "result.json" if trial.local_path else None
-        if result_file is not None and result_file.exists():
+        # trial.path is the storage copy; local_path is Ray's per-session staging folder.
+        result_file = Path(trial.path) / "result.json"
+        if result_file.exists():
             for line in result_file.read_text().splitlines():
                 if line.strip():
                     row = json.loads(line)
@@ -665,7 +667,7 @@ def study_parser(name: str, description: str, *, seeds: int = 1,
                    help="trials for --search optuna")
     p.add_argument("--max-concurrent", type=_positive_int("--max-concurrent"), default=None)
     p.add_argument("--address", default=None,
-                   help="Ray cluster address ('auto' on a cluster); default: start local Ray")
+                   help="Ray cluster address ('auto' on a cluster); default 'local': a new local Ray")
     p.add_argument("--storage-path", default=DEFAULT_STORAGE)
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI} in this folder)")

@@ -1,0 +1,99 @@
+"""Kill a study's driver in the middle of a trial, resume it, compare with an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tunegap.results import read_tables
+
+pytestmark = pytest.mark.slow
+
+KNOBS = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "seed"]
+
+
+def study_command(tmp: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "tunegap.studies.regime_length", "--epochs", "2",
+        "--batch-size", "2048", "--multipliers", "1,40", "--max-concurrent", "1",
+        "--storage-path", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
+        "--device", "cpu", "--data-dir", str(data_dir), "--checkpoint-every", "7", *extra,
+    ]
+
+
+def run_dir_of(tmp: Path) -> Path:
+    (run_dir,) = list((tmp / "results" / "regime_length").glob("2*"))
+    return run_dir
+
+
+def longest_trial_progress(tmp: Path) -> int:
+    try:
+        run_dir = run_dir_of(tmp)
+    except ValueError:
+        return 0
+    # The 80-epoch trial (multiplier 40) runs first: the runner starts the longest first.
+    counts = [len(p.read_text().splitlines()) for p in run_dir.glob("*/result.json")]
+    return max(counts, default=0)
+
+
+def by_config(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    keyed = epochs.merge(trials[["trial_id", *KNOBS]], on="trial_id")
+    keyed["ghost_batch_size"] = keyed["ghost_batch_size"].astype("float")
+    cols = [*KNOBS, "epoch", "updates", "lr", "train_loss", "test_acc", "weight_distance"]
+    return keyed[cols].sort_values([*KNOBS, "epoch"]).reset_index(drop=True)
+
+
+def test_killed_study_resumes_every_trial_exactly_once(tmp_path, data_dir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed.mkdir()
+    straight.mkdir()
+
+    proc = subprocess.Popen(study_command(killed, data_dir), start_new_session=True, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while longest_trial_progress(killed) < 20 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the study never got going"
+        time.sleep(0.2)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    time.sleep(2)  # let Ray's own processes notice their driver is gone
+    interrupted_at = longest_trial_progress(killed)
+    assert 20 <= interrupted_at < 80
+
+    resumed = subprocess.run(study_command(killed, data_dir, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    plain = subprocess.run(study_command(straight, data_dir), env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+
+    trials, epochs = read_tables(run_dir_of(killed))
+    trials_ref, epochs_ref = read_tables(run_dir_of(straight))
+    # Baseline, multiplier 1 and multiplier 40: each once, each complete.
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["outcome"]) == {"completed"}
+    assert sorted(trials["epochs_done"]) == [2, 2, 80]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    pd.testing.assert_frame_equal(by_config(trials, epochs), by_config(trials_ref, epochs_ref))
+
+    client = mlflow.MlflowClient(f"sqlite:///{killed}/mlflow.db")
+    (exp,) = [e for e in client.search_experiments() if e.name == "tunegap/regime_length"]
+    parents = client.search_runs([exp.experiment_id], "tags.`tunegap.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], "tags.`tunegap.role` = 'trial'")
+    assert len(children) == 3
+    assert {r.data.tags["tunegap.trial_id"] for r in children} == set(trials["trial_id"])
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+        assert steps == sorted(set(steps)), "a resumed trial logged an epoch twice"
+        assert len(steps) == int(run.data.params["resolved_epochs"])
