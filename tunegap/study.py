@@ -300,7 +300,7 @@ def _build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: li
             search_alg=searcher,
             num_samples=num_samples,
             max_concurrent_trials=options.max_concurrent,
-            reuse_actors=False,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_dir.name,
@@ -319,6 +319,10 @@ def _build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: li
 
 def _init_ray(options: RunOptions) -> None:
     import ray
+
+    # Frequent small checkpoints are cheap here (a trial is small); Tune's warning about
+    # them would drown the progress lines.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     if ray.is_initialized():
         return

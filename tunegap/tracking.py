@@ -78,6 +78,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -592,7 +593,8 @@ class _TrialLog:
 class MlflowTrackingCallback(Callback):
     """Logs each Tune trial to its child run under the study's parent run.
 
-    One ``log_batch`` per result (per epoch), in the driver; nothing runs inside trials.
+    One ``log_batch`` per result (per epoch), from one logging thread in the driver (so
+    Tune never waits on MLflow); nothing runs inside trials. `flush` waits for it.
     A tracking failure is logged as a warning and kept in `errors` instead of stopping the
     study (`raise_errors=True` re-raises, for tests). See the module docstring for tags,
     outcomes and statuses.
@@ -610,11 +612,15 @@ class MlflowTrackingCallback(Callback):
         self.raise_errors = raise_errors
         self.errors: list[str] = []
         self._trials: dict[str, _TrialLog] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # Progress is re-read from MLflow after unpickling; a pickled copy would be stale.
         state["_trials"] = {}
+        state["_pool"] = None
+        state["_pending"] = []
         return state
 
     # -- Tune hooks ----------------------------------------------------------------
@@ -628,7 +634,7 @@ class MlflowTrackingCallback(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        self._safely("result", trial, self._log_result, trial, result)
+        self._safely("result", trial, self._log_result, trial, dict(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._safely("complete", trial, self._complete, trial)
@@ -640,11 +646,12 @@ class MlflowTrackingCallback(Callback):
         self._safely("error", trial, self._error, trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
         # Tune's clean-up stops running trials without on_trial_complete (Ctrl-C, a
         # failing experiment); without this their runs would stay RUNNING for ever.
         for trial_id, log in self._trials.items():
             if log.open:
-                self._safely("end", trial_id, self._close, log, "interrupted", "KILLED")
+                self._run_safely("end", trial_id, self._close, log, "interrupted", "KILLED")
 
     def get_state(self) -> dict | None:
         if self.tracker.parent_run_id is None:
@@ -753,6 +760,26 @@ class MlflowTrackingCallback(Callback):
         log.open = False
 
     def _safely(self, what: str, trial: Any, work: Any, *args: Any) -> None:
+        """Queue `work` for the logging thread, with a snapshot of the trial as it is now.
+
+        MLflow calls take tens of milliseconds (a sqlite commit, an HTTP round trip); Tune
+        waits for its callbacks before it asks the trial for its next epoch, so logging in
+        the callback itself would slow every trial. One worker thread keeps the calls in
+        order; `flush` waits for them.
+        """
+        snapshot = _TrialSnapshot.of(trial) if hasattr(trial, "trial_id") else trial
+        args = tuple(snapshot if a is trial else a for a in args)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunegap-mlflow")
+        self._pending.append(self._pool.submit(self._run_safely, what, snapshot, work, *args))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is in MLflow (re-raises with raise_errors)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _run_safely(self, what: str, trial: Any, work: Any, *args: Any) -> None:
         try:
             work(*args)
         except Exception as exc:
@@ -762,6 +789,27 @@ class MlflowTrackingCallback(Callback):
             message = f"MLflow tracking ({what}) for trial {trial_id} failed: {_one_line(exc)}"
             self.errors.append(message)
             logger.warning(message)
+
+
+@dataclass(frozen=True)
+class _TrialSnapshot:
+    """The parts of a Tune trial the logging thread reads, copied when the hook ran."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any]
+    num_failures: int
+    error_file: str | None
+
+    @classmethod
+    def of(cls, trial: Any) -> _TrialSnapshot:
+        return cls(
+            trial_id=trial.trial_id,
+            config=dict(trial.config),
+            last_result=dict(trial.last_result or {}),
+            num_failures=int(getattr(trial, "num_failures", 0) or 0),
+            error_file=getattr(trial, "error_file", None),
+        )
 
 
 def _step_of(result: Mapping[str, Any]) -> int:

@@ -90,6 +90,9 @@ class Engine:
             )
         if config.ghost_batch_size is not None:
             model = convert_to_ghost_bn(model, config.ghost_batch_size)
+        # Dropout and augmentation draw from the global generator: seed it per trial, so a
+        # reused Ray actor trains the next trial exactly as a fresh process would.
+        torch.manual_seed(config.seed)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),

@@ -14,7 +14,7 @@ import torch
 from ray import tune
 
 from tunegap.config import TrialConfig
-from tunegap.train import Engine
+from tunegap.train import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
 
@@ -38,12 +38,25 @@ class GapTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict[str, Any]) -> None:
+        self._data: tuple[tuple[str, str | None], Any] | None = None
+        self._start(config)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # Tune reuses this actor for the next trial: no new process, no re-import of torch,
+        # and the dataset stays loaded when the workload is the same.
+        self._start(new_config)
+        return True
+
+    def _start(self, config: dict[str, Any]) -> None:
         self.trial_config = TrialConfig.from_dict(dict(config))
         # A worker may hold several CPUs; let torch use what Ray reserved for this trial.
         cpus = int(trial_resources(config)["cpu"])
         if cpus >= 1:
             torch.set_num_threads(cpus)
-        self.engine = Engine(self.trial_config)
+        key = (self.trial_config.workload, self.trial_config.data_dir)
+        if self._data is None or self._data[0] != key:
+            self._data = (key, load_workload_data(self.trial_config))
+        self.engine = Engine(self.trial_config, data=self._data[1])
         self.resolved = self.engine.resolved.as_dict()
 
     def step(self) -> dict[str, Any]:
