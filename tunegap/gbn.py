@@ -1,0 +1,389 @@
+"""Ghost Batch Normalization, vectorized.
+
+Hoffer, Hubara & Soudry, "Train longer, generalize better: closing the generalization gap in
+large batch training of neural networks", NeurIPS 2017 (arXiv 1705.08741), section 4.
+A large batch is split into consecutive "ghost" batches of `ghost_batch_size` samples and
+every ghost batch is normalized with its own mean and variance, so that the noise BatchNorm
+injects stays that of small-batch training while the weight update uses the whole batch.
+
+The authors' code (github.com/eladhoffer/bigBatch) runs forward and backward once per ghost
+batch (`torch.split` + a plain BatchNorm per chunk). This module computes the same function in
+one pass over the batch:
+
+* normalization: the batch is viewed as ``[ghosts, ghost_size, C, spatial]`` (a view, no
+  copy) and the per-(ghost, channel) statistics come from a few fused reductions and
+  elementwise ops that write into the output buffer; the backward is derived by hand
+  (the BatchNorm backward per ghost batch). At most two calls per op: one for the full
+  ghost batches and one for a smaller last ghost batch when the batch is not divisible.
+* running statistics: the chunked method applies BatchNorm's update once per ghost batch,
+  in order; its closed form (weights ``m * (1 - m) ** (G - k)``, or ``1 / num_batches`` for
+  ``momentum=None``) is applied in one step, with the unbiased per-ghost variance.
+
+Layers are drop-ins for ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` (they subclass them): same
+constructor (plus ``ghost_batch_size``), parameters, buffers and ``state_dict`` keys, so a
+model trained with ghost batches loads into plain BatchNorm for inference.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "GhostBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "convert_to_batch_norm",
+    "convert_to_ghost_bn",
+]
+
+# Dtypes the statistics are computed in directly; others (bf16, fp16) are computed in fp32
+# and the output is cast back, which is what the native BatchNorm kernels do internally.
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def _validate_ghost_batch_size(value: object) -> int | None:
+    """Return `value` as an int or None; anything else is a configuration error."""
+    if value is None:
+        return None
+    # bool is an int subclass, but `ghost_batch_size=True` is certainly a mistake.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"ghost_batch_size must be a positive int or None, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if value <= 0:
+        raise ValueError(f"ghost_batch_size must be a positive int or None, got {value}")
+    return int(value)
+
+
+def _segments(batch: int, ghost: int) -> list[tuple[int, int, int, int]]:
+    """(start, stop, number of ghosts, ghost size) for the full ghosts and the remainder.
+
+    At most two segments, so the work per layer is a fixed number of tensor ops whatever the
+    number of ghost batches.
+    """
+    full = batch // ghost
+    segs = []
+    if full:
+        segs.append((0, full * ghost, full, ghost))
+    if batch > full * ghost:
+        segs.append((full * ghost, batch, 1, batch - full * ghost))
+    return segs
+
+
+class _GhostBatchNormFunction(torch.autograd.Function):
+    """Per-ghost-batch normalization of ``x`` ([N, C, *]) with a hand-written backward.
+
+    Returns the output and, for the running statistics, the per-ghost mean and biased
+    variance ([ghosts, C], not differentiable). Every op is either a reduction over
+    (ghost sample, spatial) or an elementwise op writing into a preallocated buffer: on CPU
+    the cost of a training step is dominated by allocating and touching fresh batch-sized
+    tensors, so this allocates exactly what BatchNorm does (the output, and dx in backward).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        ghost: int,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        n_batch, channels = x.shape[:2]
+        # The output keeps the input's memory format (e.g. channels_last); all the work is
+        # done on [N, C, S] views of the input and output.
+        y = torch.empty_like(x)
+        x3, y3 = x.view(n_batch, channels, -1), y.view(n_batch, channels, -1)
+        means, variances, invstds = [], [], []
+        for start, stop, n_ghosts, size in _segments(n_batch, ghost):
+            xs = x3[start:stop].view(n_ghosts, size, channels, -1)
+            ys = y3[start:stop].view(n_ghosts, size, channels, -1)
+            count = size * xs.shape[3]
+            # Two-pass variance (as the native kernel): mean, then mean of squared deviations,
+            # using the output buffer as scratch.
+            mean = xs.sum((1, 3), keepdim=True).div_(count)
+            torch.sub(xs, mean, out=ys)
+            ys.square_()
+            var = ys.sum((1, 3), keepdim=True).div_(count)
+            invstd = torch.rsqrt(var + eps)
+            # y = x * alpha + beta, the form the native CPU kernel uses.
+            alpha = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
+            beta = -mean * alpha
+            if bias is not None:
+                beta = beta + bias.view(1, 1, channels, 1)
+            torch.addcmul(beta, xs, alpha, out=ys)
+            means.append(mean.view(n_ghosts, channels))
+            variances.append(var.view(n_ghosts, channels))
+            invstds.append(invstd.view(n_ghosts, channels))
+        mean_all = torch.cat(means)
+        var_all = torch.cat(variances)
+        ctx.save_for_backward(x, weight, mean_all, torch.cat(invstds))
+        ctx.ghost = ghost
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(mean_all, var_all)
+        return y, mean_all, var_all
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, grad_out: Tensor, _grad_mean: Tensor, _grad_var: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight, mean_all, invstd_all = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        n_batch, channels = x.shape[:2]
+        # dx when it is needed, otherwise scratch for sum(dy * (x - mean)).
+        buf = torch.empty_like(x)
+        x3, b3 = x.view(n_batch, channels, -1), buf.view(n_batch, channels, -1)
+        g3 = grad_out.reshape(n_batch, channels, -1)
+        grad_w = x.new_zeros(channels) if need_w else None
+        grad_b = x.new_zeros(channels) if need_b and ctx.has_bias else None
+        offset = 0
+        for start, stop, n_ghosts, size in _segments(n_batch, ctx.ghost):
+            xs = x3[start:stop].view(n_ghosts, size, channels, -1)
+            bs = b3[start:stop].view(n_ghosts, size, channels, -1)
+            gs = g3[start:stop].reshape(n_ghosts, size, channels, -1)
+            count = size * xs.shape[3]
+            mean = mean_all[offset : offset + n_ghosts].view(n_ghosts, 1, channels, 1)
+            invstd = invstd_all[offset : offset + n_ghosts].view(n_ghosts, 1, channels, 1)
+            offset += n_ghosts
+            sum_dy = gs.sum((1, 3), keepdim=True)
+            torch.sub(xs, mean, out=bs)
+            bs.mul_(gs)
+            dot = bs.sum((1, 3), keepdim=True)  # sum(dy * (x - mean)) per (ghost, channel)
+            if grad_w is not None:
+                grad_w += (dot * invstd).sum((0, 1, 3))
+            if grad_b is not None:
+                grad_b += sum_dy.sum((0, 1, 3))
+            if need_x:
+                # dx = w*invstd/n * (n*dy - sum(dy) - x_hat * sum(dy * x_hat)), per ghost:
+                #    = a*dy + c - k*(x - mean)
+                a = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
+                k = a * invstd * invstd * dot / count
+                c = -a * sum_dy / count
+                torch.sub(xs, mean, out=bs)
+                torch.addcmul(c, bs, -k, out=bs)
+                bs.addcmul_(gs, a)
+        return (buf if need_x else None), grad_w, grad_b, None, None
+
+
+def _ghost_batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, ghost: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalize per ghost batch; returns (output, per-ghost means, biased variances).
+
+    Low-precision inputs (bf16/fp16, e.g. under CPU autocast, where BatchNorm is not cast)
+    are computed in fp32 and the output is cast back to the input dtype, as the native
+    kernels do.
+    """
+    out_dtype = x.dtype
+    dtype = x.dtype if x.dtype in _COMPUTE_DTYPES else torch.float32
+    x = x.to(dtype)
+    try:
+        x.view(x.shape[0], x.shape[1], -1)
+    except RuntimeError:  # spatial dims not mergeable as a view (unusual strides)
+        x = x.contiguous()
+    w = weight.to(dtype) if weight is not None else None
+    b = bias.to(dtype) if bias is not None else None
+    y, mean, var = _GhostBatchNormFunction.apply(x, w, b, ghost, eps)
+    return y.to(out_dtype), mean, var
+
+
+class GhostBatchNorm(_BatchNorm):
+    """Shared implementation of `GhostBatchNorm1d` / `GhostBatchNorm2d` (use those).
+
+    With ``ghost_batch_size=None``, or a batch no larger than the ghost size, or whenever
+    BatchNorm would use running statistics (eval mode), this is exactly the parent
+    BatchNorm. Otherwise each consecutive group of ``ghost_batch_size`` samples along dim 0
+    (the last group may be smaller) is normalized with its own statistics, and the running
+    statistics and ``num_batches_tracked`` end up as if BatchNorm had seen the ghost batches
+    one after another, which is what the authors' chunked implementation does.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        ghost_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            device=device,
+            dtype=dtype,
+        )
+        self.ghost_batch_size = ghost_batch_size
+
+    @property
+    def ghost_batch_size(self) -> int | None:
+        """Samples per ghost batch; None normalizes over the whole batch (plain BatchNorm)."""
+        return self._ghost_batch_size
+
+    @ghost_batch_size.setter
+    def ghost_batch_size(self, value: int | None) -> None:
+        self._ghost_batch_size = _validate_ghost_batch_size(value)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        ghost = self.ghost_batch_size
+        # Same rule as BatchNorm: batch statistics in training, or when there are no
+        # running statistics; that is exactly when the chunked method normalizes per chunk.
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if ghost is None or not use_batch_stats or input.shape[0] <= ghost:
+            return super().forward(input)
+
+        n_batch = input.shape[0]
+        spatial = math.prod(input.shape[2:])
+        # F.batch_norm refuses to normalize a single value per channel; so would the
+        # chunked method on the offending chunk.
+        if spatial == 1 and (ghost == 1 or n_batch % ghost == 1):
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got a ghost batch of "
+                f"size 1 (batch {tuple(input.shape)}, ghost_batch_size {ghost})"
+            )
+
+        y, mean, var = _ghost_batch_norm(input, self.weight, self.bias, ghost, self.eps)
+        if self.training and self.track_running_stats and self.running_mean is not None:
+            self._update_running_stats(mean, var, n_batch, spatial)
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n_batch: int, spatial: int) -> None:
+        """Apply BatchNorm's running-statistics update once per ghost batch, in closed form.
+
+        Sequentially, ghost k (1..G) does ``r = (1 - f_k) * r + f_k * s_k``. Unrolled:
+        ``r_G = prod_k (1 - f_k) * r_0 + sum_k f_k * prod_{j>k} (1 - f_j) * s_k``, which is
+        ``(1-m)^G * r_0 + sum_k m (1-m)^(G-k) s_k`` for a fixed momentum m, and
+        ``(t0 * r_0 + sum_k s_k) / (t0 + G)`` for the cumulative average (momentum None,
+        f_k = 1 / (t0 + k), t0 = num_batches_tracked before the batch).
+        """
+        ghost = self.ghost_batch_size
+        assert ghost is not None
+        n_ghosts = mean.shape[0]
+        running_mean, running_var = self.running_mean, self.running_var
+        assert running_mean is not None and running_var is not None
+        stat_dtype = torch.promote_types(mean.dtype, running_mean.dtype)
+        device = running_mean.device
+
+        # Unbiased variance per ghost, as BatchNorm stores: var * n / (n - 1).
+        counts = torch.full((n_ghosts, 1), float(ghost * spatial), dtype=stat_dtype, device=device)
+        counts[-1] = float((n_batch - (n_ghosts - 1) * ghost) * spatial)
+        mean = mean.to(stat_dtype)
+        unbiased = var.to(stat_dtype) * counts / (counts - 1)
+
+        nbt = self.num_batches_tracked
+        if nbt is not None:
+            nbt.add_(n_ghosts)
+        if self.momentum is None:
+            if nbt is None:  # BatchNorm's factor is then 0: the statistics never move.
+                return
+            total = nbt.to(stat_dtype)  # t0 + G, on device (no host sync)
+            keep = (total - n_ghosts) / total
+            new_mean = running_mean.to(stat_dtype) * keep + mean.sum(0) / total
+            new_var = running_var.to(stat_dtype) * keep + unbiased.sum(0) / total
+        else:
+            m = float(self.momentum)
+            powers = torch.arange(n_ghosts - 1, -1, -1, dtype=torch.float64, device=device)
+            weights = (m * (1.0 - m) ** powers).to(stat_dtype).unsqueeze(1)
+            keep = (1.0 - m) ** n_ghosts
+            new_mean = running_mean.to(stat_dtype) * keep + (weights * mean).sum(0)
+            new_var = running_var.to(stat_dtype) * keep + (weights * unbiased).sum(0)
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+
+
+class GhostBatchNorm1d(GhostBatchNorm, nn.BatchNorm1d):
+    """Ghost BatchNorm for [N, C] or [N, C, L] inputs; a drop-in for `nn.BatchNorm1d`."""
+
+
+class GhostBatchNorm2d(GhostBatchNorm, nn.BatchNorm2d):
+    """Ghost BatchNorm for [N, C, H, W] inputs; a drop-in for `nn.BatchNorm2d`."""
+
+
+_TO_GHOST: dict[type[nn.Module], type[GhostBatchNorm]] = {
+    nn.BatchNorm1d: GhostBatchNorm1d,
+    nn.BatchNorm2d: GhostBatchNorm2d,
+}
+_TO_PLAIN: dict[type[nn.Module], type[_BatchNorm]] = {
+    GhostBatchNorm1d: nn.BatchNorm1d,
+    GhostBatchNorm2d: nn.BatchNorm2d,
+}
+
+
+def _rebuild(old: _BatchNorm, cls: type[_BatchNorm], **kwargs: object) -> _BatchNorm:
+    """A `cls` layer that shares `old`'s parameter and buffer tensors (same objects).
+
+    Sharing, not copying, keeps device, dtype and values, and keeps an optimizer that
+    already holds the parameters valid.
+    """
+    new = cls(
+        old.num_features,
+        eps=old.eps,
+        momentum=old.momentum,
+        affine=old.affine,
+        track_running_stats=old.track_running_stats,
+        device="meta",
+        **kwargs,
+    )
+    for name in ("weight", "bias"):
+        setattr(new, name, getattr(old, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(new, name, getattr(old, name))
+    new.train(old.training)
+    return new
+
+
+def _replace(
+    model: nn.Module, convert: dict[type[nn.Module], type[_BatchNorm]], **kwargs: object
+) -> nn.Module:
+    if type(model) in convert:
+        return _rebuild(model, convert[type(model)], **kwargs)  # type: ignore[arg-type]
+    for name, child in model.named_children():
+        new = _replace(child, convert, **kwargs)
+        if new is not child:
+            setattr(model, name, new)
+    return model
+
+
+def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int | None) -> nn.Module:
+    """Turn every `nn.BatchNorm1d` / `nn.BatchNorm2d` in `model` into its ghost version.
+
+    Layers that already are Ghost BatchNorm get the new ghost size. Parameters and buffers
+    (running statistics, `num_batches_tracked`) are carried over as the same tensors, with
+    momentum, eps, affine, track_running_stats and the train/eval mode. Only these exact
+    types are converted: a user subclass of BatchNorm may rely on its own forward. Modules
+    are replaced in place; the (possibly new, if `model` itself is a BatchNorm) model is
+    returned.
+    """
+    ghost = _validate_ghost_batch_size(ghost_batch_size)
+    for module in model.modules():
+        if isinstance(module, GhostBatchNorm):
+            module.ghost_batch_size = ghost
+    return _replace(model, _TO_GHOST, ghost_batch_size=ghost)
+
+
+def convert_to_batch_norm(model: nn.Module) -> nn.Module:
+    """Turn every Ghost BatchNorm layer back into plain BatchNorm (for inference/export).
+
+    The inverse of `convert_to_ghost_bn`; state is shared the same way. In eval mode the
+    two are the same function, so this only removes the dependency on this module.
+    """
+    return _replace(model, _TO_PLAIN)
