@@ -119,3 +119,24 @@ def test_resume_without_previous_run_is_refused(tmp_path, data_dir):
     study = Study(name="lr_scaling", workload="mnist1d-cnn", grid={"batch_size": (64,)})
     with pytest.raises(StudyError, match="--resume found no previous run"):
         run_study(study, options(tmp_path, data_dir, resume=True))
+
+
+def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_session):
+    from tunegap.studies import lr_scaling
+
+    args = lr_scaling.parser().parse_args(
+        ["--search", "optuna", "--num-samples", "4", "--epochs", "1", "--batch-sizes", "512,2048"])
+    study = lr_scaling.build(args)
+    outcome = run_study(study, options(tmp_path, data_dir, max_concurrent=2))
+    trials = outcome.trials
+    assert len(trials) == 4
+    base = trials[trials["is_baseline"]]
+    assert len(base) >= 1 and set(base["batch_size"]) == {32}
+    searched = trials[~trials["is_baseline"]]
+    assert set(searched["batch_size"]) <= {32, 512, 2048}
+    # Optuna drew continuous exponents and base lrs inside the ranges it was given.
+    assert searched["lr_exponent"].between(0, 1).all()
+    assert searched["base_lr_override"].between(0.005, 0.5).all()
+    assert searched["lr_exponent"].nunique() == len(searched)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(child_runs(client, outcome.parent_run_id)) == 4

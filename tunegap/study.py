@@ -97,6 +97,8 @@ class Study:
             math.isfinite(self.tolerance) and self.tolerance >= 0
         ):
             raise StudyError(f"--tolerance {self.tolerance!r} is not allowed: use points >= 0")
+        # Validating each point builds every TrialConfig once, so bad values fail here.
+        self.trial_configs()
         batches = self.grid.get("batch_size", ())
         ghosts = [g for g in self.grid.get("ghost_batch_size", ()) if g is not None]
         if batches and ghosts and min(ghosts) >= max(batches):
@@ -104,8 +106,6 @@ class Study:
                 f"every ghost batch size ({', '.join(map(str, ghosts))}) is >= every batch size "
                 f"({', '.join(map(str, batches))}): ghost batches must be smaller than the batch"
             )
-        # Validating each point builds every TrialConfig once, so bad values fail here.
-        self.trial_configs()
 
     @property
     def workload_def(self) -> Workload:
@@ -178,7 +178,7 @@ def is_baseline(config: dict[str, Any]) -> bool:
         config["batch_size"] == workload.regime.base_batch_size
         and config.get("ghost_batch_size") is None
         and (mult == MATCHED or float(mult) == 1.0)
-        and config.get("base_lr") is None
+        and config.get("base_lr") in (None, workload.regime.base_lr)
     )
 
 
@@ -248,18 +248,28 @@ def check_storage(root: Path) -> None:
         ) from None
 
 
-def _optuna_search(study: Study, configs: list[TrialConfig]) -> tuple[Any, dict[str, Any]]:
+def _optuna_search(study: Study) -> tuple[Any, dict[str, Any]]:
+    """Optuna over the grid's values (categorical) and `optuna_space` (ranges).
+
+    The baseline is Optuna's first point: B0 is added to the batch-size choices, with the
+    workload's own base lr and no scaling, so the gap can be measured against it.
+    """
     from ray.tune.search.optuna import OptunaSearch
 
+    regime = study.workload_def.regime
     space: dict[str, Any] = {}
     for knob, values in study.grid.items():
-        space[knob] = tune.choice(list(values))
+        choices = list(values)
+        if knob == "batch_size" and regime.base_batch_size not in choices:
+            choices.insert(0, regime.base_batch_size)
+        space[knob] = tune.choice(choices)
     for knob, (low, high) in study.optuna_space.items():
         space[knob] = tune.loguniform(low, high) if knob == "base_lr" else tune.uniform(low, high)
-    baseline = [c.to_dict() for c in configs if is_baseline(c.to_dict())]
+    baseline = {"batch_size": regime.base_batch_size, "lr_exponent": 0.0,
+                "base_lr": regime.base_lr}
+    point = {k: v for k, v in baseline.items() if k in space}
     searcher = OptunaSearch(metric="test_acc", mode="max", seed=0,
-                            points_to_evaluate=[{k: b[k] for k in space if k in b}
-                                                for b in baseline] or None)
+                            points_to_evaluate=[point] if study.include_baseline else None)
     return searcher, space
 
 
@@ -285,7 +295,7 @@ def _build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: li
     resources = trial_resources(defaults, gpus_per_trial=options.gpus_per_trial)
     trainable = tune.with_resources(GapTrainable, resources)
     if study.search == "optuna":
-        searcher, space = _optuna_search(study, configs)
+        searcher, space = _optuna_search(study)
         param_space = {**defaults, **space}
         num_samples = study.num_samples
     else:
@@ -343,10 +353,6 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
 
     root = study_root(options, study)
     check_storage(root)
-    try:
-        check_tracking_uri(options.tracking_uri)
-    except ValueError as err:
-        raise StudyError(str(err).splitlines()[0]) from None
     if options.resume:
         run_dir = latest_run_dir(root)
         if run_dir is None:
@@ -366,6 +372,10 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
         while run_dir.exists():
             run_dir = run_dir.with_name(run_dir.name + "x")
         parent_run_id = None
+    try:
+        check_tracking_uri(options.tracking_uri)
+    except ValueError as err:
+        raise StudyError(str(err).splitlines()[0]) from None
 
     tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
     parent_run_id = tracker.start_parent(
@@ -632,7 +642,7 @@ def multiplier_list(text: str) -> tuple[float | str, ...]:
     return tuple(values)
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
+def positive_int(flag: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -664,26 +674,26 @@ def study_parser(name: str, description: str, *, seeds: int = 1,
     p = _OneLineParser(prog=f"python -m tunegap.studies.{name}", description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="mnist1d-cnn", help="a named workload (default mnist1d-cnn)")
-    p.add_argument("--seeds", type=_positive_int("--seeds"), default=seeds,
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=seeds,
                    help=f"seeds per configuration (default {seeds})")
     p.add_argument("--search", choices=list(searches), default="grid")
-    p.add_argument("--num-samples", type=_positive_int("--num-samples"), default=20,
+    p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
                    help="trials for --search optuna")
-    p.add_argument("--max-concurrent", type=_positive_int("--max-concurrent"), default=None)
+    p.add_argument("--max-concurrent", type=positive_int("--max-concurrent"), default=None)
     p.add_argument("--address", default=None,
                    help="Ray cluster address ('auto' on a cluster); default 'local': a new local Ray")
     p.add_argument("--storage-path", default=DEFAULT_STORAGE)
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI} in this folder)")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
-    p.add_argument("--epochs", type=_positive_int("--epochs"), default=None,
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
                    help="override the workload's base epochs (quick looks)")
     p.add_argument("--tolerance", type=_number("--tolerance"), default=None,
                    help="points of gap still counted as closed (default: baseline seed std)")
     p.add_argument("--gpus-per-trial", type=_number("--gpus-per-trial"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=5,
+    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=5,
                    help="epochs between trial checkpoints (default 5)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     return p

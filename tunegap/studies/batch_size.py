@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import pandas as pd
 
 from tunegap import gapmap
-from tunegap.study import Study, StudyError, common_study_fields, int_list, study_main, study_parser
+from tunegap.study import (
+    Study,
+    StudyError,
+    common_study_fields,
+    int_list,
+    positive_int,
+    study_main,
+    study_parser,
+)
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -38,7 +46,7 @@ def parser():
     p = study_parser("batch_size", __doc__, seeds=2)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
                    default=(32, 64, 128, 256, 512, 1024, 2048, 4096))
-    p.add_argument("--ghost-batch-size", type=int, default=None,
+    p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"), default=None,
                    help="ghost size of the +GBN curve (default: the workload's B0)")
     return p
 

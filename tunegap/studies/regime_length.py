@@ -17,6 +17,7 @@ from tunegap.study import (
     Study,
     common_study_fields,
     multiplier_list,
+    positive_int,
     study_main,
     study_parser,
 )
@@ -40,7 +41,7 @@ def figures(cells, trials, epochs) -> dict:
 
 def parser():
     p = study_parser("regime_length", __doc__, seeds=1)
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="the large batch (default: the workload's large batch size)")
     p.add_argument("--multipliers", type=multiplier_list, default=(1, 2, 4, 8, 16, "matched"))
     p.add_argument("--ghost-batch-size", default="b0",

@@ -16,7 +16,14 @@ import pandas as pd
 
 from tunegap import gapmap
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
-from tunegap.study import Study, StudyError, common_study_fields, study_main, study_parser
+from tunegap.study import (
+    Study,
+    StudyError,
+    common_study_fields,
+    positive_int,
+    study_main,
+    study_parser,
+)
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -63,7 +70,7 @@ def figures(cells, trials, epochs) -> dict:
 
 def parser():
     p = study_parser("table1", __doc__, seeds=3)
-    p.add_argument("--large-batch-size", type=int, default=None,
+    p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None,
                    help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
     return p
 

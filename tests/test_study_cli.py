@@ -1,0 +1,89 @@
+"""Bad study input: one line naming the problem, exit status 2, and Ray never started."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+import tunegap.study as study_module
+
+CASES = [
+    ("ghost_size", ["--seeds", "0"], "--seeds"),
+    ("ghost_size", ["--seeds", "two"], "--seeds"),
+    ("ghost_size", ["--batch-sizes", "0,512"], "--batch-sizes"),
+    ("ghost_size", ["--batch-sizes", "big"], "--batch-sizes"),
+    ("ghost_size", ["--ghost-sizes", "-32"], "--ghost-sizes"),
+    ("ghost_size", ["--ghost-sizes", "tiny"], "--ghost-sizes"),
+    ("ghost_size", ["--batch-sizes", "64,128", "--ghost-sizes", "256,512"], "every ghost batch size"),
+    ("ghost_size", ["--lr-exponent", "-1"], "lr_exponent"),
+    ("ghost_size", ["--workload", "imagenet-vit"], "unknown workload 'imagenet-vit'"),
+    ("ghost_size", ["--search", "optuna"], "--search"),
+    ("ghost_size", ["--epochs", "0"], "--epochs"),
+    ("ghost_size", ["--tolerance", "-1"], "--tolerance"),
+    ("ghost_size", ["--tolerance", "nan"], "--tolerance"),
+    ("ghost_size", ["--max-concurrent", "0"], "--max-concurrent"),
+    ("ghost_size", ["--gpus-per-trial", "-0.5"], "--gpus-per-trial"),
+    ("ghost_size", ["--device", "tpu"], "--device"),
+    ("ghost_size", ["--checkpoint-every", "0"], "--checkpoint-every"),
+    ("ghost_size", ["--resume"], "--resume found no previous run"),
+    ("ghost_size", ["--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
+    ("ghost_size", ["--no-such-flag"], "unrecognized arguments"),
+    ("regime_length", ["--multipliers", "0,2"], "--multipliers"),
+    ("regime_length", ["--multipliers", "longer"], "--multipliers"),
+    ("regime_length", ["--batch-size", "-4"], "--batch-size -4"),
+    ("lr_scaling", ["--exponents", "0.5,-1"], "--exponents"),
+    ("lr_scaling", ["--search", "optuna", "--seeds", "3"], "--seeds with --search optuna"),
+    ("lr_scaling", ["--search", "random"], "--search"),
+    ("lr_scaling", ["--num-samples", "0", "--search", "optuna"], "--num-samples"),
+    ("batch_size", ["--batch-sizes", "32,-64"], "--batch-sizes"),
+    ("table1", ["--large-batch-size", "0"], "--large-batch-size 0"),
+    ("diffusion", ["--exponents", "inf"], "--exponents"),
+]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(options):
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.setattr(study_module, "_init_ray", refuse)
+
+
+@pytest.mark.parametrize("name, argv, named", CASES,
+                         ids=[f"{n}:{' '.join(a)}" for n, a, _ in CASES])
+def test_bad_study_input(name, argv, named, tmp_path, no_ray, capsys):
+    module = importlib.import_module(f"tunegap.studies.{name}")
+    argv = [*argv, "--storage-path", str(tmp_path / "results")]
+    if not any(a.startswith("--tracking-uri") for a in argv):
+        argv += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    with pytest.raises(SystemExit) as stop:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert named in lines[0]
+    assert "Traceback" not in err
+    # Nothing trained: no trial folders were made.
+    results = tmp_path / "results" / name
+    assert not results.exists() or not any(results.glob("*/GapTrainable_*"))
+
+
+def test_unwritable_storage_path_is_refused(tmp_path, no_ray, capsys):
+    if os.geteuid() == 0:
+        # root writes anywhere: a path under a regular file is unwritable for everyone.
+        blocked = tmp_path / "file"
+        blocked.write_text("x")
+        storage = blocked / "results"
+    else:
+        storage = tmp_path / "ro"
+        storage.mkdir(mode=0o500)
+    module = importlib.import_module("tunegap.studies.ghost_size")
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--storage-path", str(storage),
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and len(err.strip().splitlines()) == 1
