@@ -301,7 +301,9 @@ def _build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: li
     else:
         points = [c.to_dict() for c in _sort_longest_first(configs)]
         searcher = BasicVariantGenerator(points_to_evaluate=points)
-        param_space = defaults
+        # Every point sets every key; None placeholders keep Tune from warning that a
+        # point differs from the "search space" (there is none beyond the points).
+        param_space = dict.fromkeys(defaults)
         num_samples = len(points)
     return tune.Tuner(
         trainable,
