@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from tunegap import gapmap
 from tunegap.study import (
     Study,
+    StudyError,
     common_study_fields,
     float_list,
     int_list,
@@ -39,6 +40,22 @@ def figures(cells, trials, epochs) -> dict:
     }
 
 
+def optuna_figures(cells, trials, epochs) -> dict:
+    """Each Optuna trial as a point: test accuracy against alpha, one colour per batch size."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    done = trials[trials["outcome"] == "completed"]
+    for batch, group in done.groupby("batch_size"):
+        ax.scatter(group["lr_exponent"], group["test_acc"], label=f"B={batch}")
+    ax.set_xlabel("LR exponent alpha (lr = base_lr * (B/B0)^alpha)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Optuna trials: test accuracy vs LR exponent")
+    ax.legend()
+    return {"optuna_trials": fig}
+
+
 def parser():
     p = study_parser("lr_scaling", __doc__, seeds=1, searches=("grid", "optuna"))
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
@@ -50,13 +67,16 @@ def parser():
 def build(args) -> Study:
     fields = common_study_fields(args)
     if args.search == "optuna":
-        base_lr = get_workload(args.workload).regime.base_lr if _known(args.workload) else 0.1
+        try:
+            base_lr = get_workload(args.workload).regime.base_lr
+        except ValueError as err:
+            raise StudyError(str(err)) from None
         return Study(
             name="lr_scaling",
             grid={"batch_size": args.batch_sizes},
             optuna_space={"lr_exponent": (0.0, 1.0), "base_lr": (base_lr / 10, base_lr * 10)},
             question=QUESTION,
-            figures=None,
+            figures=optuna_figures,
             **fields,
         )
     return Study(
@@ -66,14 +86,6 @@ def build(args) -> Study:
         figures=figures,
         **fields,
     )
-
-
-def _known(name: str) -> bool:
-    try:
-        get_workload(name)
-    except ValueError:
-        return False
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
