@@ -71,6 +71,11 @@ class TrialConfig:
     base_lr: float | None = None
     device: str = "auto"
     data_dir: str | None = None
+    # Instruments (they change what is measured, never the training itself):
+    # gradient noise scale every k-th step (0 = off); top Hessian eigenvalue every k epochs
+    # and at the end (0 = off).
+    noise_scale_every: int = 0
+    sharpness_every: int = 0
 
     def __post_init__(self) -> None:
         get_workload(self.workload)
@@ -93,6 +98,13 @@ class TrialConfig:
             if not isinstance(lr, float) or not math.isfinite(lr) or lr <= 0:
                 raise ValueError(f"base_lr {self.base_lr!r} is not allowed: use a number > 0")
             object.__setattr__(self, "base_lr", lr)
+        for name in ("noise_scale_every", "sharpness_every"):
+            value = _as_int(getattr(self, name))
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"{name} {getattr(self, name)!r} is not allowed: use an integer >= 0"
+                )
+            object.__setattr__(self, name, value)
         if self.device not in DEVICES:
             raise ValueError(
                 f"device {self.device!r} is not allowed: use one of {', '.join(DEVICES)}"

@@ -46,6 +46,17 @@ train_test_gap         float64 last epoch's train_acc - test_acc, points
 weight_distance        float64 last epoch's ||w_t - w_0|| over all weights
 best_test_acc          float64 best finite test accuracy over all epochs; NaN if none
 train_seconds          float64 sum of the epochs' wall-clock seconds
+noise_scale            float64 gradient noise scale B_simple (McCandlish et al. 2018), mean
+                               of the epochs that measured it; null when not measured
+sharpness              float64 last measured top Hessian eigenvalue of the training loss
+                               (Keskar et al. 2017); null when not measured
+diffusion_slope        float64 slope of weight_distance against ln(updates) over the
+                               high-learning-rate phase (the paper's Figure 2)
+diffusion_intercept    float64 its intercept
+diffusion_r2           float64 R^2 of that fit (null with fewer than 3 epochs in the phase)
+target_test_acc        float64 the accuracy target of steps_to_target, percent
+steps_to_target        float64 updates until test_acc first reached the target (linear
+                               interpolation between epochs); null when never reached
 ====================== ======= ==========================================================
 
 The "last epoch" is the highest epoch number reported. For a diverged trial it is the epoch
@@ -68,6 +79,8 @@ test_acc        float64 test accuracy, percent
 train_test_gap  float64 train_acc - test_acc, points
 weight_distance float64 ||w_t - w_0|| over all weights
 seconds         float64 wall-clock seconds of the epoch (training and evaluation)
+noise_scale     float64 gradient noise scale B_simple over the epoch; null if not measured
+sharpness       float64 top Hessian eigenvalue after the epoch; null if not measured
 diverged        bool    the loss or the weights went non-finite in this epoch
 =============== ======= ==================================================================
 
@@ -138,6 +151,13 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("weight_distance", pa.float64(), True, "last epoch's ||w_t - w_0||"),
     ("best_test_acc", pa.float64(), True, "best finite test accuracy over all epochs"),
     ("train_seconds", pa.float64(), False, "sum of the epochs' wall-clock seconds"),
+    ("noise_scale", pa.float64(), True, "mean gradient noise scale B_simple over epochs"),
+    ("sharpness", pa.float64(), True, "last measured top Hessian eigenvalue"),
+    ("diffusion_slope", pa.float64(), True, "d weight_distance / d ln(updates), high-lr phase"),
+    ("diffusion_intercept", pa.float64(), True, "intercept of that fit"),
+    ("diffusion_r2", pa.float64(), True, "R^2 of that fit"),
+    ("target_test_acc", pa.float64(), True, "accuracy target of steps_to_target, percent"),
+    ("steps_to_target", pa.float64(), True, "updates until test_acc reached the target"),
 )
 
 _EPOCHS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
@@ -153,6 +173,8 @@ _EPOCHS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("train_test_gap", pa.float64(), True, "train_acc - test_acc, points"),
     ("weight_distance", pa.float64(), True, "||w_t - w_0|| over all weights"),
     ("seconds", pa.float64(), True, "wall-clock seconds of the epoch"),
+    ("noise_scale", pa.float64(), True, "gradient noise scale B_simple over the epoch"),
+    ("sharpness", pa.float64(), True, "top Hessian eigenvalue after the epoch"),
     ("diverged", pa.bool_(), False, "the loss or the weights went non-finite"),
 )
 
@@ -288,6 +310,31 @@ def _trial_row(
         **{k: last.get(k, math.nan) for k in _FINAL_METRICS},
         "best_test_acc": max(finite_acc) if finite_acc else math.nan,
         "train_seconds": float(sum(r["seconds"] for r in history if math.isfinite(r["seconds"]))),
+        **_instruments(history, _float_or_nan(record.get("target_test_acc"))),
+    }
+
+
+def _instruments(history: list[dict[str, Any]], target: float) -> dict[str, float]:
+    """Per-trial summaries of the probes: noise scale, sharpness, diffusion fit, steps."""
+    from tunegap.probes import fit_diffusion_phase, steps_to_target
+
+    noise = [r["noise_scale"] for r in history if math.isfinite(r["noise_scale"])]
+    sharp = [r["sharpness"] for r in history if math.isfinite(r["sharpness"])]
+    column = {k: [r[k] for r in history] for k in ("updates", "weight_distance", "lr", "test_acc")}
+    updates = [math.nan if u is None else float(u) for u in column["updates"]]
+    fit = fit_diffusion_phase(updates, column["weight_distance"], column["lr"])
+    return {
+        "noise_scale": sum(noise) / len(noise) if noise else math.nan,
+        "sharpness": sharp[-1] if sharp else math.nan,
+        "diffusion_slope": fit["slope"],
+        "diffusion_intercept": fit["intercept"],
+        "diffusion_r2": fit["r2"],
+        "target_test_acc": target,
+        "steps_to_target": (
+            steps_to_target(updates, column["test_acc"], target)
+            if math.isfinite(target)
+            else math.nan
+        ),
     }
 
 

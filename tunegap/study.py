@@ -32,6 +32,7 @@ from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload
 
 KNOBS = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "base_lr")
+INSTRUMENTS = ("noise_scale_every", "sharpness_every")
 SEARCHES = ("grid", "optuna")
 STATE_FILE = "tunegap_study.json"
 DEFAULT_STORAGE = "./tunegap_results"
@@ -68,6 +69,10 @@ class Study:
     tolerance: float | None = None
     question: str = ""
     figures: FigureBuilder | None = None
+    # Probe settings for every trial, e.g. {"noise_scale_every": 4, "sharpness_every": 20}.
+    instruments: dict[str, int] = field(default_factory=dict)
+    # Accuracy (percent) whose first crossing gives each trial's steps_to_target.
+    target_test_acc: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -76,6 +81,11 @@ class Study:
             get_workload(self.workload)
         except ValueError as err:
             raise StudyError(str(err)) from None
+        unknown = sorted(set(self.instruments) - set(INSTRUMENTS))
+        if unknown:
+            raise StudyError(f"unknown instrument(s) {', '.join(unknown)}: use {', '.join(INSTRUMENTS)}")
+        if self.target_test_acc is not None and not 0 < self.target_test_acc <= 100:
+            raise StudyError(f"--target-acc {self.target_test_acc!r} is not allowed: use 0 < percent <= 100")
         unknown = sorted(set(self.grid) - set(KNOBS))
         if unknown:
             raise StudyError(f"unknown knob(s) {', '.join(unknown)}: use {', '.join(KNOBS)}")
@@ -117,6 +127,7 @@ class Study:
             batch_size=self.workload_def.regime.base_batch_size,
             seed=seed,
             epochs=self.epochs,
+            **self.instruments,
         )
 
     def trial_configs(self) -> list[TrialConfig]:
@@ -136,7 +147,7 @@ class Study:
             for combo in combos:
                 try:
                     cfg = TrialConfig(workload=self.workload, seed=seed, epochs=self.epochs,
-                                      **combo)
+                                      **self.instruments, **combo)
                 except (TypeError, ValueError) as err:
                     raise StudyError(str(err)) from None
                 if cfg.ghost_batch_size is not None and cfg.ghost_batch_size >= cfg.batch_size:
@@ -162,6 +173,8 @@ class Study:
             "optuna_space": {k: list(v) for k, v in self.optuna_space.items()},
             "epochs": self.epochs,
             "tolerance": self.tolerance,
+            "instruments": dict(self.instruments),
+            "target_test_acc": self.target_test_acc,
         }
 
 
@@ -429,7 +442,9 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
         tracker.finish_parent(status)
 
 
-def collect_records(run_dir: Path, run_ids: dict[str, str]) -> list[dict[str, Any]]:
+def collect_records(
+    run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None
+) -> list[dict[str, Any]]:
     """Every trial of a Tune experiment as a plain record (see `tunegap.results`)."""
     from ray.tune import ExperimentAnalysis
 
@@ -466,6 +481,7 @@ def collect_records(run_dir: Path, run_ids: dict[str, str]) -> list[dict[str, An
             "outcome": outcome,
             "error": error,
             "history": history,
+            "target_test_acc": target_test_acc,
         })
     return records
 
@@ -482,7 +498,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     """Tables, map, summary: written into the run folder and logged on the parent run."""
     from tunegap import gapmap, results
 
-    records = collect_records(run_dir, tracker.mlflow_run_ids())
+    records = collect_records(run_dir, tracker.mlflow_run_ids(),
+                              target_test_acc=study.target_test_acc)
     trials_df, epochs_df = results.build_tables(records, study=study.name)
     files = list(results.write_tables(trials_df, epochs_df, run_dir).values())
     cells, tolerance = gapmap.compute_cells(trials_df, tolerance=study.tolerance)
@@ -545,12 +562,16 @@ class ProgressPrinter(tune.Callback):
         self.total = total
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.done: int | None = None
 
     def _line(self, trials: list, trial: Any, outcome: str) -> None:
+        if self.done is None:
+            # First call: count what finished before, so a resumed study counts on from there.
+            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        self.done += 1
+        done = self.done
         if self.quiet:
             return
-        # Counted from the trials' states, so a resumed study counts what finished before.
-        done = max(1, sum(t.status in ("TERMINATED", "ERROR") for t in trials))
         r = trial.last_result or {}
         c = trial.config
         print(

@@ -114,8 +114,11 @@ LOGGED_METRICS: tuple[str, ...] = (
     "train_test_gap",
     "weight_distance",
     "seconds",
+    "noise_scale",
+    "sharpness",
     "diverged",
 )
+OPTIONAL_METRICS = ("noise_scale", "sharpness")
 RESOLVED_PREFIX = "resolved_"
 PACKAGES = ("torch", "ray", "mlflow", "optuna", "tunegap")
 PARENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -715,7 +718,10 @@ class MlflowTrackingCallback(Callback):
         metrics = [
             Metric(key, value, now, step)
             for key in self.metric_names
-            if key in result and (value := _metric_value(result[key])) is not None
+            if key in result
+            and (value := _metric_value(result[key])) is not None
+            # Probes that did not run this epoch report NaN: no point, not a NaN point.
+            and not (key in OPTIONAL_METRICS and not math.isfinite(value))
         ]
         params = [
             Param(key, param_value(value))

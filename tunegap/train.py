@@ -26,6 +26,13 @@ from tunegap.config import TrialConfig
 from tunegap.data import DeviceLoader, TensorData, load_dataset
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
+from tunegap.probes import (
+    NoiseScaleEstimator,
+    grad_norm_sq,
+    noise_scale_from_step,
+    small_batch_size,
+    top_hessian_eigenvalue,
+)
 from tunegap.regime import ResolvedRegime
 
 METRIC_NAMES = (
@@ -39,7 +46,11 @@ METRIC_NAMES = (
     "train_test_gap",
     "weight_distance",
     "seconds",
+    "noise_scale",
+    "sharpness",
 )
+# Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
+SHARPNESS_SAMPLES = 1024
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,6 +119,7 @@ class Engine:
             seed=config.seed,
         )
         self.initial_params = [p.detach().clone() for p in self.model.parameters()]
+        self.noise = NoiseScaleEstimator()
         self.epoch = 0
         self.updates = 0
         self.diverged = False
@@ -142,8 +154,14 @@ class Engine:
             loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            g_sq = None
             if self.resolved.clip_norm is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm)
+                # clip_grad_norm_ returns the norm before clipping: the noise probe needs that.
+                g_sq = (
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm) ** 2
+                )
+            if self.config.noise_scale_every and i % self.config.noise_scale_every == 0:
+                self._measure_noise(x, y, g_sq)
             self.optimizer.step()
             self.updates += 1
             n = y.shape[0]
@@ -153,6 +171,7 @@ class Engine:
         self.epoch += 1
         train_loss = float(loss_sum) / seen
         train_acc = 100.0 * float(correct) / seen
+        sharpness = math.nan
         if not math.isfinite(train_loss):
             self.diverged = True
             test_loss, test_acc, distance = math.nan, math.nan, math.nan
@@ -161,6 +180,10 @@ class Engine:
             distance = self.weight_distance()
             if not (math.isfinite(test_loss) and math.isfinite(distance)):
                 self.diverged = True
+            elif self._sharpness_due():
+                sharpness = self.sharpness()
+        noise_scale = self.noise.value()
+        self.noise.reset()
         return {
             "epoch": self.epoch,
             "updates": self.updates,
@@ -172,8 +195,34 @@ class Engine:
             "train_test_gap": train_acc - test_acc,
             "weight_distance": distance,
             "seconds": time.perf_counter() - started,
+            "noise_scale": noise_scale,
+            "sharpness": sharpness,
             "diverged": self.diverged,
         }
+
+    def _measure_noise(self, x: torch.Tensor, y: torch.Tensor, g_sq: torch.Tensor | None) -> None:
+        """Add one gradient-noise measurement (McCandlish et al. 2018) from this step."""
+        ghost = self.config.ghost_batch_size
+        if small_batch_size(y.shape[0], multiple_of=ghost) is None:
+            return  # e.g. a last batch too small to split
+        if g_sq is None:
+            g_sq = grad_norm_sq(self.model)
+        self.noise.add(
+            *noise_scale_from_step(
+                self.model, F.cross_entropy, x, y, g_big_sq=g_sq, multiple_of=ghost
+            )
+        )
+
+    def _sharpness_due(self) -> bool:
+        every = self.config.sharpness_every
+        return bool(every) and (self.epoch % every == 0 or self.epoch >= self.resolved.epochs)
+
+    def sharpness(self) -> float:
+        """Top Hessian eigenvalue of the training loss on a fixed training subset (Keskar et
+        al. 2017), in eval mode so BatchNorm uses its running statistics."""
+        x = self.data.x_train[:SHARPNESS_SAMPLES]
+        y = self.data.y_train[:SHARPNESS_SAMPLES]
+        return top_hessian_eigenvalue(self.model, F.cross_entropy, x, y, seed=self.config.seed)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -272,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", default=None, type=_float_arg("--base-lr"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--noise-scale-every",
+        default=0,
+        type=_int_arg("--noise-scale-every"),
+        help="measure the gradient noise scale every k-th step (0 = off)",
+    )
+    p.add_argument(
+        "--sharpness-every",
+        default=0,
+        type=_int_arg("--sharpness-every"),
+        help="top Hessian eigenvalue every k epochs and at the end (0 = off)",
+    )
     return p
 
 
@@ -300,7 +361,10 @@ def format_epoch(m: dict[str, Any]) -> str:
         f"epoch {m['epoch']:4d}  updates {m['updates']:6d}  lr {m['lr']:.4g}  "
         f"train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:6.2f}  "
         f"test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:6.2f}  "
-        f"weight_distance {m['weight_distance']:.3f}  {m['seconds']:.2f}s"
+        f"weight_distance {m['weight_distance']:.3f}"
+        + (f"  noise_scale {m['noise_scale']:.1f}" if math.isfinite(m["noise_scale"]) else "")
+        + (f"  sharpness {m['sharpness']:.2f}" if math.isfinite(m["sharpness"]) else "")
+        + f"  {m['seconds']:.2f}s"
     )
 
 
@@ -318,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             base_lr=args.base_lr,
             device=args.device,
             data_dir=args.data_dir,
+            noise_scale_every=args.noise_scale_every,
+            sharpness_every=args.sharpness_every,
         )
         pick_device(config.device)
     except ValueError as err:
