@@ -504,8 +504,12 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     files = list(results.write_tables(trials_df, epochs_df, run_dir).values())
     cells, tolerance = gapmap.compute_cells(trials_df, tolerance=study.tolerance)
     table = gapmap.markdown_table(cells)
-    figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
-    files += gapmap.save_figures(figures, run_dir)
+    try:
+        figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
+        files += gapmap.save_figures(figures, run_dir)
+    except Exception as err:  # a figure must never cost the study its results
+        print(f"warning: the figures of {study.name} failed: {err}", file=sys.stderr)
+        tracker.log_parent_metrics({"figure_errors": 1})
     train_seconds = float(trials_df["train_seconds"].fillna(0).sum())
     counts = trials_df["outcome"].value_counts().to_dict()
     summary = render_summary(study, table, tolerance, counts, wall_seconds, train_seconds,

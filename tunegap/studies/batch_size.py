@@ -1,5 +1,9 @@
 """Batch size (the paper's Figure 1): test error against batch size at a fixed epoch budget.
 
+Beside it, the instruments of later work against batch size: updates to reach a target
+accuracy (Shallue et al. 2018, log-log), the gradient noise scale with the critical batch
+size it predicts (McCandlish et al. 2018), and sharpness (Keskar et al. 2017).
+
     python -m tunegap.studies.batch_size
 
 For each batch size: plain large batch, +LR (sqrt scaling) and +LR+GBN (ghost = B0), all with
@@ -37,9 +41,50 @@ def remedy_label(row) -> str:
 
 
 def figures(cells, trials, epochs) -> dict:
+    """Figure 1 of the paper beside the later instruments, all against batch size."""
+    from matplotlib.figure import Figure
+
     cells = cells.copy()
     cells["remedy"] = cells.apply(remedy_label, axis=1)
-    return {"error_vs_batch": gapmap.error_vs_batch(cells, hue="remedy")}
+    trials = trials.copy()
+    trials["remedy"] = trials.apply(remedy_label, axis=1)
+    fig = Figure(figsize=(13, 9), layout="constrained")
+    (ax_err, ax_steps), (ax_noise, ax_sharp) = fig.subplots(2, 2)
+    gapmap.error_vs_batch(cells, hue="remedy", ax=ax_err)
+    done = trials[trials["outcome"] == "completed"]
+    panels = (
+        (ax_steps, "steps_to_target", "updates to reach the target accuracy", True),
+        (ax_noise, "noise_scale", "gradient noise scale B_simple", False),
+        (ax_sharp, "sharpness", "top Hessian eigenvalue at the end", False),
+    )
+    for ax, column, label, loglog in panels:
+        drawn = False
+        for remedy, group in done.groupby("remedy"):
+            mean = group.groupby("batch_size")[column].mean().dropna()
+            if len(mean):
+                ax.plot(mean.index, mean.to_numpy(), marker="o", label=remedy)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured or never reached", ha="center",
+                    transform=ax.transAxes)
+            continue
+        ax.set_xscale("log", base=2)
+        if loglog:
+            ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    target = trials["target_test_acc"].dropna()
+    if len(target):
+        ax_steps.set_title(f"steps to {target.iloc[0]:g}% test accuracy (log-log)")
+    # McCandlish et al.: the critical batch size is about the noise scale B_simple.
+    critical = done["noise_scale"].median()
+    if pd.notna(critical) and critical > 0:
+        for ax in (ax_err, ax_steps, ax_noise, ax_sharp):
+            ax.axvline(critical, color="purple", ls=":", lw=1.5)
+        ax_noise.text(critical, 0.95, f" critical batch ~ {critical:.0f}", color="purple",
+                      transform=ax_noise.get_xaxis_transform(), va="top")
+    return {"batch_size": fig}
 
 
 def parser():
@@ -48,12 +93,17 @@ def parser():
                    default=(32, 64, 128, 256, 512, 1024, 2048, 4096))
     p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"), default=None,
                    help="ghost size of the +GBN curve (default: the workload's B0)")
+    p.add_argument("--target-acc", type=float, default=95.0,
+                   help="test accuracy (percent) for steps-to-target (default 95)")
+    p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"), default=4,
+                   help="measure the gradient noise scale every k-th step (default 4)")
     return p
 
 
 def build(args) -> Study:
     try:
-        b0 = get_workload(args.workload).regime.base_batch_size
+        workload = get_workload(args.workload)
+        b0, base_epochs = workload.regime.base_batch_size, workload.regime.epochs
     except ValueError as err:
         raise StudyError(str(err)) from None
     ghost = args.ghost_batch_size or b0
@@ -64,8 +114,16 @@ def build(args) -> Study:
             continue  # at B0 the remedies change nothing: the baseline covers it
         points.append({"batch_size": b, "lr_exponent": 0.5})
         points.append({"batch_size": b, "lr_exponent": 0.5, "ghost_batch_size": ghost})
-    return Study(name="batch_size", points=tuple(points), question=QUESTION, figures=figures,
-                 **common_study_fields(args))
+    return Study(
+        name="batch_size",
+        points=tuple(points),
+        question=QUESTION,
+        figures=figures,
+        instruments={"noise_scale_every": args.noise_scale_every,
+                     "sharpness_every": args.epochs or base_epochs},
+        target_test_acc=args.target_acc,
+        **common_study_fields(args),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
