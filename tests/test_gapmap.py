@@ -341,8 +341,33 @@ def test_error_vs_batch_with_a_made_up_hue_and_filtered_cells(cells):
     assert "1.00 pts" in grid.axes[0].get_title()
 
 
+def test_cells_carry_95_intervals_and_welch_against_the_baseline(tables):
+    from scipy import stats
+
+    trials, _ = tables
+    cells, tol = compute_cells(trials)
+    base = trials[trials["is_baseline"] & (trials["outcome"] == "completed")]["test_acc"]
+    cell = cells[(cells["batch_size"] == 1024) & (cells["regime_multiplier"] == "matched")].iloc[0]
+    seeds = trials[(trials["batch_size"] == 1024) & (trials["regime_multiplier"] == "matched")]
+    acc = seeds["test_acc"]
+    welch = stats.ttest_ind(base, acc, equal_var=False)
+    assert cell["p_value"] == pytest.approx(welch.pvalue)
+    low, high = stats.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=stats.sem(acc))
+    assert (cell["test_acc_ci95_low"], cell["test_acc_ci95_high"]) == pytest.approx((low, high))
+    assert cell["gap_ci95_low"] < cell["gap"] < cell["gap_ci95_high"]
+    # Closed on the point estimate, but 2 seeds cannot show it at 95% confidence.
+    assert cell["closed"] and not cell["closed_confident"]
+    assert cell["gap_ci95_high"] > tol
+    one_seed = cells[cells["n_used"] == 1].iloc[0]
+    assert math.isnan(one_seed["p_value"]) and math.isnan(one_seed["test_acc_ci95_low"])
+
+
 def test_markdown_table_rows(cells):
     table = markdown_table(cells)
+    assert table.splitlines()[0].endswith("| 95% interval | gap (pts) | Welch p | status |")
+    columns = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "seeds",
+               "test_acc", "gap", "status"]
+    table = markdown_table(cells, columns=columns)
     lines = table.splitlines()
     assert lines[0] == (
         "| batch | ghost | lr exponent | multiplier | seeds | test acc (%) | gap (pts) | status |"

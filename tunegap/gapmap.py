@@ -111,7 +111,11 @@ def compute_cells(
     - else the sample standard deviation (ddof=1) of the baseline's test accuracy over its
       seeds when it has at least 2 usable seeds ("inside the baseline's seed spread");
     - else 0.5 points (DEFAULT_TOLERANCE).
-    A cell better than the baseline (negative gap) is closed.
+    A cell better than the baseline (negative gap) is closed. With 2+ seeds on both sides
+    the cell also gets Welch's test against the baseline (`p_value`, `gap_ci95_low/high`)
+    and `closed_confident` = the upper end of the gap's 95% Welch interval is within the
+    tolerance (see `_seed_statistics`); `test_acc_ci95_low/high` is the cell's own 95%
+    interval over seeds.
 
     Columns: workload, the knobs (`cell_knobs`), multiplier (resolved), is_baseline
     (any seed of the cell is a baseline trial), n_seeds, n_used, n_diverged, n_error,
@@ -178,6 +182,7 @@ def compute_cells(
         else:
             mean = gap = math.nan
             status = "diverged" if n_diverged else "error"
+        stats = _seed_statistics(acc, base_acc, tol)
         updates_from = used if len(used) else trials
         rows.append(
             {
@@ -195,6 +200,7 @@ def compute_cells(
                 "train_test_gap": _mean(used, "train_test_gap"),
                 "updates": _mean(updates_from, "updates"),
                 "closed": status == "closed",
+                **stats,
                 "status": status,
                 "tolerance": tol,
                 "tolerance_rule": rule,
@@ -217,6 +223,42 @@ def compute_cells(
         baseline_n_seeds=len(base_acc),
     )
     return cells, tol
+
+
+def _seed_statistics(acc: pd.Series, base_acc: pd.Series, tol: float) -> dict[str, Any]:
+    """95% intervals over seeds and Welch's test of the cell against the baseline.
+
+    `test_acc_ci95_*`: Student-t interval of the cell's mean accuracy (2+ seeds).
+    `gap_ci95_*`: Welch interval of baseline mean - cell mean (2+ seeds on both sides),
+    `p_value`: Welch's two-sided test of equal means. `closed_confident`: the whole gap
+    interval lies at or below the tolerance, i.e. the gap is closed at 95% confidence.
+    """
+    from scipy import stats
+
+    nan = math.nan
+    out: dict[str, Any] = dict.fromkeys(
+        ("test_acc_ci95_low", "test_acc_ci95_high", "gap_ci95_low", "gap_ci95_high", "p_value"), nan
+    )
+    out["closed_confident"] = False
+    n, m = len(acc), len(base_acc)
+    if n >= 2:
+        mean, sem = float(acc.mean()), float(acc.std(ddof=1)) / math.sqrt(n)
+        half = float(stats.t.ppf(0.975, n - 1)) * sem
+        out["test_acc_ci95_low"], out["test_acc_ci95_high"] = mean - half, mean + half
+    if n >= 2 and m >= 2:
+        va, vb = float(acc.var(ddof=1)) / n, float(base_acc.var(ddof=1)) / m
+        diff = float(base_acc.mean()) - float(acc.mean())
+        se = math.sqrt(va + vb)
+        if se > 0:
+            df = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (m - 1))
+            half = float(stats.t.ppf(0.975, df)) * se
+            out["gap_ci95_low"], out["gap_ci95_high"] = diff - half, diff + half
+            out["p_value"] = float(2 * stats.t.sf(abs(diff) / se, df))
+        else:
+            out["gap_ci95_low"] = out["gap_ci95_high"] = diff
+            out["p_value"] = 1.0 if diff == 0 else 0.0
+        out["closed_confident"] = bool(out["gap_ci95_high"] <= tol)
+    return out
 
 
 def _usable_acc(trials: pd.DataFrame) -> pd.Series:
@@ -720,7 +762,9 @@ DEFAULT_TABLE_COLUMNS = (
     "regime_multiplier",
     "seeds",
     "test_acc",
+    "test_acc_ci95",
     "gap",
+    "p_value",
     "status",
 )
 
@@ -734,7 +778,9 @@ _HEADERS = {
     "multiplier": "resolved multiplier",
     "seeds": "seeds",
     "test_acc": "test acc (%)",
+    "test_acc_ci95": "95% interval",
     "gap": "gap (pts)",
+    "p_value": "Welch p",
     "train_test_gap": "train-test gap (pts)",
     "updates": "updates",
     "status": "status",
@@ -778,6 +824,21 @@ def _cell_text(col: str, row: pd.Series) -> str:
         if not math.isfinite(mean):
             return "—"
         return f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}"
+    if col == "test_acc_ci95":
+        low, high = row.get("test_acc_ci95_low", math.nan), row.get("test_acc_ci95_high", math.nan)
+        return f"[{low:.2f}, {high:.2f}]" if math.isfinite(low) else "—"
+    if col == "p_value":
+        value = row.get("p_value", math.nan)
+        return f"{value:.3f}" if math.isfinite(value) and not row["is_baseline"] else "—"
+    if col == "status":
+        if row["is_baseline"]:
+            return "baseline"
+        confident = row.get("closed_confident", False)
+        return (
+            f"{row['status']} (95%)"
+            if row["status"] == "closed" and confident
+            else str(row["status"])
+        )
     if col in ("gap", "train_test_gap"):
         value = row[col]
         return f"{value:+.2f}" if math.isfinite(value) else "—"
@@ -787,8 +848,6 @@ def _cell_text(col: str, row: pd.Series) -> str:
     if col == "multiplier":
         value = row[col]
         return f"{value:g}" if math.isfinite(value) else "—"
-    if col == "status":
-        return "baseline" if row["is_baseline"] else str(row["status"])
     return _fmt(col, row[col])
 
 
