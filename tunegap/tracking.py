@@ -90,6 +90,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from ray.tune import Callback
 
+from tunegap.metrics import METRIC_NAMES, OPTIONAL_METRICS
+
 logger = logging.getLogger(__name__)
 
 TAG_STUDY = "tunegap.study"
@@ -100,25 +102,8 @@ TAG_ERROR = "error"
 TAG_FAILURES = "tunegap.failures"
 TAG_PARENT = "mlflow.parentRunId"
 
-# The engine's per-epoch metrics (tunegap.train.METRIC_NAMES) plus `diverged` as 0/1. Kept
-# here rather than imported, so tracking does not pull in torch and the models; a test checks
-# that the two lists agree.
-LOGGED_METRICS: tuple[str, ...] = (
-    "epoch",
-    "updates",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "train_test_gap",
-    "weight_distance",
-    "seconds",
-    "noise_scale",
-    "sharpness",
-    "diverged",
-)
-OPTIONAL_METRICS = ("noise_scale", "sharpness")
+# The engine's per-epoch metrics plus `diverged` as 0/1.
+LOGGED_METRICS: tuple[str, ...] = (*METRIC_NAMES, "diverged")
 RESOLVED_PREFIX = "resolved_"
 PACKAGES = ("torch", "ray", "mlflow", "optuna", "tunegap")
 PARENT_STATUSES = ("FINISHED", "FAILED", "KILLED")

@@ -35,20 +35,6 @@ from tunegap.probes import (
 )
 from tunegap.regime import ResolvedRegime
 
-METRIC_NAMES = (
-    "epoch",
-    "updates",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "train_test_gap",
-    "weight_distance",
-    "seconds",
-    "noise_scale",
-    "sharpness",
-)
 # Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
 SHARPNESS_SAMPLES = 1024
 
