@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tunegap.config import TrialConfig
-from tunegap.train import METRIC_NAMES, Engine, main
+from tunegap.metrics import METRIC_NAMES
+from tunegap.train import Engine, main
 
 
 def make_config(data_dir, **kw):
