@@ -2,19 +2,25 @@
 
 Small datasets (MNIST-1D, MNIST, CIFAR) fit in device memory, so an epoch is a seeded random
 permutation and index slicing: no DataLoader workers, no host-device copies per batch.
+Augmentation (random crop after padding, horizontal flip) runs on the batch, on its device,
+as one gather (`random_crop_flip`, named in `AUGMENTATIONS`). The readers of the image
+datasets' on-disk formats live in `tunegap.datasets`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "tunegap"
 
@@ -98,6 +104,63 @@ def load_mnist1d(
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
+def random_crop_flip(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    padding: int = 4,
+    flip: bool = True,
+) -> torch.Tensor:
+    """Per image: a random `H x W` crop of the zero-padded image, then a coin-flip mirror.
+
+    The standard CIFAR augmentation (pad 4, crop 32, flip), for a whole NCHW batch on its
+    own device in one gather: no per-image Python loop, no host copy of the images. The
+    random offsets and flips are drawn on the CPU from `generator` (the loader's, so a seed
+    gives the same augmentation on every device), and only those 3 numbers per image are
+    moved to the batch's device. With `padding=0` and `flip=False` the batch is returned
+    as is. Normalized images padded with zeros are padded with the dataset's mean colour.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"random_crop_flip needs an NCHW batch, got shape {tuple(x.shape)}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding {padding!r} is not allowed: use an integer >= 0")
+    n, c, h, w = x.shape
+    if n == 0 or (padding == 0 and not flip):
+        return x
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    mirror = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    device = x.device
+    offsets, mirror = offsets.to(device, non_blocking=True), mirror.to(device, non_blocking=True)
+    padded_w = w + 2 * padding
+    rows = offsets[:, :1] + torch.arange(h, device=device)  # [n, h]
+    cols = offsets[:, 1:] + torch.arange(w, device=device)  # [n, w]
+    cols = torch.where(mirror[:, None], cols.flip(1), cols)
+    index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, -1)
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
+
+
+# Names a Workload can give in `augment`. Padding 4 is the authors' CIFAR transform (pad to
+# 40, crop 32, flip); padding 2 their MNIST one (pad to 32, crop 28, flip).
+AUGMENTATIONS: dict[str, Augment] = {
+    "crop_flip": random_crop_flip,
+    "crop_flip_pad2": functools.partial(random_crop_flip, padding=2),
+    "flip": functools.partial(random_crop_flip, padding=0),
+}
+
+
+def get_augment(name: str | None) -> Augment | None:
+    """The augmentation called `name` (None: no augmentation); unknown names list the known."""
+    if name is None:
+        return None
+    try:
+        return AUGMENTATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown augmentation {name!r}: use one of {', '.join(sorted(AUGMENTATIONS))} or None"
+        ) from None
+
+
 class DeviceLoader:
     """Batches of a device-resident dataset, reshuffled each epoch by a seeded generator.
 
@@ -151,7 +214,30 @@ class DeviceLoader:
         self.generator.set_state(state["generator"])
 
 
-DATASETS: dict[str, Callable[..., TensorData]] = {"mnist1d": load_mnist1d}
+def _reader(function_name: str) -> Callable[..., TensorData]:
+    """`tunegap.datasets.<function_name>`, imported on first use.
+
+    tunegap.datasets imports this module (for TensorData), so it cannot be imported here
+    at module level.
+    """
+
+    def load(**kwargs: Any) -> TensorData:
+        from tunegap import datasets
+
+        return getattr(datasets, function_name)(**kwargs)
+
+    load.__name__ = load.__qualname__ = function_name
+    load.__doc__ = f"See tunegap.datasets.{function_name}."
+    return load
+
+
+DATASETS: dict[str, Callable[..., TensorData]] = {
+    "mnist1d": load_mnist1d,
+    "mnist": _reader("load_mnist"),
+    "cifar10": _reader("load_cifar10"),
+    "cifar100": _reader("load_cifar100"),
+    "imagenet": _reader("load_imagenet"),
+}
 
 
 def load_dataset(name: str, **kwargs: object) -> TensorData:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunegap.config import TrialConfig
-from tunegap.data import DeviceLoader, TensorData, load_dataset
+from tunegap.data import DeviceLoader, TensorData, get_augment, load_dataset
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.probes import (
@@ -103,6 +103,7 @@ class Engine:
             batch_size=config.batch_size,
             shuffle=True,
             seed=config.seed,
+            augment=get_augment(self.workload.augment),
         )
         self.initial_params = [p.detach().clone() for p in self.model.parameters()]
         self.noise = NoiseScaleEstimator()

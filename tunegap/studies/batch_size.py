@@ -93,8 +93,8 @@ def parser():
                    default=(32, 64, 128, 256, 512, 1024, 2048, 4096))
     p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"), default=None,
                    help="ghost size of the +GBN curve (default: the workload's B0)")
-    p.add_argument("--target-acc", type=float, default=95.0,
-                   help="test accuracy (percent) for steps-to-target (default 95)")
+    p.add_argument("--target-acc", type=float, default=None,
+                   help="test accuracy (percent) for steps-to-target (default: the workload's)")
     p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"), default=4,
                    help="measure the gradient noise scale every k-th step (default 4)")
     return p
@@ -121,7 +121,7 @@ def build(args) -> Study:
         figures=figures,
         instruments={"noise_scale_every": args.noise_scale_every,
                      "sharpness_every": args.epochs or base_epochs},
-        target_test_acc=args.target_acc,
+        target_test_acc=args.target_acc or workload.target_test_acc,
         **common_study_fields(args),
     )
 
