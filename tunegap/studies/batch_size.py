@@ -87,6 +87,31 @@ def figures(cells, trials, epochs) -> dict:
     return {"batch_size": fig}
 
 
+def report(cells, trials, epochs) -> str:
+    """Steps-to-target, noise scale and sharpness per batch size and remedy."""
+    trials = trials[trials["outcome"] == "completed"].copy()
+    trials["remedy"] = trials.apply(remedy_label, axis=1)
+    columns = ["steps_to_target", "noise_scale", "sharpness"]
+    table = trials.groupby(["batch_size", "remedy"])[columns].mean()
+    target = trials["target_test_acc"].dropna()
+    lines = [
+        f"Instruments (mean over seeds; steps to {target.iloc[0]:g}% test accuracy):"
+        if len(target) else "Instruments (mean over seeds):",
+        "",
+        "| batch | remedy | steps to target | noise scale | sharpness |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for (batch, remedy), row in table.iterrows():
+        cells_text = [f"{row[c]:.0f}" if c != "sharpness" else f"{row[c]:.2f}" for c in columns]
+        cells_text = [t if t != "nan" else "—" for t in cells_text]
+        lines.append(f"| {batch} | {remedy} | " + " | ".join(cells_text) + " |")
+    critical = trials["noise_scale"].median()
+    if pd.notna(critical):
+        lines += ["", f"Critical batch size predicted by the noise scale (median B_simple over "
+                      f"trials, McCandlish et al. 2018): about {critical:.0f}."]
+    return "\n".join(lines)
+
+
 def parser():
     p = study_parser("batch_size", __doc__, seeds=2)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
@@ -119,6 +144,7 @@ def build(args) -> Study:
         points=tuple(points),
         question=QUESTION,
         figures=figures,
+        report=report,
         instruments={"noise_scale_every": args.noise_scale_every,
                      "sharpness_every": args.epochs or base_epochs},
         target_test_acc=args.target_acc or workload.target_test_acc,

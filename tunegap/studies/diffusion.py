@@ -32,6 +32,23 @@ def figures(cells, trials, epochs) -> dict:
     return {"diffusion": gapmap.diffusion_plot(epochs, trials)}
 
 
+def report(cells, trials, epochs) -> str:
+    """The fitted diffusion slope per batch size, without and with LR scaling."""
+    done = trials[trials["outcome"] == "completed"]
+    table = done.groupby(["batch_size", "lr_exponent"])[["diffusion_slope", "diffusion_r2"]].mean()
+    lines = [
+        "Slope of ||w_t - w_0|| against ln(updates) over the high-learning-rate phase "
+        "(mean over seeds; R² of the fit):",
+        "",
+        "| batch | lr exponent | slope | R² |",
+        "|---:|---:|---:|---:|",
+    ]
+    for (batch, alpha), row in table.iterrows():
+        lines.append(f"| {batch} | {alpha:g} | {row['diffusion_slope']:.3f} | "
+                     f"{row['diffusion_r2']:.3f} |")
+    return "\n".join(lines)
+
+
 def parser():
     p = study_parser("diffusion", __doc__, seeds=1)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(32, 128, 512, 2048))
@@ -45,6 +62,7 @@ def build(args) -> Study:
         grid={"batch_size": args.batch_sizes, "lr_exponent": args.exponents},
         question=QUESTION,
         figures=figures,
+        report=report,
         **common_study_fields(args),
     )
 
