@@ -78,6 +78,8 @@ class Study:
         if not self.name.replace("_", "").isalnum():
             raise StudyError(f"study name {self.name!r} is not allowed: use letters, digits, _")
         try:
+    # A study's own markdown under the map (e.g. Table 1's row, fitted slopes).
+    report: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], str] | None = None
             get_workload(self.workload)
         except ValueError as err:
             raise StudyError(str(err)) from None
@@ -543,6 +545,8 @@ def render_summary(study: Study, table: str, tolerance: float, counts: dict[str,
     lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
     if study.question:
         lines += [study.question, ""]
+    if study.report is not None:
+        table = table + "\n\n" + study.report(cells, trials_df, epochs_df)
     lines += [
         f"- trials: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
         f"- seeds: {study.seeds}; search: {study.search}",
