@@ -149,3 +149,21 @@ def test_cli_bad_input_as_a_real_process():
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bf16_autocast_trains_on_cpu_close_to_fp32(data_dir):
+    fp32 = Engine(make_config(data_dir, batch_size=1000, epochs=2, ghost_batch_size=100)).run()
+    bf16_engine = Engine(make_config(data_dir, batch_size=1000, epochs=2, ghost_batch_size=100,
+                                     precision="bf16"))
+    assert bf16_engine.use_bf16 and not bf16_engine.channels_last
+    bf16 = bf16_engine.run()
+    assert math.isfinite(bf16[-1]["train_loss"])
+    # Same maths at lower precision: the curves stay close, but are not identical.
+    assert abs(bf16[-1]["test_acc"] - fp32[-1]["test_acc"]) < 10
+    assert bf16[-1]["train_loss"] != fp32[-1]["train_loss"]
+
+
+def test_fp32_is_the_cpu_default_and_bad_precision_is_refused(data_dir):
+    assert not Engine(make_config(data_dir)).use_bf16
+    with pytest.raises(ValueError, match="precision 'fp16' is not allowed"):
+        make_config(data_dir, precision="fp16")

@@ -16,6 +16,7 @@ from tunegap.regime import (
 from tunegap.workloads import Workload, get_workload
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 NO_GHOST_WORDS = ("none", "bn", "off")
 
 
@@ -76,6 +77,10 @@ class TrialConfig:
     # and at the end (0 = off).
     noise_scale_every: int = 0
     sharpness_every: int = 0
+    # Execution (same maths, other speed): "auto" = bf16 autocast and channels_last on CUDA,
+    # fp32 on CPU; "fp32" / "bf16" force it. `compile` wraps the model in torch.compile.
+    precision: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         get_workload(self.workload)
@@ -105,6 +110,12 @@ class TrialConfig:
                     f"{name} {getattr(self, name)!r} is not allowed: use an integer >= 0"
                 )
             object.__setattr__(self, name, value)
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision {self.precision!r} is not allowed: use one of {', '.join(PRECISIONS)}"
+            )
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile {self.compile!r} is not allowed: use true or false")
         if self.device not in DEVICES:
             raise ValueError(
                 f"device {self.device!r} is not allowed: use one of {', '.join(DEVICES)}"

@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,14 @@ class TensorData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def to_memory_format(self, memory_format: torch.memory_format) -> TensorData:
+        """The same data with images laid out as `memory_format` (e.g. channels_last)."""
+        return replace(
+            self,
+            x_train=self.x_train.contiguous(memory_format=memory_format),
+            x_test=self.x_test.contiguous(memory_format=memory_format),
+        )
 
     def to(self, device: torch.device | str) -> TensorData:
         return TensorData(
