@@ -635,9 +635,13 @@ def diffusion_plot(
     """The paper's Figure 2: weight distance ||w_t - w_0|| against updates on a log axis.
 
     One line per value of `by` (mean distance over the group's trials at each update count),
-    with a dashed least-squares line whose slope against ln(updates) is in the legend (the
-    fit uses every finite point of the group, `fit_diffusion`).
+    with a dashed least-squares line whose slope against ln(updates) is in the legend. Where
+    the epochs carry `lr`, the fit covers the high-learning-rate phase only (before the first
+    decay, `tunegap.probes.fit_diffusion_phase`), where the paper's log t law holds, and the
+    dashed line spans that phase; otherwise every finite point (`fit_diffusion`).
     """
+    from tunegap.probes import fit_diffusion_phase
+
     by = list(by)
     data = _joined(epochs_df, trials_df, by)
     fig, ax = _new_axes(ax, (7.5, 4.8))
@@ -653,11 +657,23 @@ def diffusion_plot(
         if not ok.any():
             continue
         line = pd.Series(d[ok]).groupby(t[ok]).mean().sort_index()
-        slope, intercept, r2 = fit_diffusion(t, d)
+        span = line.index
+        if "lr" in part.columns:
+            lr = pd.to_numeric(part["lr"], errors="coerce").astype(float).to_numpy()
+            lr_line = pd.Series(lr[ok]).groupby(t[ok]).mean().sort_index()
+            fit = fit_diffusion_phase(line.index.to_numpy(), line.to_numpy(), lr_line.to_numpy())
+            slope, intercept, r2 = fit["slope"], fit["intercept"], fit["r2"]
+            peak = lr_line.max()
+            first_drop = lr_line.index[
+                (lr_line < peak * (1 - 1e-6)) & (lr_line.index > lr_line.idxmax())
+            ]
+            span = line.index[line.index < first_drop.min()] if len(first_drop) else line.index
+        else:
+            slope, intercept, r2 = fit_diffusion(t, d)
         label = _describe(dict(zip(by, key, strict=True)), by)
-        if math.isfinite(slope):
+        if math.isfinite(slope) and len(span):
             label += f": slope {slope:.3g} per ln(updates), R² {r2:.2f}"
-            grid = np.geomspace(line.index.min(), line.index.max(), 50)
+            grid = np.geomspace(span.min(), span.max(), 50)
             ax.plot(grid, slope * np.log(grid) + intercept, color=color, ls="--", lw=1, alpha=0.7)
         ax.plot(line.index, line.to_numpy(), color=color, marker="o", ms=3, label=label)
     ax.set_xscale("log")
