@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,11 @@ SEARCHES = ("grid", "optuna")
 STATE_FILE = "tunegap_study.json"
 DEFAULT_STORAGE = "./tunegap_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The command line's defaults where --tracking-uri / --storage-path are not given (see
+# `default_tracking_uri`): MLflow's own variable, and ours for the results folder. On the
+# cluster of cluster.yaml the head exports both, so studies need no extra flags there.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+STORAGE_ENV = "TUNEGAP_STORAGE"
 
 FigureBuilder = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, Any]]
 
@@ -73,13 +78,13 @@ class Study:
     instruments: dict[str, int] = field(default_factory=dict)
     # Accuracy (percent) whose first crossing gives each trial's steps_to_target.
     target_test_acc: float | None = None
+    # A study's own markdown under the map (e.g. Table 1's row, fitted slopes).
+    report: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
             raise StudyError(f"study name {self.name!r} is not allowed: use letters, digits, _")
         try:
-    # A study's own markdown under the map (e.g. Table 1's row, fitted slopes).
-    report: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], str] | None = None
             get_workload(self.workload)
         except ValueError as err:
             raise StudyError(str(err)) from None
@@ -225,6 +230,32 @@ class RunOptions:
             )
         if isinstance(self.max_failures, bool) or self.max_failures < 0:
             raise StudyError(f"--max-failures {self.max_failures!r} is not allowed: use >= 0")
+        _check_address(self.address)
+        if "://" in str(self.storage_path):
+            # Every result is written with plain file operations (Path, os.replace), so a URL
+            # would become a local folder named "s3:"; a shared mount works on a cluster.
+            raise StudyError(
+                f"--storage-path {self.storage_path!r} is a URL, which is not supported: use a "
+                "folder every node can reach (on the cluster of cluster.yaml: the S3 bucket "
+                "mounted at /mnt/tunegap, see CLUSTER.md)"
+            )
+
+
+def _check_address(address: str | None) -> None:
+    """`--address`: None or "local" (a new local Ray), "auto", host:port or ray://host:port."""
+    if address in (None, "local", "auto"):
+        return
+    text = str(address).removeprefix("ray://")
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address, e.g. [::1]:6379
+    elif ":" in host:
+        host = ""
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StudyError(
+            f"--address {address!r} is not allowed: use auto, local, host:port or "
+            "ray://host:port, e.g. 10.0.0.5:6379"
+        )
 
 
 @dataclass
@@ -514,6 +545,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
         tracker.log_parent_metrics({"figure_errors": 1})
     train_seconds = float(trials_df["train_seconds"].fillna(0).sum())
     counts = trials_df["outcome"].value_counts().to_dict()
+    if study.report is not None:
+        table = table + "\n\n" + study.report(cells, trials_df, epochs_df)
     summary = render_summary(study, table, tolerance, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
                              baseline_sentence=gapmap.baseline_summary(cells))
@@ -545,8 +578,6 @@ def render_summary(study: Study, table: str, tolerance: float, counts: dict[str,
     lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
     if study.question:
         lines += [study.question, ""]
-    if study.report is not None:
-        table = table + "\n\n" + study.report(cells, trials_df, epochs_df)
     lines += [
         f"- trials: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
         f"- seeds: {study.seeds}; search: {study.search}",
@@ -713,9 +744,11 @@ def study_parser(name: str, description: str, *, seeds: int = 1,
     p.add_argument("--max-concurrent", type=positive_int("--max-concurrent"), default=None)
     p.add_argument("--address", default=None,
                    help="Ray cluster address ('auto' on a cluster); default 'local': a new local Ray")
-    p.add_argument("--storage-path", default=DEFAULT_STORAGE)
+    p.add_argument("--storage-path", default=None,
+                   help=f"results folder (default ${STORAGE_ENV} where set, else {DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=None,
-                   help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI} in this folder)")
+                   help=f"MLflow tracking URI (default ${TRACKING_URI_ENV} where set, else "
+                        f"{DEFAULT_TRACKING_URI} in this folder)")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
     p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
                    help="override the workload's base epochs (quick looks)")
@@ -730,11 +763,32 @@ def study_parser(name: str, description: str, *, seeds: int = 1,
     return p
 
 
+def default_tracking_uri(environ: Mapping[str, str] | None = None) -> str:
+    """The tracking URI of a study run without --tracking-uri.
+
+    `$MLFLOW_TRACKING_URI` where it is set and not empty (MLflow's standard variable; the head
+    of cluster.yaml exports http://127.0.0.1:5000, its MLflow server), else
+    sqlite:///mlflow.db in the current folder. `RunOptions` itself has no such rule.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
+
+
+def default_storage_path(environ: Mapping[str, str] | None = None) -> str:
+    """The results folder of a study run without --storage-path.
+
+    `$TUNEGAP_STORAGE` where it is set and not empty (cluster.yaml exports a folder shared by
+    every node), else ./tunegap_results.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
 def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         address=args.address,
-        storage_path=args.storage_path,
-        tracking_uri=args.tracking_uri or DEFAULT_TRACKING_URI,
+        storage_path=default_storage_path() if args.storage_path is None else args.storage_path,
+        tracking_uri=args.tracking_uri or default_tracking_uri(),
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         gpus_per_trial=args.gpus_per_trial,

@@ -17,6 +17,10 @@ from tunegap.config import TrialConfig
 from tunegap.train import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
+OUT_OF_MEMORY_HINT = (
+    "out of GPU memory: use a smaller batch (--batch-size/--batch-sizes), a smaller ghost "
+    "batch size, or fewer trials per GPU (a larger --gpus-per-trial)"
+)
 
 
 def trial_resources(config: dict[str, Any], *, gpus_per_trial: float | None = None) -> dict:
@@ -60,7 +64,18 @@ class GapTrainable(tune.Trainable):
         self.resolved = self.engine.resolved.as_dict()
 
     def step(self) -> dict[str, Any]:
-        metrics = self.engine.train_epoch()
+        try:
+            metrics = self.engine.train_epoch()
+        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not (isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err)):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # leave the GPU to the trials that share it
+            cfg = self.trial_config
+            raise RuntimeError(
+                f"{OUT_OF_MEMORY_HINT} (batch_size={cfg.batch_size}, "
+                f"ghost_batch_size={cfg.ghost_batch_size}, device={cfg.device})"
+            ) from err
         metrics.update(self.resolved)
         metrics["done"] = self.engine.done
         return metrics
