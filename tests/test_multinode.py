@@ -271,13 +271,9 @@ def test_lost_worker_node_trial_resumes_from_checkpoint(local_cluster, tmp_path,
         if row["epoch"] in again:
             for key in ("updates", "lr", "train_loss", "test_acc", "weight_distance"):
                 assert row[key] == again[row["epoch"]][key], (key, row["epoch"])
-    # Known gap (Ray Tune, not tunegap): when Tune restarts a trial from a checkpoint it
-    # replaces the driver's result.json with the copy in storage, which is synced only every
-    # few checkpoints; epochs reported between that sync and the checkpoint (here at most a
-    # couple of checkpoints' worth) are then missing from result.json and so from
-    # epochs.parquet. MLflow, logged live by the driver, has every epoch (checked below).
-    missing = set(range(first[-1]["epoch"] + 1, restart))
-    assert len(missing) <= 3 * CHECKPOINT_EVERY, sorted(missing)
+    # When Tune restarts a trial from a checkpoint it replaces the driver's result.json with
+    # the copy in storage, which is synced only every few checkpoints, so result.json may
+    # lack some epochs; the driver's epoch journal has them, and the tables use both.
 
     # Every trial exactly once, complete, in Parquet...
     (run_dir,) = (tmp_path / "results" / "regime_length").glob("2*")
@@ -288,7 +284,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint(local_cluster, tmp_path,
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     long_id = trials.loc[trials["epochs_done"] == EPOCHS_LONG, "trial_id"].item()
     long_epochs = epochs[epochs["trial_id"] == long_id]
-    assert set(long_epochs["epoch"]) == set(range(1, EPOCHS_LONG + 1)) - missing
+    assert set(long_epochs["epoch"]) == set(range(1, EPOCHS_LONG + 1))
 
     # ... and in MLflow: one parent, one child per trial, no epoch logged twice.
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -304,4 +300,4 @@ def test_lost_worker_node_trial_resumes_from_checkpoint(local_cluster, tmp_path,
         assert steps == sorted(set(steps)), "an epoch was logged twice"
         assert len(steps) == int(run.data.params["resolved_epochs"])
         if run.data.tags["tunegap.trial_id"] == long_id:
-            assert set(long_epochs["updates"]) <= set(steps)  # same epochs, same updates
+            assert long_epochs["updates"].tolist() == steps  # the same epochs in both

@@ -77,3 +77,21 @@ def test_diffusion_and_lr_scaling_grids():
     study = lr_scaling.build(lr_scaling.parser().parse_args(["--search", "optuna"]))
     assert study.optuna_space["lr_exponent"] == (0.0, 1.0)
     assert study.optuna_space["base_lr"] == pytest.approx((0.005, 0.5))
+
+
+def test_epoch_journal_survives_a_line_cut_by_a_kill(tmp_path):
+    from tunegap.study import EpochJournal, read_journal
+
+    class Trial:
+        trial_id = "t1"
+
+    journal = EpochJournal(tmp_path / "j.jsonl")
+    for epoch in (1, 2):
+        journal.on_trial_result(0, [], Trial(), {"epoch": epoch, "test_acc": float("nan"),
+                                                 "resolved_lr": 0.1, "config": {"x": 1}})
+    with open(tmp_path / "j.jsonl", "a") as f:
+        f.write('{"epoch": 3, "test_')  # the driver died mid-write
+    rows = read_journal(tmp_path / "j.jsonl")
+    assert [r["epoch"] for r in rows["t1"]] == [1, 2]
+    assert rows["t1"][0]["resolved_lr"] == 0.1 and "config" not in rows["t1"][0]
+    assert read_journal(tmp_path / "missing.jsonl") == {}

@@ -28,6 +28,7 @@ import pandas as pd
 from ray import tune
 
 from tunegap.config import TrialConfig
+from tunegap.metrics import METRIC_NAMES
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload
 
@@ -35,6 +36,8 @@ KNOBS = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "
 INSTRUMENTS = ("noise_scale_every", "sharpness_every")
 SEARCHES = ("grid", "optuna")
 STATE_FILE = "tunegap_study.json"
+JOURNAL_FILE = "epochs_journal.jsonl"
+JOURNAL_KEYS = frozenset((*METRIC_NAMES, "diverged"))
 DEFAULT_STORAGE = "./tunegap_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # The command line's defaults where --tracking-uri / --storage-path are not given (see
@@ -442,8 +445,11 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
         (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     _init_ray(options)
-    callbacks = [MlflowTrackingCallback(tracker), ProgressPrinter(total_trials(study),
-                                                                  quiet=options.quiet)]
+    callbacks = [
+        MlflowTrackingCallback(tracker),
+        EpochJournal(run_dir / JOURNAL_FILE),
+        ProgressPrinter(total_trials(study), quiet=options.quiet),
+    ]
     status = "FAILED"
     try:
         if options.resume and tune.Tuner.can_restore(str(run_dir)):
@@ -482,17 +488,22 @@ def collect_records(
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(run_dir))
+    journal = read_journal(run_dir / JOURNAL_FILE)
     records = []
     for trial in analysis.trials:
-        history, resolved = [], {}
+        history = []
         # trial.path is the storage copy; local_path is Ray's per-session staging folder.
         result_file = Path(trial.path) / "result.json"
         if result_file.exists():
-            for line in result_file.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    history.append(row)
-                    resolved = {k: v for k, v in row.items() if k.startswith("resolved_")}
+            history = [json.loads(ln) for ln in result_file.read_text().splitlines() if ln.strip()]
+        # The driver's journal comes last: where both have an epoch, its report wins, and it
+        # fills epochs that a restart on another node dropped from result.json.
+        history += journal.get(trial.trial_id, [])
+        resolved = next(
+            ({k: v for k, v in row.items() if k.startswith("resolved_")}
+             for row in reversed(history) if "resolved_lr" in row),
+            {},
+        )
         config = TrialConfig.from_dict(dict(trial.config)).to_dict()
         if trial.status == "ERROR":
             outcome = "error"
@@ -592,6 +603,39 @@ def render_summary(study: Study, table: str, tolerance: float, counts: dict[str,
     ]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
+
+
+class EpochJournal(tune.Callback):
+    """Every epoch result the driver receives, appended to a JSON-lines file in the run folder.
+
+    A trial's own `result.json` in storage is synced with its checkpoints; when a node dies
+    and the trial restarts elsewhere from an older checkpoint, Tune replaces the driver's
+    copy with the stored one and the epochs in between vanish from it. The driver saw every
+    one of them, so the tables are built from both (`collect_records`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        row = {k: v for k, v in result.items() if k in JOURNAL_KEYS or k.startswith("resolved_")}
+        row["trial_id"] = trial.trial_id
+        with open(self.path, "a") as journal:
+            journal.write(json.dumps(row) + "\n")
+
+
+def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The journal's rows per trial id, in the order the driver received them."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short when the driver was killed mid-write
+            rows.setdefault(row.pop("trial_id"), []).append(row)
+    return rows
 
 
 class ProgressPrinter(tune.Callback):
