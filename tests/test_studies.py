@@ -18,7 +18,7 @@ def knobs(c):
 
 def test_ghost_size_default_grid_skips_ghosts_that_hold_the_whole_batch():
     cs = configs(ghost_size)
-    assert {c.seed for c in cs} == {0, 1}
+    assert {c.seed for c in cs} == {0, 1, 2}
     per_seed = [knobs(c) for c in cs if c.seed == 0]
     assert len(per_seed) == len(set(per_seed)) == 13  # baseline + 3 + 4 + 5
     assert per_seed[0] == (32, None, 0.0, 1.0)  # the baseline comes first
