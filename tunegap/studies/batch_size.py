@@ -54,13 +54,16 @@ def figures(cells, trials, epochs) -> dict:
     done = trials[trials["outcome"] == "completed"]
     panels = (
         (ax_steps, "steps_to_target", "updates to reach the target accuracy", True),
-        (ax_noise, "noise_scale", "gradient noise scale B_simple", False),
+        (ax_noise, "noise_scale", "gradient noise scale B_simple (median over seeds)", True),
         (ax_sharp, "sharpness", "top Hessian eigenvalue at the end", False),
     )
     for ax, column, label, loglog in panels:
         drawn = False
         for remedy, group in done.groupby("remedy"):
-            mean = group.groupby("batch_size")[column].mean().dropna()
+            # The noise-scale estimate is a ratio of noisy sums: one seed can be far off.
+            by_batch = group.groupby("batch_size")[column]
+            mean = (by_batch.median() if column == "noise_scale" else by_batch.mean()).dropna()
+            mean = mean[mean > 0] if loglog else mean
             if len(mean):
                 ax.plot(mean.index, mean.to_numpy(), marker="o", label=remedy)
                 drawn = True
