@@ -21,12 +21,11 @@ import argparse
 import contextlib
 import datetime
 import platform
-import subprocess
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _provenance import git_commit
 from torch import nn
 
 from tunegap.data import DeviceLoader, random_crop_flip
@@ -34,21 +33,6 @@ from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
 
 CIFAR_TRAIN = 50_000
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _sync(device: torch.device) -> None:

@@ -23,13 +23,12 @@ import copy
 import datetime
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _provenance import git_commit
 from torch import Tensor, nn
 
 from tunegap.gbn import convert_to_ghost_bn
@@ -152,21 +151,6 @@ def time_setup(
         for name, step in steps.items():
             times[name].append(timed(step))
     return times
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

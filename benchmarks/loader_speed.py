@@ -29,13 +29,12 @@ import argparse
 import datetime
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _provenance import git_commit
 from torch.utils.data import DataLoader, Dataset
 
 from tunegap.data import DeviceLoader, random_crop_flip
@@ -81,21 +80,6 @@ def time_epochs(
         _sync(device)
         times.append(time.perf_counter() - started)
     return times[1:]
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

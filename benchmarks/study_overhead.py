@@ -19,12 +19,12 @@ import argparse
 import datetime
 import importlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import mlflow
+from _provenance import git_commit
 
 
 def main() -> None:
@@ -49,11 +49,7 @@ def main() -> None:
     trials = outcome.trials
     slots = max(1, min(cpus, len(trials)))
     train = float(trials["train_seconds"].sum())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     print(f"\nstudy {args.study} {' '.join(args.study_args)} | {len(trials)} trials | "
           f"{cpus} CPUs | {datetime.date.today()} | commit {commit} | python {sys.version.split()[0]}")
     print("| command wall (s) | fit wall (s) | sum of trial train time (s) | slots | overhead |")
