@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -874,7 +874,3 @@ def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "tolerance": args.tolerance,
     }
-
-
-def with_fields(study: Study, **changes: Any) -> Study:
-    return replace(study, **changes)

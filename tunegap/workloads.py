@@ -6,7 +6,7 @@ workload's base regime; everything else about the training comes from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunegap.data import AUGMENTATIONS
@@ -40,10 +40,6 @@ class Workload:
                 f"augment {self.augment!r} of workload {self.name!r} is not allowed: use one "
                 f"of {', '.join(sorted(AUGMENTATIONS))} or None"
             )
-
-    def with_regime(self, **changes: Any) -> Workload:
-        """A copy whose base regime has `changes` applied (e.g. epochs for a quick look)."""
-        return replace(self, regime=replace(self.regime, **changes))
 
 
 WORKLOADS: dict[str, Workload] = {}
