@@ -8,6 +8,13 @@ No Ray and no MLflow in here, so one configuration can be debugged on its own:
 A step reads top to bottom: set the scheduled learning rate, forward, loss, backward, clip,
 SGD step. Metrics are summed on the device and read once per epoch, so a GPU never waits for
 the host inside an epoch. A non-finite loss ends the run as `diverged` instead of crashing.
+
+Data comes one of two ways, chosen by the data object (`load_workload_data` picks by
+`Workload.streaming`). In-memory `TensorData` sits on the device and `DeviceLoader` slices
+batches out of it. A streaming workload (ImageNet) gets `StreamingData`: `StreamingLoader`s
+whose DataLoader workers decode the training folder (random-resized crop + flip) and the
+validation folder (centre crop) from disk. Both loaders shuffle from a seeded generator that
+checkpoints save, and both feed the same training step and the same evaluation loop.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,6 +32,7 @@ from torch import nn
 
 from tunegap.config import TrialConfig
 from tunegap.data import DeviceLoader, TensorData, get_augment, load_dataset
+from tunegap.datasets import StreamingData, StreamingLoader, load_streaming_dataset
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.probes import (
@@ -48,12 +57,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_workload_data(config: TrialConfig) -> TensorData:
+def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
+    """The workload's dataset: in memory, or opened for streaming where the workload streams."""
     workload = config.get_workload()
     kwargs: dict[str, Any] = dict(workload.dataset_kwargs)
     if config.data_dir is not None:
         kwargs["data_dir"] = config.data_dir
+    if workload.streaming:
+        return load_streaming_dataset(workload.dataset, **kwargs)
     return load_dataset(workload.dataset, **kwargs)
+
+
+def default_workers(cpus_per_trial: float) -> int:
+    """DataLoader worker processes for a streaming workload: one per CPU of the trial."""
+    return max(0, int(cpus_per_trial))
 
 
 class Engine:
@@ -61,19 +78,27 @@ class Engine:
 
     Accuracies are in percent. `train_loss`/`train_acc` are averaged over the epoch's batches
     in training mode (as the authors' code reports them), so they cost no extra pass.
+
+    `data` (default: `load_workload_data(config)`) is `TensorData`, moved to the device, or
+    `StreamingData`, read by `num_workers` DataLoader processes (default: the workload's
+    `cpus_per_trial`; 0 decodes in this process). The streaming path gives the same
+    metrics, schedule, Ghost BatchNorm, clipping, precision and checkpoint contents.
     """
 
     def __init__(
         self,
         config: TrialConfig,
         *,
-        data: TensorData | None = None,
+        data: TensorData | StreamingData | None = None,
         device: torch.device | str | None = None,
+        num_workers: int | None = None,
     ) -> None:
         self.config = config
         self.workload = config.get_workload()
         self.device = pick_device(config.device) if device is None else torch.device(device)
-        self.data = (data or load_workload_data(config)).to(self.device)
+        data = data if data is not None else load_workload_data(config)
+        self.streaming = isinstance(data, StreamingData)
+        self.data: Any = data if self.streaming else data.to(self.device)
         self.regime = config.regime()
         self.resolved: ResolvedRegime = self.regime.resolve(
             config.batch_size, train_size=self.data.train_size
@@ -93,10 +118,12 @@ class Engine:
         cuda = self.device.type == "cuda"
         # bf16 autocast and channels_last pay off on tensor-core GPUs; on a CPU they are slower.
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-        self.channels_last = cuda and self.data.x_train.dim() == 4
+        # Streamed data is always NCHW images; each batch is laid out as it arrives.
+        self.channels_last = cuda and (self.streaming or self.data.x_train.dim() == 4)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-            self.data = self.data.to_memory_format(torch.channels_last)
+            if not self.streaming:
+                self.data = self.data.to_memory_format(torch.channels_last)
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = torch.optim.SGD(
@@ -105,14 +132,36 @@ class Engine:
             momentum=self.regime.momentum,
             weight_decay=self.regime.weight_decay,
         )
-        self.loader = DeviceLoader(
-            self.data.x_train,
-            self.data.y_train,
-            batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            augment=get_augment(self.workload.augment),
-        )
+        self.loader: DeviceLoader | StreamingLoader
+        self.test_loader: StreamingLoader | None = None
+        self._sharpness_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.streaming:
+            workers = default_workers(self.workload.cpus_per_trial)
+            workers = workers if num_workers is None else num_workers
+            self.loader = StreamingLoader(
+                self.data.train,
+                batch_size=config.batch_size,
+                shuffle=True,
+                seed=config.seed,
+                num_workers=workers,
+                device=self.device,
+            )
+            self.test_loader = StreamingLoader(
+                self.data.test,
+                batch_size=self.workload.eval_batch_size,
+                shuffle=False,
+                num_workers=workers,
+                device=self.device,
+            )
+        else:
+            self.loader = DeviceLoader(
+                self.data.x_train,
+                self.data.y_train,
+                batch_size=config.batch_size,
+                shuffle=True,
+                seed=config.seed,
+                augment=get_augment(self.workload.augment),
+            )
         self.initial_params = [p.detach().clone() for p in self.model.parameters()]
         self.noise = NoiseScaleEstimator()
         self.epoch = 0
@@ -143,29 +192,10 @@ class Engine:
         lr = self.resolved.lr
         for i, (x, y) in enumerate(self.loader):
             lr = self.resolved.lr_at(self.epoch + i / steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if self.channels_last:
-                # Indexing a batch out of the dataset gives a default-layout tensor.
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                logits = self.forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            g_sq = None
-            if self.resolved.clip_norm is not None:
-                # clip_grad_norm_ returns the norm before clipping: the noise probe needs that.
-                g_sq = (
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm) ** 2
-                )
-            if self.config.noise_scale_every and i % self.config.noise_scale_every == 0:
-                self._measure_noise(x, y, g_sq)
-            self.optimizer.step()
-            self.updates += 1
+            loss, logits = self._train_step(x, y, lr=lr, step=i)
             n = y.shape[0]
-            loss_sum += loss.detach() * n
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss * n
+            correct += (logits.argmax(1) == y).sum()
             seen += n
         self.epoch += 1
         train_loss = float(loss_sum) / seen
@@ -199,6 +229,31 @@ class Engine:
             "diverged": self.diverged,
         }
 
+    def _train_step(
+        self, x: torch.Tensor, y: torch.Tensor, *, lr: float, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD update on batch (x, y) at learning rate `lr`, for either kind of data;
+        `step` is the batch's index in the epoch. Returns the (detached) loss and logits."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.channels_last:
+            # Indexing a batch out of the dataset gives a default-layout tensor.
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        g_sq = None
+        if self.resolved.clip_norm is not None:
+            # clip_grad_norm_ returns the norm before clipping: the noise probe needs that.
+            g_sq = nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm) ** 2
+        if self.config.noise_scale_every and step % self.config.noise_scale_every == 0:
+            self._measure_noise(x, y, g_sq)
+        self.optimizer.step()
+        self.updates += 1
+        return loss.detach(), logits.detach()
+
     def _measure_noise(self, x: torch.Tensor, y: torch.Tensor, g_sq: torch.Tensor | None) -> None:
         """Add one gradient-noise measurement (McCandlish et al. 2018) from this step."""
         ghost = self.config.ghost_batch_size
@@ -218,10 +273,36 @@ class Engine:
 
     def sharpness(self) -> float:
         """Top Hessian eigenvalue of the training loss on a fixed training subset (Keskar et
-        al. 2017), in eval mode so BatchNorm uses its running statistics."""
-        x = self.data.x_train[:SHARPNESS_SAMPLES]
-        y = self.data.y_train[:SHARPNESS_SAMPLES]
+        al. 2017), in eval mode so BatchNorm uses its running statistics.
+
+        Streamed data: `SHARPNESS_SAMPLES` training images spread over the split, with the
+        evaluation transform, decoded once and kept on the device."""
+        if not self.streaming:
+            x = self.data.x_train[:SHARPNESS_SAMPLES]
+            y = self.data.y_train[:SHARPNESS_SAMPLES]
+        else:
+            if self._sharpness_batch is None:
+                x, y = self.data.train_subset(SHARPNESS_SAMPLES)
+                x = x.to(self.device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                self._sharpness_batch = (x, y.to(self.device))
+            x, y = self._sharpness_batch
         return top_hessian_eigenvalue(self.model, F.cross_entropy, x, y, seed=self.config.seed)
+
+    def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split in batches of the workload's `eval_batch_size`, on the device."""
+        if self.test_loader is None:
+            x_all, y_all = self.data.x_test, self.data.y_test
+            for start in range(0, x_all.shape[0], self.workload.eval_batch_size):
+                x = x_all[start : start + self.workload.eval_batch_size]
+                y = y_all[start : start + self.workload.eval_batch_size]
+                yield x, y
+            return
+        for x, y in self.test_loader:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -229,15 +310,13 @@ class Engine:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        x_all, y_all = self.data.x_test, self.data.y_test
-        for start in range(0, x_all.shape[0], self.workload.eval_batch_size):
-            x = x_all[start : start + self.workload.eval_batch_size]
-            y = y_all[start : start + self.workload.eval_batch_size]
+        n = 0
+        for x, y in self._test_batches():
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 logits = self.forward(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        n = x_all.shape[0]
+            n += y.shape[0]
         return float(loss_sum) / n, 100.0 * float(correct) / n
 
     def run(self, *, on_epoch: Any = None) -> list[dict[str, Any]]:
@@ -322,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data-dir", default=None)
     p.add_argument(
+        "--workers",
+        default=None,
+        type=_int_arg("--workers"),
+        help="DataLoader worker processes for a streaming dataset such as ImageNet "
+        "(default: the workload's cpus_per_trial; 0 = decode in the main process)",
+    )
+    p.add_argument(
         "--noise-scale-every",
         default=0,
         type=_int_arg("--noise-scale-every"),
@@ -389,7 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"python -m tunegap.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    engine = Engine(config)
+    if args.workers is not None and args.workers < 0:
+        print(
+            f"python -m tunegap.train: error: --workers {args.workers} is below 0", file=sys.stderr
+        )
+        raise SystemExit(2)
+    engine = Engine(config, num_workers=args.workers)
     r = engine.resolved
     print(
         f"# {config.workload} B={config.batch_size} ghost={config.ghost_batch_size} "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunegap.data import AUGMENTATIONS
+from tunegap.datasets import STREAMING_DATASETS
 from tunegap.regime import Regime
 
 
@@ -33,8 +34,19 @@ class Workload:
     augment: str | None = None
     # Test accuracy (percent) whose first crossing gives steps_to_target; None: not measured.
     target_test_acc: float | None = None
+    # True: the dataset is too big for memory and is read from disk batch by batch by
+    # DataLoader workers (`tunegap.datasets.STREAMING_DATASETS` names those that can, and
+    # `dataset_kwargs` go to that reader, e.g. `image_size`); `int(cpus_per_trial)` worker
+    # processes. The dataset's own training transform augments then, so `augment` only
+    # applies where the engine is handed in-memory `TensorData` of this workload instead.
+    streaming: bool = False
 
     def __post_init__(self) -> None:
+        if self.streaming and self.dataset not in STREAMING_DATASETS:
+            raise ValueError(
+                f"workload {self.name!r} streams dataset {self.dataset!r}, which cannot "
+                f"stream: use one of {', '.join(sorted(STREAMING_DATASETS))}"
+            )
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise ValueError(
                 f"augment {self.augment!r} of workload {self.name!r} is not allowed: use one "
@@ -306,6 +318,7 @@ register_workload(
             clip_norm=5.0,
         ),
         augment="crop_flip",
+        streaming=True,
         eval_batch_size=1000,
         large_batch_size=4096,
         cpus_per_trial=8.0,
@@ -319,10 +332,11 @@ register_workload(
             "throughout; 30 epochs is ours (5 epochs after the last change; the code's "
             "default 200 is for CIFAR). B0=256: main_normal.py's reference batch for the sqrt "
             "rule and regime adaptation, and convNet.pytorch's default batch size; large "
-            "batch 4096 (paper); clip 5.0 (main_*.py). The in-memory loader takes a subset "
-            "(dataset_kwargs max_per_class); augment crop_flip stands in for the code's "
-            "random-resized crop + flip (preprocess.py inception_preproccess), which "
-            "tunegap.datasets.ImageFolderDataset does when streaming"
+            "batch 4096 (paper); clip 5.0 (main_*.py). Streams the ImageFolder tree from disk "
+            "(8 DataLoader workers) with the code's training transform, random-resized "
+            "crop 224 + flip (preprocess.py inception_preproccess; "
+            "tunegap.datasets.ImageFolderDataset), and resize 256 + centre crop 224 for "
+            "validation; augment crop_flip applies only to in-memory data of this workload"
         ),
     )
 )
