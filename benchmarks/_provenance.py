@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import platform
 import subprocess
 from pathlib import Path
+
+import torch
 
 
 def git_commit() -> str:
@@ -29,3 +33,17 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def print_header(device: torch.device) -> None:
+    """The lines every benchmark table starts with: when, which code, which machine."""
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"commit:  {git_commit()}")
+    print(f"torch:   {torch.__version__}")
+    print(f"device:  {device} ({name})")
+    print(f"threads: {torch.get_num_threads()}")

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
-from _provenance import git_commit
+from _provenance import print_header
 from torch import nn
 
 from tunegap.data import DeviceLoader, random_crop_flip
@@ -130,16 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = run_epoch(step_model, optimizer, loader, **common)
         rows.append((batch, len(loader), warmup, seconds))
 
-    device_name = (
-        torch.cuda.get_device_name(device)
-        if on_cuda
-        else platform.processor() or platform.machine()
-    )
-    print(f"date:     {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"commit:   {git_commit()}")
-    print(f"torch:    {torch.__version__}")
-    print(f"device:   {device} ({device_name})")
-    print(f"threads:  {torch.get_num_threads()}")
+    print_header(device)
     print(
         f"setup:    ResNet-44, {samples} random 3x32x32 images per epoch, "
         f"bf16={args.bf16} channels_last={args.channels_last} compile={args.compile} "

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _provenance import git_commit
+from _provenance import print_header
 from torch import Tensor, nn
 
 from tunegap.gbn import convert_to_ghost_bn
@@ -178,16 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats if args.repeats is not None else (4 if device.type == "cpu" else 20)
     batch = args.batch_size
 
-    device_name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
-    print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"commit:  {git_commit()}")
-    print(f"torch:   {torch.__version__}")
-    print(f"device:  {device} ({device_name})")
-    print(f"threads: {torch.get_num_threads()}")
+    print_header(device)
     print(
         f"timing:  median of >= {repeats} steps (fast setups: ~{args.min_time:g} s per variant) "
         f"after {args.warmup} warm-up, variants interleaved"

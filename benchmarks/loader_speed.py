@@ -26,15 +26,13 @@ it more than once.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from _provenance import git_commit
+from _provenance import print_header
 from torch.utils.data import DataLoader, Dataset
 
 from tunegap.data import DeviceLoader, random_crop_flip
@@ -131,16 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     results = [(name, time_epochs(run, device, args.epochs)) for name, run in variants]
 
-    device_name = (
-        torch.cuda.get_device_name(device)
-        if on_cuda
-        else platform.processor() or platform.machine()
-    )
-    print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"commit:  {git_commit()}")
-    print(f"torch:   {torch.__version__}")
-    print(f"device:  {device} ({device_name})")
-    print(f"threads: {torch.get_num_threads()}")
+    print_header(device)
     print(
         f"data:    {samples} random 3x32x32 float32 images, batch {batch}, pad 4 + crop + flip; "
         f"median of {args.epochs} epochs after 1 warm-up epoch"
