@@ -384,6 +384,9 @@ def _init_ray(options: RunOptions) -> None:
     # Frequent small checkpoints are cheap here (a trial is small); Tune's warning about
     # them would drown the progress lines.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's newer console output prints its own banner even at verbose=0; the legacy one is
+    # silent there, leaving the runner's one line per trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     if ray.is_initialized():
         return
