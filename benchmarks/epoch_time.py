@@ -29,6 +29,7 @@ from torch import nn
 from tunegap.data import DeviceLoader, random_crop_flip
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
+from tunegap.train import pick_device
 
 CIFAR_TRAIN = 50_000
 
@@ -88,12 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-augment", action="store_true", help="skip the crop/flip")
     args = parser.parse_args(argv)
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     on_cuda = device.type == "cuda"
     samples = args.samples or (CIFAR_TRAIN if on_cuda else 256)
     try:

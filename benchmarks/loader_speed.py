@@ -36,6 +36,7 @@ from _provenance import print_header
 from torch.utils.data import DataLoader, Dataset
 
 from tunegap.data import DeviceLoader, random_crop_flip
+from tunegap.train import pick_device
 
 
 class CropFlipDataset(Dataset):
@@ -91,12 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loader")
     args = parser.parse_args(argv)
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     on_cuda = device.type == "cuda"
     samples = args.samples or (50_000 if on_cuda else 4096)
     batch = args.batch_size or (4096 if on_cuda else 512)
