@@ -88,6 +88,13 @@ def test_multiplier_words_and_numbers_parse():
         ({"decay_epochs": (150,)}, "decay epoch"),
         ({"base_lr": 0.0}, "base_lr"),
         ({"clip_norm": -1.0}, "clip_norm"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"lr_factors": (0.1,)}, "2 decay epochs"),
+        ({"lr_factors": (0.1, 0.0)}, "lr_factors value 0.0"),
+        ({"lr_factors": (0.1, math.inf)}, "lr_factors"),
+        ({"lr_factors": (0.1, None)}, "lr_factors"),
+        ({"weight_decays": (None, -1.0)}, "weight_decays value -1.0"),
+        ({"weight_decays": (0.0, 0.0, 0.0)}, "3 values for 2"),
     ],
 )
 def test_bad_regimes_are_refused(kw, word):
@@ -98,3 +105,71 @@ def test_bad_regimes_are_refused(kw, word):
 def test_resolve_refuses_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         paper_regime().resolve(0)
+
+
+def shallow_regime(**kw):
+    """The authors' C1/C3 regime: lr 1e-3, up to 1e-2 at 60, 1e-3 at 120, 1e-4 at 180."""
+    base = dict(
+        base_lr=1e-3,
+        base_batch_size=128,
+        epochs=200,
+        decay_epochs=(60, 120, 180),
+        lr_factors=(10.0, 1.0, 0.1),
+    )
+    return Regime(**(base | kw))
+
+
+def test_step_lr_factors_give_the_authors_schedule_including_a_rise():
+    r = shallow_regime().resolve(128)
+    expected = {0: 1e-3, 59.9: 1e-3, 60: 1e-2, 119: 1e-2, 120: 1e-3, 180: 1e-4, 199: 1e-4}
+    for epoch, lr in expected.items():
+        assert r.lr_at(epoch) == pytest.approx(lr), epoch
+
+
+def test_step_lr_factors_move_with_regime_adaptation_and_scale_with_lr():
+    r = shallow_regime(lr_exponent=0.5, regime_multiplier=MATCHED).resolve(512)
+    assert r.decay_epochs == (240, 480, 720) and r.epochs == 800
+    assert r.lr_at(239) == pytest.approx(2e-3)
+    assert r.lr_at(240) == pytest.approx(2e-2)
+    assert r.lr_at(720) == pytest.approx(2e-4)
+
+
+def test_weight_decay_steps_switch_at_their_epoch_and_none_keeps_the_last():
+    # AlexNet in the authors' code: wd 5e-4, then 0 from epoch 15.
+    r = Regime(
+        base_lr=1e-2,
+        base_batch_size=256,
+        epochs=30,
+        decay_epochs=(10, 15, 20),
+        weight_decay=5e-4,
+        weight_decays=(None, 0.0, None),
+    ).resolve(256)
+    assert [r.weight_decay_at(e) for e in (0, 9, 10, 14, 15, 20, 29)] == [
+        5e-4,
+        5e-4,
+        5e-4,
+        5e-4,
+        0.0,
+        0.0,
+        0.0,
+    ]
+    plain = paper_regime().resolve(128)
+    assert {plain.weight_decay_at(e) for e in (0, 50, 99)} == {plain.weight_decays[0]}
+
+
+def test_shortening_a_regime_merges_steps_without_changing_the_lr_after_them():
+    # 200 -> 2 epochs: 60 and 120 both land on epoch 1, where the lr after both is 1e-3
+    # and the weight decay switched off at 120 is off; 180 lands on 2, the end: dropped.
+    short = shallow_regime(weight_decays=(None, 0.0, None)).with_epochs(2)
+    assert short.decay_epochs == (1,)
+    r = short.resolve(128)
+    assert r.lr_at(0) == pytest.approx(1e-3) and r.weight_decay_at(0) == 1e-4
+    assert r.lr_at(1) == pytest.approx(1e-3) and r.weight_decay_at(1) == 0.0
+    # 200 -> 3 epochs keeps the rise: 1e-2 from epoch 1, 1e-3 from epoch 2.
+    three = shallow_regime().with_epochs(3).resolve(128)
+    assert three.decay_epochs == (1, 2)
+    assert [three.lr_at(e) for e in (0, 1, 2)] == pytest.approx([1e-3, 1e-2, 1e-3])
+    # Geometric decays keep their compound factor when they merge, as if both happened.
+    merged = paper_regime().with_epochs(3)  # decays 50 and 75 of 100 both land on 2
+    assert merged.decay_epochs == (2,)
+    assert merged.resolve(128).lr_at(2) == pytest.approx(0.001)

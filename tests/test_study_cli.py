@@ -25,6 +25,9 @@ CASES = [
     ("ghost_size", ["--tolerance", "nan"], "--tolerance"),
     ("ghost_size", ["--max-concurrent", "0"], "--max-concurrent"),
     ("ghost_size", ["--gpus-per-trial", "-0.5"], "--gpus-per-trial"),
+    ("ghost_size", ["--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5"),
+    # No CUDA here, or (on a GPU machine) 0 GPUs per trial for the CPU-sized default workload.
+    ("ghost_size", ["--device", "cuda"], "--device cuda "),
     ("ghost_size", ["--device", "tpu"], "--device"),
     ("ghost_size", ["--checkpoint-every", "0"], "--checkpoint-every"),
     ("ghost_size", ["--resume"], "--resume found no previous run"),

@@ -167,3 +167,34 @@ def test_fp32_is_the_cpu_default_and_bad_precision_is_refused(data_dir):
     assert not Engine(make_config(data_dir)).use_bf16
     with pytest.raises(ValueError, match="precision 'fp16' is not allowed"):
         make_config(data_dir, precision="fp16")
+
+
+def test_step_schedule_of_a_workload_sets_lr_and_weight_decay_per_epoch(data_dir, monkeypatch):
+    # A copy of the default workload whose regime turns weight decay off and raises the lr
+    # at its second decay epoch, as the authors' AlexNet and C1/C3 regimes do.
+    from dataclasses import replace
+
+    from tunegap.workloads import WORKLOADS, get_workload
+
+    base = get_workload("mnist1d-cnn")
+    stepped = replace(
+        base,
+        name="mnist1d-stepped",
+        regime=replace(base.regime, lr_factors=(0.1, 0.5), weight_decays=(None, 0.0)),
+    )
+    monkeypatch.setitem(WORKLOADS, stepped.name, stepped)
+    # 20 epochs shrunk to 4: decays at 10 and 15 land on epochs 2 and 3.
+    plain = Engine(make_config(data_dir, epochs=4))
+    engine = Engine(make_config(data_dir, epochs=4, workload=stepped.name))
+    assert engine.resolved.decay_epochs == (2, 3)
+    seen = []
+    for epoch in range(4):
+        a, b = plain.train_epoch(), engine.train_epoch()
+        group = engine.optimizer.param_groups[0]
+        seen.append((group["weight_decay"], group["lr"]))
+        if epoch < 3:
+            assert without_time(a) == without_time(b), epoch
+        else:
+            assert a["test_loss"] != b["test_loss"]
+    assert [wd for wd, _ in seen] == [5e-4, 5e-4, 5e-4, 0.0]
+    assert [lr for _, lr in seen] == pytest.approx([0.05, 0.05, 0.005, 0.025])

@@ -64,6 +64,33 @@ def test_regime_resolves_at_small_and_large_batch(name):
     assert large.decay_epochs == tuple(d * math.ceil(ratio) for d in regime.decay_epochs)
 
 
+# The authors' regime dicts ({epoch: lr} and weight decay) as their model files write them
+# (bigBatch models/*.py; VGG and AlexNet from convNet.pytorch), at B0.
+AUTHORS_SCHEDULES = {
+    "mnist-f1": ({0: 1e-1, 10: 1e-2, 20: 1e-3, 30: 1e-4}, {0: 1e-4}),
+    "cifar10-c1": ({0: 1e-3, 60: 1e-2, 120: 1e-3, 180: 1e-4}, {0: 5e-4}),
+    "cifar100-c3": ({0: 1e-3, 60: 1e-2, 120: 1e-3, 180: 1e-4}, {0: 5e-4}),
+    "cifar10-resnet44": ({0: 1e-1, 81: 1e-2, 122: 1e-3, 164: 1e-4}, {0: 1e-4}),
+    "cifar100-resnet44": ({0: 1e-1, 81: 1e-2, 122: 1e-3, 164: 1e-4}, {0: 1e-4}),
+    "cifar10-vgg": ({0: 1e-1, 60: 2e-2, 120: 4e-3, 160: 8e-4}, {0: 5e-4}),
+    "cifar100-wrn16-4": ({0: 1e-1, 60: 2e-2, 120: 4e-3, 140: 1e-4}, {0: 1e-4}),
+    "imagenet-alexnet": ({0: 1e-2, 10: 5e-3, 15: 1e-3, 20: 5e-4, 25: 1e-4}, {0: 5e-4, 15: 0.0}),
+}
+
+
+@pytest.mark.parametrize("name", TABLE1)
+def test_base_schedule_is_the_authors_regime_step_by_step(name):
+    regime = get_workload(name).regime
+    resolved = regime.resolve(regime.base_batch_size)
+    lrs, weight_decays = AUTHORS_SCHEDULES[name]
+    for schedule, at in ((lrs, resolved.lr_at), (weight_decays, resolved.weight_decay_at)):
+        starts = sorted(schedule)
+        ends = [*starts[1:], regime.epochs]
+        for start, end in zip(starts, ends, strict=True):
+            for epoch in (start, end - 0.01):
+                assert at(epoch) == pytest.approx(schedule[start], rel=1e-9), (name, epoch)
+
+
 @pytest.mark.parametrize("name", TABLE1)
 def test_workload_names_its_sources_and_resources(name):
     workload = get_workload(name)

@@ -152,9 +152,6 @@ class TrialConfig:
         }
         if self.base_lr is not None:
             changes["base_lr"] = self.base_lr
-        if self.epochs is not None and self.epochs != base.epochs:
-            scale = self.epochs / base.epochs
-            moved = sorted({min(self.epochs, max(1, round(d * scale))) for d in base.decay_epochs})
-            changes["epochs"] = self.epochs
-            changes["decay_epochs"] = tuple(d for d in moved if d < self.epochs)
+        if self.epochs is not None:
+            base = base.with_epochs(self.epochs)
         return replace(base, **changes)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tunegap.registry import lookup
+
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "tunegap"
 
 
@@ -161,12 +163,7 @@ def get_augment(name: str | None) -> Augment | None:
     """The augmentation called `name` (None: no augmentation); unknown names list the known."""
     if name is None:
         return None
-    try:
-        return AUGMENTATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown augmentation {name!r}: use one of {', '.join(sorted(AUGMENTATIONS))} or None"
-        ) from None
+    return lookup(AUGMENTATIONS, name, f"unknown augmentation {name!r}", also="or None")
 
 
 class DeviceLoader:
@@ -250,10 +247,4 @@ DATASETS: dict[str, Callable[..., TensorData]] = {
 
 def load_dataset(name: str, **kwargs: object) -> TensorData:
     """Load a dataset by name (see `DATASETS`)."""
-    try:
-        loader = DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}: use one of {', '.join(sorted(DATASETS))}"
-        ) from None
-    return loader(**kwargs)
+    return lookup(DATASETS, name, f"unknown dataset {name!r}")(**kwargs)

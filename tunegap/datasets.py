@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tunegap.data import DEFAULT_DATA_DIR, TensorData, _save_npz_atomically
+from tunegap.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -628,13 +629,7 @@ STREAMING_DATASETS: dict[str, Any] = {"imagenet": load_imagenet_streaming}
 
 def load_streaming_dataset(name: str, **kwargs: Any) -> StreamingData:
     """Open a dataset for streaming by name (see `STREAMING_DATASETS`)."""
-    try:
-        reader = STREAMING_DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"dataset {name!r} cannot stream: use one of {', '.join(sorted(STREAMING_DATASETS))}"
-        ) from None
-    return reader(**kwargs)
+    return lookup(STREAMING_DATASETS, name, f"dataset {name!r} cannot stream")(**kwargs)
 
 
 class _ChunkSampler(Sampler[list[Any]]):

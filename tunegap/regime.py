@@ -8,12 +8,16 @@
   gives the large batch as many weight updates as the small one.
 
 Warm-up is kept in epochs, not multiplied: Goyal et al. define it as a fixed number of epochs.
+
+The authors' code writes a regime as {epoch: {lr, weight_decay, ...}}. Most are a step decay
+by one factor; the others (a rising step, uneven drops, weight decay switched off) are given
+step by step with `lr_factors` and `weight_decays`, which move with the decay epochs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MATCHED = "matched"
 MULTIPLIER_WORDS = (MATCHED,)
@@ -65,6 +69,28 @@ def check_exponent(value: object) -> float:
     return float(value)
 
 
+def check_step_values(
+    name: str, values: object, steps: int, *, positive: bool, allow_none: bool
+) -> tuple:
+    """One value per decay epoch (or none at all), each finite and > 0 (`positive`) or >= 0."""
+    values = tuple(values)  # type: ignore[arg-type]
+    if values and len(values) != steps:
+        raise ValueError(
+            f"{name} has {len(values)} values for {steps} decay epochs: give one per decay "
+            "epoch, or none"
+        )
+    allowed = ("finite numbers > 0" if positive else "finite numbers >= 0") + (
+        " or None" if allow_none else ""
+    )
+    for v in values:
+        if v is None and allow_none:
+            continue
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if not (number and math.isfinite(v) and (v > 0 if positive else v >= 0)):
+            raise ValueError(f"{name} value {v!r} is not allowed: use {allowed}")
+    return values
+
+
 @dataclass(frozen=True)
 class ResolvedRegime:
     """The concrete schedule of one trial at one batch size."""
@@ -73,23 +99,34 @@ class ResolvedRegime:
     lr: float
     epochs: int
     decay_epochs: tuple[int, ...]
-    decay_factor: float
+    # lr from each decay epoch on, as a multiple of `lr` (one per decay epoch).
+    lr_factors: tuple[float, ...]
+    # Weight decay before the first decay epoch, then from each decay epoch on.
+    weight_decays: tuple[float, ...]
     warmup_epochs: float
     clip_norm: float | None
     multiplier: float
     updates_per_epoch: int | None
     total_updates: int | None
 
+    def _phase(self, epoch_progress: float) -> int:
+        return sum(epoch_progress >= d for d in self.decay_epochs)
+
     def lr_at(self, epoch_progress: float) -> float:
         """Learning rate at a fractional epoch (e.g. 3.25 = a quarter into the 4th epoch).
 
-        Linear warm-up from lr / warmup_steps to lr over `warmup_epochs`, then a step decay
-        by `decay_factor` at each decay epoch.
+        Linear warm-up from lr / warmup_steps to lr over `warmup_epochs`; from each decay
+        epoch on, `lr` times that step's factor.
         """
-        lr = self.lr * self.decay_factor ** sum(epoch_progress >= d for d in self.decay_epochs)
+        phase = self._phase(epoch_progress)
+        lr = self.lr * (self.lr_factors[phase - 1] if phase else 1.0)
         if self.warmup_epochs > 0 and epoch_progress < self.warmup_epochs:
             lr *= (epoch_progress + self._warmup_floor()) / self.warmup_epochs
         return lr
+
+    def weight_decay_at(self, epoch_progress: float) -> float:
+        """Weight decay at a fractional epoch (it changes only at decay epochs)."""
+        return self.weight_decays[self._phase(epoch_progress)]
 
     def _warmup_floor(self) -> float:
         # The first update already uses a non-zero rate: one update's worth of progress.
@@ -121,6 +158,12 @@ class Regime:
     clip_norm: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # lr from each decay epoch on, as a multiple of base_lr (so steps may rise or drop
+    # unevenly); empty: decay_factor ** k after the k-th decay epoch.
+    lr_factors: tuple[float, ...] = ()
+    # Weight decay from each decay epoch on, None keeping the one before; empty: weight_decay
+    # throughout.
+    weight_decays: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.base_lr) and self.base_lr > 0):
@@ -147,6 +190,65 @@ class Regime:
             math.isfinite(self.clip_norm) and self.clip_norm > 0
         ):
             raise ValueError(f"clip_norm {self.clip_norm!r} is not allowed: use > 0 or None")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay {self.weight_decay!r} is not allowed: use >= 0")
+        steps = len(self.decay_epochs)
+        object.__setattr__(
+            self,
+            "lr_factors",
+            check_step_values(
+                "lr_factors", self.lr_factors, steps, positive=True, allow_none=False
+            ),
+        )
+        object.__setattr__(
+            self,
+            "weight_decays",
+            check_step_values(
+                "weight_decays", self.weight_decays, steps, positive=False, allow_none=True
+            ),
+        )
+
+    def step_lr_factors(self) -> tuple[float, ...]:
+        """lr from each decay epoch on, as a multiple of base_lr."""
+        if self.lr_factors:
+            return tuple(float(f) for f in self.lr_factors)
+        return tuple(self.decay_factor ** (k + 1) for k in range(len(self.decay_epochs)))
+
+    def phase_weight_decays(self) -> tuple[float, ...]:
+        """Weight decay before the first decay epoch, then from each decay epoch on."""
+        phases = [float(self.weight_decay)]
+        for wd in self.weight_decays or (None,) * len(self.decay_epochs):
+            phases.append(phases[-1] if wd is None else float(wd))
+        return tuple(phases)
+
+    def with_epochs(self, epochs: int) -> Regime:
+        """This regime stretched or shrunk to `epochs`, decay epochs moved in proportion.
+
+        Steps that land on the same epoch merge into one with the later step's lr (so the
+        lr after it is what it was after both); steps at or past the end are dropped (they
+        would never act). The steps are then spelled out in `lr_factors`, since counting
+        decay_factor ** k over the merged steps would give another lr.
+        """
+        check_positive_int("epochs", epochs)
+        if epochs == self.epochs:
+            return self
+        scale = epochs / self.epochs
+        factors = self.step_lr_factors()
+        decays = self.weight_decays or (None,) * len(self.decay_epochs)
+        moved: dict[int, tuple[float, float | None]] = {}
+        for d, f, wd in zip(self.decay_epochs, factors, decays, strict=True):
+            at = min(epochs, max(1, round(d * scale)))
+            # A merged step keeps the weight decay set by either of the steps it merges.
+            prior = moved.get(at, (f, None))[1]
+            moved[at] = (f, wd if wd is not None else prior)
+        kept = sorted(at for at in moved if at < epochs)
+        return replace(
+            self,
+            epochs=epochs,
+            decay_epochs=tuple(kept),
+            lr_factors=tuple(moved[at][0] for at in kept),
+            weight_decays=tuple(moved[at][1] for at in kept),
+        )
 
     def multiplier_for(self, batch_size: int) -> float:
         """The numeric regime multiplier at this batch size ("matched" = ceil(B/B0))."""
@@ -174,7 +276,8 @@ class Regime:
             lr=self.lr_for(batch_size),
             epochs=epochs,
             decay_epochs=decay,
-            decay_factor=self.decay_factor,
+            lr_factors=self.step_lr_factors(),
+            weight_decays=self.phase_weight_decays(),
             warmup_epochs=self.warmup_epochs,
             clip_norm=self.clip_norm,
             multiplier=mult,

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,14 @@ class RunOptions:
             raise StudyError(
                 f"--gpus-per-trial {self.gpus_per_trial!r} is not allowed: use a number >= 0"
             )
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1 and (
+            not float(self.gpus_per_trial).is_integer()
+        ):
+            # Ray shares a GPU in fractions below 1; above 1 it only hands out whole GPUs.
+            raise StudyError(
+                f"--gpus-per-trial {self.gpus_per_trial!r} is not allowed: use a fraction "
+                "up to 1 (e.g. 0.25 for four trials per GPU) or a whole number of GPUs"
+            )
         if isinstance(self.max_failures, bool) or self.max_failures < 0:
             raise StudyError(f"--max-failures {self.max_failures!r} is not allowed: use >= 0")
         _check_address(self.address)
@@ -397,6 +405,44 @@ def _init_ray(options: RunOptions) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_gpus_per_trial(workload: Workload, options: RunOptions, local_gpus: int) -> float:
+    """The GPUs each trial asks Ray for, checked before any trial starts.
+
+    A local Ray has this machine's GPUs only: `--device auto` without one trains on the CPU
+    (asking for a GPU would leave every trial pending for ever), and `--device cuda` without
+    one, or more GPUs per trial than there are, is refused. On a cluster (`--address`) the
+    autoscaler may still be adding GPU nodes, so only the request itself is checked.
+    """
+    if options.device == "cpu":
+        return 0.0
+    gpus = workload.gpus_per_trial if options.gpus_per_trial is None else options.gpus_per_trial
+    on_cluster = options.address not in (None, "local")
+    if not on_cluster and local_gpus == 0:
+        if options.device == "cuda":
+            raise StudyError(
+                "--device cuda is not allowed here: CUDA is not available (use --device auto "
+                "or cpu, or --address to run on a cluster with GPUs)"
+            )
+        return 0.0
+    if options.device == "cuda" and gpus == 0:
+        raise StudyError(
+            f"--device cuda with 0 GPUs per trial (workload {workload.name}) is not allowed: "
+            "pass --gpus-per-trial, e.g. 0.25 for four trials per GPU"
+        )
+    if not on_cluster and gpus > local_gpus:
+        raise StudyError(
+            f"--gpus-per-trial {gpus:g} is more than the {local_gpus} GPU(s) here: use at "
+            f"most {local_gpus}"
+        )
+    return gpus
+
+
 def total_trials(study: Study) -> int:
     return study.num_samples if study.search == "optuna" else len(study.trial_configs())
 
@@ -407,6 +453,10 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
 
     root = study_root(options, study)
     check_storage(root)
+    options = replace(
+        options,
+        gpus_per_trial=plan_gpus_per_trial(get_workload(study.workload), options, local_gpu_count()),
+    )
     if options.resume:
         run_dir = latest_run_dir(root)
         if run_dir is None:
@@ -856,11 +906,6 @@ def study_main(
     try:
         study = build(args)
         options = options_from_args(args)
-        if options.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise StudyError("--device cuda is not allowed here: CUDA is not available")
         return run_study(study, options)
     except StudyError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")

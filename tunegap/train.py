@@ -130,7 +130,7 @@ class Engine:
             self.model.parameters(),
             lr=self.resolved.lr,
             momentum=self.regime.momentum,
-            weight_decay=self.regime.weight_decay,
+            weight_decay=self.resolved.weight_decay_at(0),
         )
         self.loader: DeviceLoader | StreamingLoader
         self.test_loader: StreamingLoader | None = None
@@ -190,6 +190,9 @@ class Engine:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         lr = self.resolved.lr
+        weight_decay = self.resolved.weight_decay_at(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = weight_decay
         for i, (x, y) in enumerate(self.loader):
             lr = self.resolved.lr_at(self.epoch + i / steps)
             loss, logits = self._train_step(x, y, lr=lr, step=i)

@@ -12,6 +12,7 @@ from typing import Any
 from tunegap.data import AUGMENTATIONS
 from tunegap.datasets import STREAMING_DATASETS
 from tunegap.regime import Regime
+from tunegap.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,7 @@ def register_workload(workload: Workload) -> Workload:
 
 def get_workload(name: str) -> Workload:
     """The workload called `name`; unknown names get the list of known ones."""
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown workload {name!r}: use one of {', '.join(sorted(WORKLOADS))}"
-        ) from None
+    return lookup(WORKLOADS, name, f"unknown workload {name!r}")
 
 
 register_workload(
@@ -109,9 +105,9 @@ register_workload(
 # each model file's `regime` dict (epoch -> lr, momentum, weight decay), run_experiments.sh
 # (epochs per experiment), main_gbn.py / main_normal.py (defaults: --epochs 200,
 # --mini-batch-size 128 = B0, clip_grad_norm 5.0 on every step) and preprocess.py
-# (augmentation). tunegap's Regime holds one decay factor; where the code's schedule is not
-# a constant-factor step decay, `source` says how it was approximated. Large batch 4096:
-# the paper's Table 1. Ghost batches default to B0 (tunegap.remedies).
+# (augmentation). Where the code's schedule is not one constant-factor step decay, the
+# Regime spells out each step (`lr_factors`, `weight_decays`). Large batch 4096: the
+# paper's Table 1. Ghost batches default to B0 (tunegap.remedies).
 
 _BIGBATCH = "github.com/eladhoffer/bigBatch"
 _CODE_COMMON = (
@@ -151,11 +147,11 @@ register_workload(
 )
 
 _SHALLOW_REGIME = Regime(
-    base_lr=0.01,
+    base_lr=1e-3,
     base_batch_size=128,
     epochs=200,
-    decay_epochs=(120, 180),
-    decay_factor=0.1,
+    decay_epochs=(60, 120, 180),
+    lr_factors=(10.0, 1.0, 0.1),
     momentum=0.0,
     weight_decay=5e-4,
     clip_norm=5.0,
@@ -164,8 +160,7 @@ _SHALLOW_SOURCE = (
     f"{_BIGBATCH} models/cifar_shallow.py; regime there: lr 1e-3 for epochs 0-59, 1e-2 from "
     "60, 1e-3 from 120, 1e-4 from 180, wd 5e-4, no momentum key (so SGD's default 0: the "
     "optimizer is built without momentum in main_*.py); 200 epochs (run_experiments.sh "
-    "shallow runs, --epochs 200). APPROXIMATED: Regime has no rising step, so the first "
-    "60 epochs run at 1e-2, not 1e-3 (decays x0.1 at 120 and 180 as in the code); "
+    "shallow runs, --epochs 200); "
     f"{_CIFAR_AUGMENT}; " + _CODE_COMMON
 )
 
@@ -283,7 +278,7 @@ register_workload(
             base_batch_size=128,
             epochs=200,
             decay_epochs=(60, 120, 140),
-            decay_factor=0.2,
+            lr_factors=(0.2, 0.04, 0.001),
             momentum=0.9,
             weight_decay=1e-4,
             clip_norm=5.0,
@@ -295,8 +290,7 @@ register_workload(
         source=(
             f"WideResNet-16-4 (Zagoruyko & Komodakis 2016) as in {_BIGBATCH} "
             "models/wide_resnet.py WResNet_cifar10 (multiplier 4, depth 16); regime there: "
-            "lr 0.1, momentum 0.9, wd 1e-4, lr 2e-2/4e-3/1e-4 at epochs 60/120/140. "
-            "APPROXIMATED: one factor 0.2, so from epoch 140 lr is 8e-4, not 1e-4; 200 "
+            "lr 0.1, momentum 0.9, wd 1e-4, lr 2e-2/4e-3/1e-4 at epochs 60/120/140; 200 "
             f"epochs = main_*.py --epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
         ),
     )
@@ -312,9 +306,10 @@ register_workload(
             base_batch_size=256,
             epochs=30,
             decay_epochs=(10, 15, 20, 25),
-            decay_factor=10**-0.5,
+            lr_factors=(0.5, 0.1, 0.05, 0.01),
             momentum=0.9,
             weight_decay=5e-4,
+            weight_decays=(None, 0.0, None, None),
             clip_norm=5.0,
         ),
         augment="crop_flip",
@@ -327,9 +322,7 @@ register_workload(
             f"AlexNet with BatchNorm: {_BIGBATCH} models/__init__.py imports alexnet, the "
             "authors' AlexNetOWT_BN of github.com/eladhoffer/convNet.pytorch models/"
             "alexnet.py; regime there: lr 1e-2, momentum 0.9, wd 5e-4; lr 5e-3 at 10, 1e-3 "
-            "and wd 0 at 15, 5e-4 at 20, 1e-4 at 25. APPROXIMATED: one factor 10^-0.5 at "
-            "10/15/20/25 (lr 3.2e-3, 1e-3, 3.2e-4, 1e-4: equal at 15 and 25) and wd 5e-4 "
-            "throughout; 30 epochs is ours (5 epochs after the last change; the code's "
+            "and wd 0 at 15, 5e-4 at 20, 1e-4 at 25; 30 epochs is ours (5 epochs after the last change; the code's "
             "default 200 is for CIFAR). B0=256: main_normal.py's reference batch for the sqrt "
             "rule and regime adaptation, and convNet.pytorch's default batch size; large "
             "batch 4096 (paper); clip 5.0 (main_*.py). Streams the ImageFolder tree from disk "

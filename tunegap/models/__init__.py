@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from tunegap.registry import lookup
+
 ModelBuilder = Callable[..., nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
 
@@ -27,13 +29,7 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
     """Build a registered model; unknown names get the list of known ones."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}: use one of {', '.join(sorted(MODELS))}"
-        ) from None
-    return builder(**kwargs)
+    return lookup(MODELS, name, f"unknown model {name!r}")(**kwargs)
 
 
 # Importing the family modules fills the registry.

@@ -1,0 +1,83 @@
+"""GPUs per trial: what a study asks Ray for, checked against the machine before trials start.
+
+The GPU counts are arguments of `plan_gpus_per_trial`, so the GPU cases run here without a
+GPU (nothing is mocked); the end-to-end case runs a workload whose default asks for GPUs on
+this CPU-only machine, where asking Ray for a GPU would leave the trial pending for ever.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from test_datasets import write_mnist
+
+from tunegap.study import RunOptions, Study, StudyError, plan_gpus_per_trial, run_study
+from tunegap.workloads import get_workload
+
+RESNET = get_workload("cifar10-resnet44")  # asks for 0.5 GPU per trial
+MNIST1D = get_workload("mnist1d-cnn")  # CPU-sized: asks for none
+
+
+def plan(workload, local_gpus, **kw):
+    return plan_gpus_per_trial(workload, RunOptions(**kw), local_gpus)
+
+
+@pytest.mark.parametrize(
+    "workload, local_gpus, kw, expected",
+    [
+        (RESNET, 0, {}, 0.0),  # auto without a GPU: train on the CPU
+        (RESNET, 1, {}, 0.5),  # the workload's share
+        (RESNET, 1, {"gpus_per_trial": 0.25}, 0.25),
+        (RESNET, 2, {"gpus_per_trial": 2.0}, 2.0),
+        (RESNET, 1, {"device": "cpu"}, 0.0),
+        (MNIST1D, 1, {}, 0.0),
+        (MNIST1D, 1, {"device": "cuda", "gpus_per_trial": 0.25}, 0.25),
+        # On a cluster the autoscaler may still add GPU nodes: the driver's count says nothing.
+        (RESNET, 0, {"address": "auto"}, 0.5),
+        (RESNET, 0, {"address": "auto", "device": "cuda", "gpus_per_trial": 4.0}, 4.0),
+    ],
+)
+def test_gpus_per_trial_plan(workload, local_gpus, kw, expected):
+    assert plan(workload, local_gpus, **kw) == expected
+
+
+@pytest.mark.parametrize(
+    "workload, local_gpus, kw, named",
+    [
+        (RESNET, 0, {"device": "cuda"}, "--device cuda is not allowed here: CUDA is not"),
+        (MNIST1D, 1, {"device": "cuda"}, "--device cuda with 0 GPUs per trial"),
+        (MNIST1D, 0, {"device": "cuda", "address": "auto"}, "--gpus-per-trial, e.g. 0.25"),
+        (RESNET, 1, {"gpus_per_trial": 2.0}, "--gpus-per-trial 2 is more than the 1 GPU(s)"),
+    ],
+)
+def test_impossible_gpu_requests_are_refused(workload, local_gpus, kw, named):
+    with pytest.raises(StudyError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        plan(workload, local_gpus, **kw)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.25, float("nan")])
+def test_gpu_fractions_ray_cannot_hand_out_are_refused(bad):
+    with pytest.raises(StudyError, match="--gpus-per-trial"):
+        RunOptions(gpus_per_trial=bad)
+
+
+@pytest.mark.slow
+def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, ray_session):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the machine without a GPU (CI's kind)")
+    write_mnist(tmp_path / "data", gz=False, n_train=64, n_test=32)
+    study = Study(name="table1", workload="mnist-f1", epochs=1, grid={"batch_size": (32,)}, seeds=1)
+    assert get_workload("mnist-f1").gpus_per_trial > 0
+    options = RunOptions(
+        storage_path=str(tmp_path / "results"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        data_dir=str(tmp_path / "data"),
+        quiet=True,
+    )
+    outcome = run_study(study, options)
+    # The grid point and the baseline at B0 that every map is measured against.
+    assert list(outcome.trials["outcome"]) == ["completed", "completed"]
+    run = mlflow.MlflowClient(options.tracking_uri).get_run(outcome.parent_run_id)
+    assert run.info.status == "FINISHED"
