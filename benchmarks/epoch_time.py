@@ -5,8 +5,10 @@ entropy, gradient-norm clipping at 5, the on-device crop/flip augmentation, data
 the device), timed over one epoch of `--samples` random 3x32x32 images after a warm-up
 epoch, at each batch size of `--batch-sizes` (default 128 and 4096 on CUDA; two CPU cores
 train it at a few dozen images/s, hence the small CPU defaults). The table gives
-seconds per measured epoch, images/s, and the time a 50,000-image CIFAR epoch would take at
-that rate. Options: `--bf16` (autocast to bfloat16), `--channels-last`, `--compile`
+seconds per measured epoch, images/s, the time a 50,000-image CIFAR epoch would take at
+that rate, and the achieved TFLOP/s as a fraction of the device's matmul peak measured in
+the same run (bf16 with `--bf16`, else float32; FLOPs of the step counted by torch's
+FlopCounterMode: convolutions and matmuls, forward and backward). Options: `--bf16` (autocast to bfloat16), `--channels-last`, `--compile`
 (torch.compile the model), `--ghost-batch-size` (Ghost BatchNorm, e.g. 128).
 
     python benchmarks/epoch_time.py                      # CPU: 256 images, batches 64, 256
@@ -23,6 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _peak import measured_matmul_tflops, training_flops_per_image
 from _provenance import print_header
 from torch import nn
 
@@ -108,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(samples, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (samples,), generator=g).to(device)
 
+    flops_per_image = training_flops_per_image(
+        build_model("resnet44", num_classes=10), (3, 32, 32), classes=10
+    )
     rows = []
     for batch in batch_sizes:
         torch.manual_seed(0)
@@ -126,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         warmup = run_epoch(step_model, optimizer, loader, **common)  # compile, cudnn autotune
         seconds = run_epoch(step_model, optimizer, loader, **common)
         rows.append((batch, len(loader), warmup, seconds))
+        del model, step_model, optimizer, loader
+    peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = measured_matmul_tflops(device, peak_dtype)
 
     print_header(device)
     print(
@@ -134,18 +143,23 @@ def main(argv: list[str] | None = None) -> None:
         f"ghost_batch_size={args.ghost_batch_size} augment={not args.no_augment}"
     )
     print("timing:   one epoch after one warm-up epoch (whose time is shown)")
+    print(
+        f"flops:    {flops_per_image / 1e9:.3f} GFLOP per image per training step; measured "
+        f"{str(peak_dtype).removeprefix('torch.')} matmul peak {peak:,.1f} TFLOP/s"
+    )
     print()
     header = (
         f"{'batch':>6} {'updates':>8} {'warm-up s':>10} {'epoch s':>9} {'images/s':>10} "
-        f"{'50k-epoch s':>12}"
+        f"{'50k-epoch s':>12} {'TFLOP/s':>8} {'of peak':>8}"
     )
     print(header)
     print("-" * len(header))
     for batch, updates, warmup, seconds in rows:
         rate = samples / seconds
+        achieved = rate * flops_per_image / 1e12
         print(
             f"{batch:>6} {updates:>8} {warmup:>10.2f} {seconds:>9.2f} {rate:>10,.0f} "
-            f"{CIFAR_TRAIN / rate:>12.1f}"
+            f"{CIFAR_TRAIN / rate:>12.1f} {achieved:>8.2f} {achieved / peak:>8.1%}"
         )
 
 
