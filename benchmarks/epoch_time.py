@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     print("timing:   one epoch after one warm-up epoch (whose time is shown)")
     print(
         f"flops:    {flops_per_image / 1e9:.3f} GFLOP per image per training step; measured "
-        f"{str(peak_dtype).removeprefix('torch.')} matmul peak {peak:,.1f} TFLOP/s"
+        f"{str(peak_dtype).removeprefix('torch.')} matmul peak {peak:.3g} TFLOP/s"
     )
     print()
     header = (
