@@ -173,3 +173,20 @@ def test_shortening_a_regime_merges_steps_without_changing_the_lr_after_them():
     merged = paper_regime().with_epochs(3)  # decays 50 and 75 of 100 both land on 2
     assert merged.decay_epochs == (2,)
     assert merged.resolve(128).lr_at(2) == pytest.approx(0.001)
+
+
+def test_resolved_schedules_are_logged_as_epoch_value_text():
+    r = shallow_regime(lr_exponent=0.5, regime_multiplier=2).resolve(512)
+    logged = r.as_dict()
+    assert logged["resolved_lr_schedule"] == "0:0.002,120:0.02,240:0.002,360:0.0002"
+    assert logged["resolved_weight_decay_schedule"] == "0:0.0001"
+    alexnet = Regime(
+        base_lr=1e-2,
+        base_batch_size=256,
+        epochs=30,
+        decay_epochs=(10, 15),
+        lr_factors=(0.5, 0.1),
+        weight_decay=5e-4,
+        weight_decays=(None, 0.0),
+    ).resolve(256)
+    assert alexnet.as_dict()["resolved_weight_decay_schedule"] == "0:0.0005,15:0"

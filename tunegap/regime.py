@@ -140,7 +140,24 @@ class ResolvedRegime:
             "resolved_decay_epochs": ",".join(str(d) for d in self.decay_epochs),
             "resolved_multiplier": self.multiplier,
             "resolved_total_updates": self.total_updates,
+            "resolved_lr_schedule": self._changes_text(
+                (self.lr, *(self.lr * f for f in self.lr_factors))
+            ),
+            "resolved_weight_decay_schedule": self._changes_text(self.weight_decays),
         }
+
+    def _changes_text(self, values: tuple[float, ...]) -> str:
+        """'epoch:value' from epoch 0 and where the value changes, e.g. '0:0.1,81:0.01'.
+
+        The lr is the peak one: a warm-up ramps up to it, which `warmup_epochs` says.
+        """
+        parts: list[str] = []
+        last = None
+        for epoch, value in zip((0, *self.decay_epochs), values, strict=True):
+            if value != last:
+                parts.append(f"{epoch}:{value:.6g}")
+                last = value
+        return ",".join(parts)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ child run ``B<batch>-g<ghost>-a<lr_exponent>-r<regime_multiplier>-s<seed>`` (one
             ``tunegap.failures`` and ``tunegap.last_error`` and the run stays RUNNING.
     params  every knob of the trial config (None -> "none"), and from its first result the
             resolved regime: ``resolved_lr``, ``resolved_epochs``, ``resolved_decay_epochs``,
-            ``resolved_multiplier``, ``resolved_total_updates``.
+            ``resolved_multiplier``, ``resolved_total_updates``, ``resolved_lr_schedule`` and
+            ``resolved_weight_decay_schedule`` ("epoch:value" where the value changes, e.g.
+            "0:0.1,81:0.01").
     metrics one point per epoch, all in a single ``log_batch`` call: `LOGGED_METRICS`
             (``diverged`` as 0/1). NaN (a diverged epoch) is logged as NaN.
 
