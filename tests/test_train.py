@@ -198,3 +198,17 @@ def test_step_schedule_of_a_workload_sets_lr_and_weight_decay_per_epoch(data_dir
             assert a["test_loss"] != b["test_loss"]
     assert [wd for wd, _ in seen] == [5e-4, 5e-4, 5e-4, 0.0]
     assert [lr for _, lr in seen] == pytest.approx([0.05, 0.05, 0.005, 0.025])
+
+
+@pytest.mark.slow
+def test_compiled_model_with_ghost_batchnorm_trains_like_eager(data_dir):
+    # torch.compile through the custom GBN autograd function (inductor builds C++ here, about
+    # 20 s on 2 cores): same epoch, up to float rounding of the fused kernels.
+    kw = dict(batch_size=512, ghost_batch_size=32, epochs=1)
+    compiled = Engine(make_config(data_dir, compile=True, **kw))
+    assert compiled.forward is not compiled.model
+    a = compiled.train_epoch()
+    b = Engine(make_config(data_dir, **kw)).train_epoch()
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
+    assert abs(a["test_acc"] - b["test_acc"]) <= 0.1
