@@ -1,8 +1,8 @@
 """Training-step time of Ghost BatchNorm against plain BatchNorm and the authors' method.
 
 Ghost BatchNorm (Hoffer, Hubara & Soudry, NeurIPS 2017) is only worth using if it costs about
-what BatchNorm costs. For two small nets this measures, side by side in one run, the time of
-one training step (forward + backward + SGD step, median of N repeats after a warm-up,
+what BatchNorm costs. For ResNet-44 (the paper's CIFAR network, batch 4096, ghost 128) and
+two small nets this measures, side by side in one run, the time of one training step (forward + backward + SGD step, median of N repeats after a warm-up,
 the variants interleaved so that machine noise hits them alike):
 
   (a) plain BatchNorm over the whole batch;
@@ -12,6 +12,10 @@ the variants interleaved so that machine noise hits them alike):
       updates the running statistics in turn), accumulate gradients, one optimizer step.
 
     python benchmarks/gbn_speed.py [--device cpu|cuda] [--repeats N] [--batch-size 4096]
+    python benchmarks/gbn_speed.py --device cuda --bf16 --channels-last   # the GPU path
+    python benchmarks/gbn_speed.py --nets conv2d,conv1d                   # the small nets only
+
+`--bf16` and `--channels-last` apply to every variant alike, as the engine does on a GPU.
 
 Other processes on a small machine distort timings: run it more than once.
 """
@@ -30,6 +34,7 @@ from _provenance import print_header
 from torch import Tensor, nn
 
 from tunegap.gbn import convert_to_ghost_bn
+from tunegap.models import build_model
 
 try:  # the project's MNIST-1D model, when present and importable
     from tunegap.models.cnn1d import CNN1d as _ProjectCNN1d
@@ -76,22 +81,47 @@ def conv_net_1d() -> nn.Module:
     )
 
 
-def whole_batch_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+def resnet44() -> nn.Module:
+    """ResNet-44 for CIFAR-10 as the workloads build it (tunegap.models)."""
+    return build_model("resnet44", num_classes=10)
+
+
+# name -> (description, model builder, input shape after the batch, ghost batch size)
+NETS: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...], int]] = {
+    "resnet44": ("ResNet-44 (tunegap.models), CIFAR 3x32x32", resnet44, (3, 32, 32), 128),
+    "conv2d": ("3x(Conv2d+BN+ReLU) 3-32-64-64 + pool + linear", conv_net_2d, (3, 32, 32), 128),
+    "conv1d": ("the MNIST-1D CNN", conv_net_1d, (1, 40), 32),
+}
+
+
+def _loss(model: nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return F.cross_entropy(model(x).float(), y)
+
+
+def whole_batch_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, bf16: bool = False
+) -> None:
     """One training step on the whole batch (plain BN, or GBN inside the layers)."""
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    _loss(model, x, y, bf16).backward()
     opt.step()
 
 
 def chunked_step(
-    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, ghost: int
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    ghost: int,
+    bf16: bool = False,
 ) -> None:
     """The authors' Ghost BN: forward + backward per ghost batch, gradients summed to the
     mean over the whole batch, one optimizer step."""
     opt.zero_grad(set_to_none=True)
     n = x.shape[0]
     for xc, yc in zip(torch.split(x, ghost), torch.split(y, ghost), strict=True):
-        (F.cross_entropy(model(xc), yc) * (xc.shape[0] / n)).backward()
+        (_loss(model, xc, yc, bf16) * (xc.shape[0] / n)).backward()
     opt.step()
 
 
@@ -108,6 +138,9 @@ def time_setup(
     repeats: int,
     warmup: int,
     min_time: float,
+    *,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per training step for each variant, interleaved repeat by repeat.
 
@@ -116,6 +149,9 @@ def time_setup(
     torch.manual_seed(0)
     base = make_model().to(device)
     x = torch.randn(*input_shape, device=device)
+    if channels_last:
+        base = base.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (input_shape[0],), device=device)
 
     models = {
@@ -128,9 +164,9 @@ def time_setup(
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if name.startswith("chunked"):
-            steps[name] = lambda m=model, o=opt: chunked_step(m, o, x, y, ghost)
+            steps[name] = lambda m=model, o=opt: chunked_step(m, o, x, y, ghost, bf16)
         else:
-            steps[name] = lambda m=model, o=opt: whole_batch_step(m, o, x, y)
+            steps[name] = lambda m=model, o=opt: whole_batch_step(m, o, x, y, bf16)
 
     def timed(step: Callable[[], None]) -> float:
         _sync(device)
@@ -168,7 +204,16 @@ def main(argv: list[str] | None = None) -> None:
         help="fast setups repeat until about this many seconds per variant",
     )
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--nets", default=",".join(NETS), help=f"comma-separated, of {', '.join(NETS)}"
+    )
+    parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
+    parser.add_argument("--channels-last", action="store_true", help="for the 2D nets")
     args = parser.parse_args(argv)
+    nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    unknown = [n for n in nets if n not in NETS]
+    if unknown or not nets:
+        parser.error(f"--nets {args.nets!r} is not allowed: use names of {', '.join(NETS)}")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -181,22 +226,30 @@ def main(argv: list[str] | None = None) -> None:
         f"timing:  median of >= {repeats} steps (fast setups: ~{args.min_time:g} s per variant) "
         f"after {args.warmup} warm-up, variants interleaved"
     )
-    one_d = "tunegap.models.cnn1d.CNN1d" if _ProjectCNN1d is not None else "local 3-layer Conv1d"
-    setups = [
-        ("conv2d CIFAR", conv_net_2d, (batch, 3, 32, 32), 128),
-        ("conv1d MNIST-1D", conv_net_1d, (batch, 1, 40), 32),
-    ]
-    print(f"nets:    conv2d = 3x(Conv2d+BN+ReLU) 3-32-64-64 + pool + linear; conv1d = {one_d}")
+    print(f"options: bf16={args.bf16} channels_last={args.channels_last}")
+    for name in nets:
+        print(f"net:     {name} = {NETS[name][0]}")
     print("ratios:  'vs BN' = median / BatchNorm's median; '(min)' = best / BatchNorm's best")
     print()
     header = (
-        f"{'setup':<16} {'batch':>6} {'ghost':>6}  {'variant':<21} {'steps':>5} "
+        f"{'net':<16} {'batch':>6} {'ghost':>6}  {'variant':<21} {'steps':>5} "
         f"{'median ms':>10} {'min ms':>9} {'vs BN':>6} {'(min)':>6}"
     )
     print(header)
     print("-" * len(header))
-    for label, make, shape, ghost in setups:
-        times = time_setup(make, shape, ghost, device, repeats, args.warmup, args.min_time)
+    for label in nets:
+        _, make, sample_shape, ghost = NETS[label]
+        times = time_setup(
+            make,
+            (batch, *sample_shape),
+            ghost,
+            device,
+            repeats,
+            args.warmup,
+            args.min_time,
+            bf16=args.bf16,
+            channels_last=args.channels_last and len(sample_shape) == 3,
+        )
         ref = statistics.median(times["BatchNorm"])
         ref_min = min(times["BatchNorm"])
         for name, ts in times.items():

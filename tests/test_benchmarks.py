@@ -1,0 +1,80 @@
+"""The benchmark scripts run and print their tables (tiny sizes; no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_gbn_speed_prints_all_three_variants_per_net():
+    out = run(
+        "gbn_speed.py",
+        "--nets",
+        "conv1d,conv2d",
+        "--batch-size",
+        "64",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+        "--bf16",
+        "--channels-last",
+    )
+    for line in ("commit:", "options: bf16=True channels_last=True", "net:     conv1d"):
+        assert line in out
+    rows = [r for r in out.splitlines() if r.startswith(("conv1d", "conv2d"))]
+    assert len(rows) == 6
+    assert all(r.split()[-2].endswith("x") for r in rows)
+    assert sum("1.00x" in r.split()[-2] for r in rows) == 2  # BatchNorm against itself
+
+
+def test_gbn_speed_refuses_unknown_nets():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gbn_speed.py"), "--nets", "resnet50"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--nets 'resnet50' is not allowed" in proc.stderr
+
+
+def test_epoch_time_reports_rate_and_fraction_of_peak():
+    out = run("epoch_time.py", "--samples", "16", "--batch-sizes", "8,16")
+    assert "GFLOP per image" in out and "matmul peak" in out
+    rows = [r.split() for r in out.splitlines() if r.split() and r.split()[0] in ("8", "16")]
+    assert [r[1] for r in rows] == ["2", "1"]  # updates per epoch
+    assert all(r[-1].endswith("%") and float(r[-1][:-1]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_loader_speed_compares_both_loaders():
+    out = run(
+        "loader_speed.py",
+        "--samples",
+        "256",
+        "--batch-size",
+        "64",
+        "--workers",
+        "1",
+        "--epochs",
+        "1",
+    )
+    assert "(a) device loader" in out and "(b) DataLoader 1 workers" in out
