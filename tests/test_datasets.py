@@ -352,6 +352,7 @@ def test_unknown_augmentation_and_bad_shapes_are_refused():
         random_crop_flip(torch.zeros(4, 1, 40))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_crop_flip_on_cuda_equals_cpu():
     x = torch.randn(128, 3, 32, 32)

@@ -36,3 +36,50 @@ def test_ghost_batchnorm_on_cuda_matches_the_chunked_reference():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ghost.running_mean, bn.running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ghost.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
+
+
+def fake_cifar(n_train: int = 256, n_test: int = 64):
+    from tunegap.data import TensorData
+
+    g = torch.Generator().manual_seed(0)
+    return TensorData(
+        name="cifar10",
+        x_train=torch.randn(n_train, 3, 32, 32, generator=g),
+        y_train=torch.randint(0, 10, (n_train,), generator=g),
+        x_test=torch.randn(n_test, 3, 32, 32, generator=g),
+        y_test=torch.randint(0, 10, (n_test,), generator=g),
+        num_classes=10,
+    )
+
+
+def test_2d_workload_on_cuda_is_resident_channels_last_bf16_with_ghost_bn():
+    config = TrialConfig(
+        workload="cifar10-c1", batch_size=64, ghost_batch_size=16, epochs=1, device="cuda"
+    )
+    engine = Engine(config, data=fake_cifar())
+    assert engine.use_bf16 and engine.channels_last
+    assert engine.data.x_train.is_cuda and engine.loader.x.is_cuda
+    assert engine.data.x_train.is_contiguous(memory_format=torch.channels_last)
+    x, y = next(iter(engine.loader))
+    assert x.is_cuda and y.is_cuda and x.shape == (64, 3, 32, 32)
+    metrics = engine.train_epoch()
+    assert metrics["updates"] == 4 and not engine.diverged
+
+
+def test_training_steps_never_wait_for_the_gpu():
+    # The fast path reads metrics once per epoch: inside the steps nothing may synchronize
+    # the host with the device (torch raises on a synchronizing call in "error" mode).
+    config = TrialConfig(
+        workload="cifar10-c1", batch_size=64, ghost_batch_size=16, epochs=1, device="cuda"
+    )
+    engine = Engine(config, data=fake_cifar())
+    batches = list(engine.loader)  # the once-per-epoch shuffle copy happens here
+    engine.model.train()
+    engine._train_step(*batches[0], lr=0.01, step=0)  # first step: lazy init, autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, (x, y) in enumerate(batches[1:], start=1):
+            engine._train_step(x, y, lr=0.01, step=i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
