@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import bn_classifier, register
 
 
 class AlexNetBN(nn.Module):
@@ -53,17 +53,7 @@ class AlexNetBN(nn.Module):
             nn.ReLU(inplace=True),
             nn.BatchNorm2d(256),
         )
-        self.classifier = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096, bias=False),
-            nn.BatchNorm1d(4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(4096, 4096, bias=False),
-            nn.BatchNorm1d(4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = bn_classifier(256 * 6 * 6, (4096, 4096), num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))

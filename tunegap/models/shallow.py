@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import bn_classifier, register
 
 
 class ShallowConvNet(nn.Module):
@@ -43,17 +43,7 @@ class ShallowConvNet(nn.Module):
         side = image_size
         for _ in range(2):
             side = (side - 3) // 2 + 1
-        self.classifier = nn.Sequential(
-            nn.Linear(64 * side * side, 384, bias=False),
-            nn.BatchNorm1d(384),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(384, 192, bias=False),
-            nn.BatchNorm1d(192),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(192, num_classes),
-        )
+        self.classifier = bn_classifier(64 * side * side, (384, 192), num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
