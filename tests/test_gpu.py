@@ -57,7 +57,7 @@ def test_2d_workload_on_cuda_is_resident_channels_last_bf16_with_ghost_bn():
         workload="cifar10-c1", batch_size=64, ghost_batch_size=16, epochs=1, device="cuda"
     )
     engine = Engine(config, data=fake_cifar())
-    assert engine.use_bf16 and engine.channels_last
+    assert engine.use_bf16 and engine.channels_last and torch.backends.cudnn.benchmark
     assert engine.data.x_train.is_cuda and engine.loader.x.is_cuda
     assert engine.data.x_train.is_contiguous(memory_format=torch.channels_last)
     x, y = next(iter(engine.loader))
