@@ -7,7 +7,7 @@ epoch, at each batch size of `--batch-sizes` (default 128 and 4096 on CUDA; two 
 train it at a few dozen images/s, hence the small CPU defaults). The table gives
 seconds per measured epoch, images/s, the time a 50,000-image CIFAR epoch would take at
 that rate, and the achieved TFLOP/s as a fraction of the device's matmul peak measured in
-the same run (bf16 with `--bf16`, else float32; FLOPs of the step counted by torch's
+the same run (bf16 with `--bf16`, else float32, or TF32 on CUDA where cuDNN uses it; FLOPs of the step counted by torch's
 FlopCounterMode: convolutions and matmuls, forward and backward). Options: `--bf16` (autocast to bfloat16), `--channels-last`, `--compile`
 (torch.compile the model), `--ghost-batch-size` (Ghost BatchNorm, e.g. 128).
 
@@ -25,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _peak import measured_matmul_tflops, training_flops_per_image
+from _peak import measured_matmul_tflops, peak_label, training_flops_per_image
 from _provenance import print_header
 from torch import nn
 
@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     for batch in batch_sizes:
+        if args.compile:
+            # A fresh compile per batch size: the last, smaller batch of one run would
+            # otherwise leave a dynamic-shape graph for the next.
+            torch._dynamo.reset()
         torch.manual_seed(0)
         model: nn.Module = build_model("resnet44", num_classes=10)
         if args.ghost_batch_size is not None:
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     print("timing:   one epoch after one warm-up epoch (whose time is shown)")
     print(
         f"flops:    {flops_per_image / 1e9:.3f} GFLOP per image per training step; measured "
-        f"{str(peak_dtype).removeprefix('torch.')} matmul peak {peak:.3g} TFLOP/s"
+        f"{peak_label(device, peak_dtype)} matmul peak {peak:.3g} TFLOP/s"
     )
     print()
     header = (

@@ -81,3 +81,42 @@ def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, 
     assert list(outcome.trials["outcome"]) == ["completed", "completed"]
     run = mlflow.MlflowClient(options.tracking_uri).get_run(outcome.parent_run_id)
     assert run.info.status == "FINISHED"
+
+
+def test_trials_without_a_gpu_share_are_told_to_use_the_cpu():
+    # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for actors that reserved no GPU, so "auto"
+    # in such a trial would train on a GPU nobody reserved: the plan makes it "cpu".
+    from tunegap.study import plan_trial_hardware
+
+    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
+    planned = plan_trial_hardware(study, RunOptions())
+    assert (planned.gpus_per_trial, planned.device) == (0.0, "cpu")
+    on_cluster = plan_trial_hardware(study, RunOptions(address="auto", gpus_per_trial=0.5))
+    assert (on_cluster.gpus_per_trial, on_cluster.device) == (0.5, "auto")
+
+
+def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
+    # A run started (say) on a GPU machine with half a GPU per trial: its restored trials
+    # keep that request, so resuming where there is none could never run them.
+    import json
+
+    from tunegap.study import STATE_FILE
+
+    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
+    run_dir = tmp_path / "results" / "table1" / "20261124-120000"
+    run_dir.mkdir(parents=True)
+    state = {
+        "study": study.describe(),
+        "parent_run_id": "0" * 32,
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "hardware": {"gpus_per_trial": 0.5, "device": "auto"},
+    }
+    (run_dir / STATE_FILE).write_text(json.dumps(state))
+    options = RunOptions(
+        storage_path=str(tmp_path / "results"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        resume=True,
+        device="cpu",
+    )
+    with pytest.raises(StudyError, match=r"gave each trial 0.5 GPU\(s\) on device auto, but"):
+        run_study(study, options)

@@ -190,3 +190,16 @@ def test_resolved_schedules_are_logged_as_epoch_value_text():
         weight_decays=(None, 0.0),
     ).resolve(256)
     assert alexnet.as_dict()["resolved_weight_decay_schedule"] == "0:0.0005,15:0"
+
+
+def test_logged_schedule_shows_collided_steps_once_and_leaves_out_steps_at_the_end():
+    # 200 epochs x 0.01 = 2: decays 60 and 120 both round to 1, 180 to 2 (the end).
+    r = shallow_regime(regime_multiplier=0.01).resolve(128)
+    assert r.epochs == 2
+    assert r.as_dict()["resolved_lr_schedule"] == "0:0.001"  # 1e-2 then 1e-3 at epoch 1
+    assert r.lr_at(1) == pytest.approx(1e-3)
+
+
+def test_step_values_must_be_a_sequence():
+    with pytest.raises(ValueError, match=r"lr_factors 0\.5 is not allowed: give a tuple"):
+        paper_regime(lr_factors=0.5)

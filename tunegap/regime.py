@@ -73,7 +73,11 @@ def check_step_values(
     name: str, values: object, steps: int, *, positive: bool, allow_none: bool
 ) -> tuple:
     """One value per decay epoch (or none at all), each finite and > 0 (`positive`) or >= 0."""
-    values = tuple(values)  # type: ignore[arg-type]
+    if not isinstance(values, tuple | list):
+        raise ValueError(
+            f"{name} {values!r} is not allowed: give a tuple with one value per decay epoch"
+        )
+    values = tuple(values)
     if values and len(values) != steps:
         raise ValueError(
             f"{name} has {len(values)} values for {steps} decay epochs: give one per decay "
@@ -149,11 +153,17 @@ class ResolvedRegime:
     def _changes_text(self, values: tuple[float, ...]) -> str:
         """'epoch:value' from epoch 0 and where the value changes, e.g. '0:0.1,81:0.01'.
 
-        The lr is the peak one: a warm-up ramps up to it, which `warmup_epochs` says.
+        Decay epochs that a short regime rounds onto one epoch show once, with the value
+        that holds after them; those at or past the end never act and are left out. The lr
+        is the one after warm-up, which `warmup_epochs` ramps up to.
         """
+        holds: dict[int, float] = {}
+        for epoch, value in zip((0, *self.decay_epochs), values, strict=True):
+            if epoch == 0 or epoch < self.epochs:
+                holds[epoch] = value
         parts: list[str] = []
         last = None
-        for epoch, value in zip((0, *self.decay_epochs), values, strict=True):
+        for epoch, value in holds.items():
             if value != last:
                 parts.append(f"{epoch}:{value:.6g}")
                 last = value
@@ -176,7 +186,8 @@ class Regime:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     # lr from each decay epoch on, as a multiple of base_lr (so steps may rise or drop
-    # unevenly); empty: decay_factor ** k after the k-th decay epoch.
+    # unevenly; decay_factor is then unused); empty: decay_factor ** k after the k-th
+    # decay epoch.
     lr_factors: tuple[float, ...] = ()
     # Weight decay from each decay epoch on, None keeping the one before; empty: weight_decay
     # throughout.

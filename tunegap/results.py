@@ -30,7 +30,8 @@ multiplier             float64 the resolved numeric multiplier ("matched" = ceil
 seed                   int64   the trial's seed
 epochs_override        int64   TrialConfig.epochs (overrides the workload's epochs); null
 base_lr_override       float64 TrialConfig.base_lr (overrides the workload's lr); null
-resolved_lr            float64 peak learning rate after LR scaling; null if never resolved
+resolved_lr            float64 learning rate after LR scaling, before the first decay epoch
+                               (and after warm-up); null if never resolved
 resolved_epochs        int64   epochs after regime adaptation; null if never resolved
 resolved_decay_epochs  string  LR-decay epochs after adaptation, comma separated ("10,15")
 resolved_total_updates int64   planned weight updates of the whole regime; null if unknown
@@ -135,7 +136,7 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("seed", pa.int64(), False, "seed"),
     ("epochs_override", pa.int64(), True, "TrialConfig.epochs override"),
     ("base_lr_override", pa.float64(), True, "TrialConfig.base_lr override"),
-    ("resolved_lr", pa.float64(), True, "peak learning rate after LR scaling"),
+    ("resolved_lr", pa.float64(), True, "learning rate after LR scaling, before any decay"),
     ("resolved_epochs", pa.int64(), True, "epochs after regime adaptation"),
     ("resolved_decay_epochs", pa.string(), True, "LR-decay epochs, comma separated"),
     ("resolved_total_updates", pa.int64(), True, "planned weight updates of the regime"),

@@ -406,9 +406,24 @@ def _init_ray(options: RunOptions) -> None:
 
 
 def local_gpu_count() -> int:
+    """GPUs a local Ray offers trials: the running Ray's own count where this process has
+    one already (a notebook, a test session), else the machine's."""
+    import ray
+
+    if ray.is_initialized():
+        return int(ray.cluster_resources().get("GPU", 0))
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_trial_hardware(study: Study, options: RunOptions) -> RunOptions:
+    """`options` with the planned GPUs per trial, and `--device auto` made "cpu" where a
+    trial gets no GPU share: Ray leaves a GPU visible to an actor that reserved none, so
+    "auto" would otherwise train on a GPU nobody reserved."""
+    gpus = plan_gpus_per_trial(get_workload(study.workload), options, local_gpu_count())
+    device = "cpu" if gpus == 0 and options.device == "auto" else options.device
+    return replace(options, gpus_per_trial=gpus, device=device)
 
 
 def plan_gpus_per_trial(workload: Workload, options: RunOptions, local_gpus: int) -> float:
@@ -453,10 +468,8 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
 
     root = study_root(options, study)
     check_storage(root)
-    options = replace(
-        options,
-        gpus_per_trial=plan_gpus_per_trial(get_workload(study.workload), options, local_gpu_count()),
-    )
+    options = plan_trial_hardware(study, options)
+    hardware = {"gpus_per_trial": options.gpus_per_trial, "device": options.device}
     if options.resume:
         run_dir = latest_run_dir(root)
         if run_dir is None:
@@ -469,6 +482,16 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
             raise StudyError(
                 f"--resume: the study in {run_dir} was run with other options: "
                 "repeat the original command with --resume"
+            )
+        # Restored trials keep the resources and device they were created with: a resume
+        # that would plan others (another machine, other flags) could never run them.
+        saved = state.get("hardware", hardware)
+        if saved != hardware:
+            raise StudyError(
+                f"--resume: the study in {run_dir} gave each trial {saved['gpus_per_trial']:g} "
+                f"GPU(s) on device {saved['device']}, but here it would be "
+                f"{hardware['gpus_per_trial']:g} on {hardware['device']}: resume where it "
+                "started, with the same --device and --gpus-per-trial"
             )
         parent_run_id = state["parent_run_id"]
     else:
@@ -494,7 +517,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     if not options.resume:
         run_dir.mkdir(parents=True)
         state = {"study": study.describe(), "parent_run_id": parent_run_id,
-                 "tracking_uri": options.tracking_uri}
+                 "tracking_uri": options.tracking_uri, "hardware": hardware}
         (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     _init_ray(options)
