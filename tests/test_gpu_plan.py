@@ -120,3 +120,57 @@ def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
     )
     with pytest.raises(StudyError, match=r"gave each trial 0.5 GPU\(s\) on device auto, but"):
         run_study(study, options)
+
+
+SHARE_SCRIPT = """
+import json, sys
+import mlflow, ray
+from tunegap.study import RunOptions, Study, run_study
+
+gpus_per_trial, tmp, data_dir = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+# One GPU that exists only for Ray's scheduler (this machine has none): trials that reserve
+# a share of it are placed as on a real GPU, then train on the CPU (device auto, no CUDA).
+ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=3,
+              grid={"batch_size": (256,), "ghost_batch_size": (None, 32, 64, 128)})
+options = RunOptions(storage_path=tmp + "/results", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                     data_dir=data_dir, gpus_per_trial=gpus_per_trial, quiet=True)
+outcome = run_study(study, options)
+client = mlflow.MlflowClient(options.tracking_uri)
+exp = client.get_run(outcome.parent_run_id).info.experiment_id
+runs = client.search_runs([exp], "tags.`tunegap.role` = 'trial'")
+print(json.dumps({"outcomes": sorted(outcome.trials["outcome"]),
+                  "spans": [(r.info.start_time, r.info.end_time) for r in runs]}))
+"""
+
+
+def most_at_once(spans) -> int:
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus_per_trial, packed", [(1.0, False), (0.25, True)])
+def test_fractional_gpu_shares_pack_trials_onto_one_gpu(tmp_path, data_dir, gpus_per_trial, packed):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARE_SCRIPT, str(gpus_per_trial), str(tmp_path), str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["outcomes"] == ["completed"] * 5  # four grid points and the baseline
+    at_once = most_at_once(result["spans"])
+    if packed:
+        assert at_once >= 2, result["spans"]
+    else:
+        assert at_once == 1, result["spans"]
