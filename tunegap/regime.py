@@ -242,10 +242,14 @@ class Regime:
             return tuple(float(f) for f in self.lr_factors)
         return tuple(self.decay_factor ** (k + 1) for k in range(len(self.decay_epochs)))
 
+    def step_weight_decays(self) -> tuple[float | None, ...]:
+        """Weight decay set at each decay epoch (None: unchanged)."""
+        return self.weight_decays or (None,) * len(self.decay_epochs)
+
     def phase_weight_decays(self) -> tuple[float, ...]:
         """Weight decay before the first decay epoch, then from each decay epoch on."""
         phases = [float(self.weight_decay)]
-        for wd in self.weight_decays or (None,) * len(self.decay_epochs):
+        for wd in self.step_weight_decays():
             phases.append(phases[-1] if wd is None else float(wd))
         return tuple(phases)
 
@@ -261,10 +265,11 @@ class Regime:
         if epochs == self.epochs:
             return self
         scale = epochs / self.epochs
-        factors = self.step_lr_factors()
-        decays = self.weight_decays or (None,) * len(self.decay_epochs)
         moved: dict[int, tuple[float, float | None]] = {}
-        for d, f, wd in zip(self.decay_epochs, factors, decays, strict=True):
+        steps = zip(
+            self.decay_epochs, self.step_lr_factors(), self.step_weight_decays(), strict=True
+        )
+        for d, f, wd in steps:
             at = min(epochs, max(1, round(d * scale)))
             # A merged step keeps the weight decay set by either of the steps it merges.
             prior = moved.get(at, (f, None))[1]

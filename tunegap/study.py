@@ -339,18 +339,24 @@ def _sort_longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
     return sorted(configs, key=cost, reverse=True)
 
 
+def _trainable_with_resources(study: Study, options: RunOptions) -> Any:
+    """GapTrainable with the CPUs and (planned) GPUs each of the study's trials reserves."""
+    from tunegap.trainable import GapTrainable, trial_resources
+
+    first = study.trial_configs()[0].with_changes(device=options.device)
+    resources = trial_resources(first.to_dict(), gpus_per_trial=options.gpus_per_trial)
+    return tune.with_resources(GapTrainable, resources)
+
+
 def _build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: list) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from tunegap.trainable import GapTrainable, trial_resources
 
     configs = [
         c.with_changes(device=options.device, data_dir=options.data_dir)
         for c in study.trial_configs()
     ]
     defaults = configs[0].to_dict()
-    resources = trial_resources(defaults, gpus_per_trial=options.gpus_per_trial)
-    trainable = tune.with_resources(GapTrainable, resources)
+    trainable = _trainable_with_resources(study, options)
     if study.search == "optuna":
         searcher, space = _optuna_search(study)
         param_space = {**defaults, **space}
@@ -529,15 +535,9 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     status = "FAILED"
     try:
         if options.resume and tune.Tuner.can_restore(str(run_dir)):
-            from tunegap.trainable import GapTrainable, trial_resources
-
-            resources = trial_resources(
-                study.trial_configs()[0].with_changes(device=options.device).to_dict(),
-                gpus_per_trial=options.gpus_per_trial,
-            )
             tuner = tune.Tuner.restore(
                 str(run_dir),
-                trainable=tune.with_resources(GapTrainable, resources),
+                trainable=_trainable_with_resources(study, options),
                 resume_unfinished=True,
                 resume_errored=False,
                 restart_errored=False,
