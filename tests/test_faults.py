@@ -200,7 +200,7 @@ def test_unreachable_tracking_server_stops_the_study_at_start(via, tmp_path, no_
     code, lines, text = run_cli("ghost_size", argv)
     assert_one_line(code, lines, text, uri)
     assert "cannot be reached" in lines[0]
-    assert time.monotonic() - started < 30  # a probe, not MLflow's minutes of retries
+    assert time.monotonic() - started < 60  # one probe; MLflow's own retries take minutes
     # Ray was never started (no_ray fails the test if it is) and nothing ran: no run folder.
     assert not list((tmp_path / "results").glob("ghost_size/2*"))
 

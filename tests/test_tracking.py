@@ -153,7 +153,7 @@ def test_unreachable_server_fails_fast() -> None:
     start = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=r"127\.0\.0\.1:9 cannot be reached"):
         check_tracking_uri("http://127.0.0.1:9")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60  # one probe; MLflow's own retries take minutes
 
 
 def test_sqlite_uri_is_checked(uri: str, tmp_path: Path) -> None:
