@@ -1,0 +1,98 @@
+"""The fast path's promise, checked without a GPU: a training step never reads a value back.
+
+On CUDA a value read (``.item()``, ``float(t)``, ``bool(t)``) or an op whose output size
+depends on the data (``nonzero``, boolean indexing) makes the host wait for the device.
+Every one of them passes through ATen as one of the ops below, so recording ATen calls on
+the CPU finds them as surely as CUDA's sync-debug mode would (tests/test_gpu.py has that
+check, for where a GPU exists).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tunegap.config import TrialConfig
+from tunegap.data import TensorData
+from tunegap.train import Engine
+
+aten = torch.ops.aten
+READS_BACK = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+}
+
+
+class HostReads(TorchDispatchMode):
+    """Records every ATen call that would make the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        boolean_index = func is aten.index.Tensor and any(
+            t is not None and t.dtype == torch.bool for t in args[1]
+        )
+        if func in READS_BACK or boolean_index:
+            self.calls.append(str(func))
+        return func(*args, **kwargs)
+
+
+def fake_cifar(n_train: int = 256, n_test: int = 64) -> TensorData:
+    g = torch.Generator().manual_seed(0)
+    return TensorData(
+        name="cifar10",
+        x_train=torch.randn(n_train, 3, 32, 32, generator=g),
+        y_train=torch.randint(0, 10, (n_train,), generator=g),
+        x_test=torch.randn(n_test, 3, 32, 32, generator=g),
+        y_test=torch.randint(0, 10, (n_test,), generator=g),
+        num_classes=10,
+    )
+
+
+def engine_for(workload: str, data_dir, batch_size: int, **kw) -> Engine:
+    config = TrialConfig(workload=workload, batch_size=batch_size, ghost_batch_size=16,
+                         epochs=2, device="cpu", data_dir=str(data_dir), **kw)
+    return Engine(config, data=fake_cifar() if workload.startswith("cifar") else None)
+
+
+def test_the_recorder_sees_each_kind_of_read():
+    x = torch.arange(6.0)
+    with HostReads() as reads:
+        float(x.sum())
+        x[x > 2]
+        torch.nonzero(x)
+    assert len(reads.calls) == 3, reads.calls
+
+
+@pytest.mark.parametrize("workload", ["mnist1d-cnn", "cifar10-c1"])
+def test_batches_and_steps_read_nothing_back(workload, data_dir):
+    # mnist1d-cnn clips gradients every step; cifar10-c1 crops and flips every batch.
+    engine = engine_for(workload, data_dir, batch_size=64)
+    if workload == "mnist1d-cnn":
+        assert engine.resolved.clip_norm is not None
+    else:
+        assert engine.loader.augment is not None
+    engine.model.train()
+    with HostReads() as reads:
+        for i, (x, y) in enumerate(engine.loader):
+            engine._train_step(x, y, lr=0.01, step=i)
+            if i == 7:
+                break
+    assert reads.calls == []
+
+
+def test_an_epoch_reads_back_the_same_few_values_however_many_steps_it_takes(data_dir):
+    counts = []
+    for batch_size in (2000, 250):  # 4 and 32 steps per epoch
+        engine = engine_for("mnist1d-cnn", data_dir, batch_size=batch_size)
+        with HostReads() as reads:
+            engine.train_epoch()
+        counts.append(len(reads.calls))
+    assert counts[0] == counts[1] and counts[0] <= 8, counts
