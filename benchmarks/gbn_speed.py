@@ -16,6 +16,9 @@ the variants interleaved so that machine noise hits them alike):
     python benchmarks/gbn_speed.py --nets resnet44,conv2d,conv1d          # CPU: all (10 min)
 
 `--bf16` and `--channels-last` apply to every variant alike, as the engine does on a GPU.
+With `--bf16`, (b) is timed both ways tunegap can normalize a bf16 activation (see
+`tunegap.gbn.KEEP_BF16`): kept in bf16 (CUDA's default) and copied to fp32 (the CPU's).
+`--compile` runs every variant through `torch.compile` (the engine's `--compile`).
 
 Other processes on a small machine distort timings: run it more than once.
 """
@@ -27,12 +30,14 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from _provenance import print_header
 from torch import Tensor, nn
 
+from tunegap import gbn as gbn_module
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
 
@@ -125,6 +130,14 @@ def chunked_step(
     opt.step()
 
 
+def _with_bf16_way(keep: bool | None, step: Callable[[], None]) -> None:
+    gbn_module.KEEP_BF16 = keep
+    try:
+        step()
+    finally:
+        gbn_module.KEEP_BF16 = None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -141,6 +154,7 @@ def time_setup(
     *,
     bf16: bool = False,
     channels_last: bool = False,
+    compile_model: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per training step for each variant, interleaved repeat by repeat.
 
@@ -154,19 +168,24 @@ def time_setup(
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (input_shape[0],), device=device)
 
-    models = {
-        "BatchNorm": copy.deepcopy(base),
-        "GhostBN (vectorized)": convert_to_ghost_bn(copy.deepcopy(base), ghost),
-        "chunked (authors')": copy.deepcopy(base),
-    }
+    # variant -> (model, how GBN treats a bf16 input: tunegap.gbn.KEEP_BF16)
+    variants: dict[str, tuple[nn.Module, bool | None]] = {"BatchNorm": (copy.deepcopy(base), None)}
+    if bf16:
+        for label, keep in (("GhostBN (bf16 kept)", True), ("GhostBN (bf16->fp32)", False)):
+            variants[label] = (convert_to_ghost_bn(copy.deepcopy(base), ghost), keep)
+    else:
+        variants["GhostBN (vectorized)"] = (convert_to_ghost_bn(copy.deepcopy(base), ghost), None)
+    variants["chunked (authors')"] = (copy.deepcopy(base), None)
     steps: dict[str, Callable[[], None]] = {}
-    for name, model in models.items():
+    for name, (model, keep) in variants.items():
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        run = torch.compile(model) if compile_model else model
         if name.startswith("chunked"):
-            steps[name] = lambda m=model, o=opt: chunked_step(m, o, x, y, ghost, bf16)
+            step = partial(chunked_step, run, opt, x, y, ghost, bf16)
         else:
-            steps[name] = lambda m=model, o=opt: whole_batch_step(m, o, x, y, bf16)
+            step = partial(whole_batch_step, run, opt, x, y, bf16)
+        steps[name] = partial(_with_bf16_way, keep, step)
 
     def timed(step: Callable[[], None]) -> float:
         _sync(device)
@@ -212,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     parser.add_argument("--channels-last", action="store_true", help="for the 2D nets")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile every variant (slow warm-up)"
+    )
     args = parser.parse_args(argv)
     if args.nets is None:
         args.nets = ",".join(NETS) if args.device == "cuda" else "conv2d,conv1d"
@@ -233,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         f"timing:  median of >= {repeats} steps (fast setups: ~{args.min_time:g} s per variant) "
         f"after {args.warmup} warm-up, variants interleaved"
     )
-    print(f"options: bf16={args.bf16} channels_last={args.channels_last}")
+    print(
+        f"options: bf16={args.bf16} channels_last={args.channels_last} compile={args.compile}"
+    )
     for name in nets:
         print(f"net:     {name} = {NETS[name][0]}")
     print("ratios:  'vs BN' = median / BatchNorm's median; '(min)' = best / BatchNorm's best")
@@ -256,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             args.min_time,
             bf16=args.bf16,
             channels_last=args.channels_last and len(sample_shape) == 3,
+            compile_model=args.compile,
         )
         ref = statistics.median(times["BatchNorm"])
         ref_min = min(times["BatchNorm"])

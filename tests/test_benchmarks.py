@@ -40,7 +40,8 @@ def test_gbn_speed_prints_all_three_variants_per_net():
     for line in ("commit:", "options: bf16=True channels_last=True", "net:     conv1d"):
         assert line in out
     rows = [r for r in out.splitlines() if r.startswith(("conv1d", "conv2d"))]
-    assert len(rows) == 6
+    assert len(rows) == 8  # with bf16, GBN both ways (bf16 kept, copied to fp32)
+    assert sum("GhostBN (bf16 kept)" in r for r in rows) == 2
     assert all(r.split()[-2].endswith("x") for r in rows)
     # BatchNorm against itself is 1.00x by construction; the others' ratios are timings
     bn_rows = [r for r in rows if "BatchNorm" in r]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tunegap import gbn as gbn_module
 from tunegap.gbn import (
     GhostBatchNorm,
     GhostBatchNorm1d,
@@ -217,12 +218,28 @@ def test_unusual_strides() -> None:
     assert_same_state(bn, gbn, 1e-10)
 
 
+BF16_WAYS = pytest.mark.parametrize("keep", [True, False], ids=["bf16-kept", "bf16-copied"])
+
+
+@pytest.fixture
+def bf16_way(keep: bool, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways of normalizing a bf16 input, forced here (CPU) though CUDA picks "kept"."""
+    monkeypatch.setattr(gbn_module, "KEEP_BF16", keep)
+    return keep
+
+
+@BF16_WAYS
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "channels-last"])
 @pytest.mark.parametrize("batch", [48, 44], ids=["divisible", "smaller-last-ghost"])
-def test_bf16_autocast_behaves_like_batch_norm(batch: int) -> None:
+def test_bf16_autocast_behaves_like_batch_norm(
+    batch: int, memory_format: torch.memory_format, bf16_way: bool
+) -> None:
     """Under CPU autocast BatchNorm is not cast: a bf16 input (e.g. a conv output) gives a bf16
     output with fp32 statistics, an fp32 input an fp32 output. GBN does the same."""
     bn, gbn = make_pair("2d", 8, torch.float32)
     x32 = random_input((batch, C, 4, 3), torch.float32, seed=7)
+    x32 = x32.contiguous(memory_format=memory_format)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref, got = run_step(bn, gbn, x32.bfloat16(), 8, grad_seed=8)
         assert got[0].dtype == ref[0].dtype == torch.bfloat16
@@ -240,7 +257,8 @@ def test_bf16_autocast_behaves_like_batch_norm(batch: int) -> None:
         assert_close(got32[0], ref32[0], 1e-5)
 
 
-def test_bf16_module() -> None:
+@BF16_WAYS
+def test_bf16_module(bf16_way: bool) -> None:
     """A model cast to bf16 (parameters and buffers bf16) also runs and matches loosely."""
     bn, gbn = make_pair("2d", 8, torch.float32)
     bn, gbn = bn.bfloat16(), gbn.bfloat16()
@@ -250,6 +268,62 @@ def test_bf16_module() -> None:
     for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g.float(), r.float(), rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(gbn.running_var, bn.running_var, rtol=2e-2, atol=2e-2)
+
+
+def exact_from_bf16(kind: str, batch: int, ghost: int, seed: int) -> tuple[list, list, list]:
+    """One chunked-BN step in float64 on bf16 values (the exact answer for those values),
+    and the same step in bf16 autocast by native BatchNorm (chunked) and by GBN."""
+    rest = SHAPES["2d"][1] if kind == "2d" else SHAPES["1d-NCL"][1]
+    g = torch.Generator().manual_seed(seed)
+    x = random_input((batch, *rest), torch.float32, seed=seed).bfloat16()
+    grad = torch.randn(x.shape, generator=g).bfloat16()
+    results = []
+    for dtype, chunked in ((torch.float64, True), (torch.float32, True), (torch.float32, False)):
+        bn, gbn = (m.to(dtype) for m in make_pair(kind, ghost, torch.float32, seed=seed))
+        module = bn if chunked else gbn
+        inp = x.to(dtype) if dtype == torch.float64 else x
+        inp = inp.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float64):
+            out = chunked_reference(bn, inp, ghost) if chunked else gbn(inp)
+            out.backward(grad.to(out.dtype))
+        results.append([module.weight.grad, module.bias.grad, module.running_mean,
+                        module.running_var, out.detach(), inp.grad])
+    return results[0], results[1], results[2]
+
+
+@BF16_WAYS
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_bf16_statistics_and_parameter_gradients_are_exact_to_fp32(kind: str, bf16_way: bool):
+    """The fp32 quantities (parameter gradients, running statistics) come out as exact as the
+    native kernel makes them, not rounded through bf16; the bf16 ones (output, input
+    gradient) carry bf16 rounding on both sides."""
+    for seed in range(4):
+        exact, native, ghost = exact_from_bf16(kind, batch=44, ghost=8, seed=seed)
+        for i, (e, n, g) in enumerate(zip(exact, native, ghost, strict=True)):
+            e, scale = e.float(), e.abs().max().item()
+            native_err = (n.float() - e).abs().max().item() / scale
+            ghost_err = (g.float() - e).abs().max().item() / scale
+            limit = 1e-5 if i < 4 else 1e-2  # fp32 results, then bf16 ones
+            assert native_err < limit and ghost_err < limit, (seed, i, native_err, ghost_err)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_bf16_saves_the_bf16_input_for_backward(keep: bool, monkeypatch) -> None:
+    monkeypatch.setattr(gbn_module, "KEEP_BF16", keep)
+    _, gbn = make_pair("2d", 8, torch.float32)
+    x = random_input((48, C, 4, 3), torch.bfloat16, seed=20).requires_grad_()
+    saved: list[torch.dtype] = []
+
+    def pack(t: Tensor) -> Tensor:
+        if t.shape == x.shape:
+            saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = gbn(x)
+    out.float().sum().backward()
+    assert saved == ([torch.bfloat16] if keep else [torch.float32])
+    assert out.dtype == x.grad.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])

@@ -42,9 +42,30 @@ __all__ = [
     "convert_to_ghost_bn",
 ]
 
-# Dtypes the statistics are computed in directly; others (bf16, fp16) are computed in fp32
-# and the output is cast back, which is what the native BatchNorm kernels do internally.
+# Dtypes the statistics are computed in directly.
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+# How a bf16 input (a conv output under autocast) is normalized; either way the statistics
+# and parameter gradients are accumulated in fp32, as the native kernels do.
+# - kept in bf16: read and written as bf16, with fp32 scratch only where sums cancel; about
+#   half the memory traffic of a copy to fp32 and back, and the saved input is half the size.
+#   It needs elementwise kernels that mix bf16 and fp32 operands, which CUDA runs at memory
+#   speed and the CPU ~10x slower than same-dtype ones (measured: benchmarks/README.md).
+# - copied to fp32: computed in fp32 and the output cast back to bf16.
+# None picks "kept" on CUDA and "copied" elsewhere; True / False force one (the benchmark
+# times both; tests check both against the chunked reference on CPU). fp16 is always copied,
+# since its squared deviations could overflow.
+KEEP_BF16: bool | None = None
+
+
+def _keeps_bf16(x: Tensor) -> bool:
+    if x.dtype != torch.bfloat16:
+        return False
+    return x.is_cuda if KEEP_BF16 is None else KEEP_BF16
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in _COMPUTE_DTYPES else torch.float32
 
 
 def _validate_ghost_batch_size(value: object) -> int | None:
@@ -97,21 +118,27 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         n_batch, channels = x.shape[:2]
+        acc = _accumulate_dtype(x.dtype)
         # The output keeps the input's memory format (e.g. channels_last); all the work is
         # done on [N, C, S] views of the input and output.
         y = torch.empty_like(x)
+        # Squared deviations are kept in the accumulation dtype: rounded to bf16 they would
+        # put the variance off by ~1e-3 where the native kernel is exact to fp32.
+        scratch = y if acc == x.dtype else torch.empty_like(x, dtype=acc)
         x3, y3 = x.view(n_batch, channels, -1), y.view(n_batch, channels, -1)
+        s3 = scratch.view(n_batch, channels, -1)
         means, variances, invstds = [], [], []
         for start, stop, n_ghosts, size in _segments(n_batch, ghost):
             xs = x3[start:stop].view(n_ghosts, size, channels, -1)
             ys = y3[start:stop].view(n_ghosts, size, channels, -1)
+            ss = s3[start:stop].view(n_ghosts, size, channels, -1)
             count = size * xs.shape[3]
             # Two-pass variance (as the native kernel): mean, then mean of squared deviations,
-            # using the output buffer as scratch.
-            mean = xs.sum((1, 3), keepdim=True).div_(count)
-            torch.sub(xs, mean, out=ys)
-            ys.square_()
-            var = ys.sum((1, 3), keepdim=True).div_(count)
+            # using the output buffer as scratch where it has the accumulation dtype.
+            mean = xs.sum((1, 3), keepdim=True, dtype=acc).div_(count)
+            torch.sub(xs, mean, out=ss)
+            ss.square_()
+            var = ss.sum((1, 3), keepdim=True).div_(count)
             invstd = torch.rsqrt(var + eps)
             # y = x * alpha + beta, the form the native CPU kernel uses.
             alpha = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
@@ -138,37 +165,42 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         x, weight, mean_all, invstd_all = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         n_batch, channels = x.shape[:2]
-        # dx when it is needed, otherwise scratch for sum(dy * (x - mean)).
+        acc = _accumulate_dtype(x.dtype)
+        # dx when it is needed; it doubles as the scratch for the terms of sum(dy * (x - mean))
+        # where it has the accumulation dtype. That sum cancels: rounded to bf16, its terms
+        # would put the weight gradient off by ~1e-2 where the native kernel's is exact.
         buf = torch.empty_like(x)
+        scratch = buf if acc == x.dtype else torch.empty_like(x, dtype=acc)
         x3, b3 = x.view(n_batch, channels, -1), buf.view(n_batch, channels, -1)
+        s3 = scratch.view(n_batch, channels, -1)
         g3 = grad_out.reshape(n_batch, channels, -1)
-        grad_w = x.new_zeros(channels) if need_w else None
-        grad_b = x.new_zeros(channels) if need_b and ctx.has_bias else None
+        grad_w = x.new_zeros(channels, dtype=acc) if need_w else None
+        grad_b = x.new_zeros(channels, dtype=acc) if need_b and ctx.has_bias else None
         offset = 0
         for start, stop, n_ghosts, size in _segments(n_batch, ctx.ghost):
             xs = x3[start:stop].view(n_ghosts, size, channels, -1)
             bs = b3[start:stop].view(n_ghosts, size, channels, -1)
+            ss = s3[start:stop].view(n_ghosts, size, channels, -1)
             gs = g3[start:stop].reshape(n_ghosts, size, channels, -1)
             count = size * xs.shape[3]
             mean = mean_all[offset : offset + n_ghosts].view(n_ghosts, 1, channels, 1)
             invstd = invstd_all[offset : offset + n_ghosts].view(n_ghosts, 1, channels, 1)
             offset += n_ghosts
-            sum_dy = gs.sum((1, 3), keepdim=True)
-            torch.sub(xs, mean, out=bs)
-            bs.mul_(gs)
-            dot = bs.sum((1, 3), keepdim=True)  # sum(dy * (x - mean)) per (ghost, channel)
+            sum_dy = gs.sum((1, 3), keepdim=True, dtype=acc)
+            torch.sub(xs, mean, out=ss)
+            ss.mul_(gs)
+            dot = ss.sum((1, 3), keepdim=True)  # sum(dy * (x - mean)) per (ghost, channel)
             if grad_w is not None:
                 grad_w += (dot * invstd).sum((0, 1, 3))
             if grad_b is not None:
                 grad_b += sum_dy.sum((0, 1, 3))
             if need_x:
                 # dx = w*invstd/n * (n*dy - sum(dy) - x_hat * sum(dy * x_hat)), per ghost:
-                #    = a*dy + c - k*(x - mean)
+                #    = a*dy - k*x + c,  with c = k*mean - a*sum(dy)/n  (two passes)
                 a = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
                 k = a * invstd * invstd * dot / count
-                c = -a * sum_dy / count
-                torch.sub(xs, mean, out=bs)
-                torch.addcmul(c, bs, -k, out=bs)
+                c = k * mean - a * sum_dy / count
+                torch.addcmul(c, xs, -k, out=bs)
                 bs.addcmul_(gs, a)
         return (buf if need_x else None), grad_w, grad_b, None, None
 
@@ -178,19 +210,21 @@ def _ghost_batch_norm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalize per ghost batch; returns (output, per-ghost means, biased variances).
 
-    Low-precision inputs (bf16/fp16, e.g. under CPU autocast, where BatchNorm is not cast)
-    are computed in fp32 and the output is cast back to the input dtype, as the native
-    kernels do.
+    Low-precision inputs (e.g. a bf16 conv output under autocast, where BatchNorm is not
+    cast) give an output of their own dtype with statistics in fp32, as the native kernels
+    do (see `KEEP_BF16` for how bf16 is handled).
     """
     out_dtype = x.dtype
-    dtype = x.dtype if x.dtype in _COMPUTE_DTYPES else torch.float32
+    dtype = x.dtype if x.dtype in _COMPUTE_DTYPES or _keeps_bf16(x) else torch.float32
     x = x.to(dtype)
     try:
         x.view(x.shape[0], x.shape[1], -1)
     except RuntimeError:  # spatial dims not mergeable as a view (unusual strides)
         x = x.contiguous()
-    w = weight.to(dtype) if weight is not None else None
-    b = bias.to(dtype) if bias is not None else None
+    # Parameters join the computation in the accumulation dtype (fp32 for bf16 input).
+    acc = _accumulate_dtype(dtype)
+    w = weight.to(acc) if weight is not None else None
+    b = bias.to(acc) if bias is not None else None
     y, mean, var = _GhostBatchNormFunction.apply(x, w, b, ghost, eps)
     return y.to(out_dtype), mean, var
 
