@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tunegap import gbn
 from tunegap.config import TrialConfig
 from tunegap.data import TensorData
 from tunegap.train import Engine
@@ -71,10 +72,14 @@ def test_the_recorder_sees_each_kind_of_read():
     assert len(reads.calls) == 3, reads.calls
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("workload", ["mnist1d-cnn", "cifar10-c1"])
-def test_batches_and_steps_read_nothing_back(workload, data_dir):
-    # mnist1d-cnn clips gradients every step; cifar10-c1 crops and flips every batch.
-    engine = engine_for(workload, data_dir, batch_size=64)
+def test_batches_and_steps_read_nothing_back(workload, precision, data_dir, monkeypatch):
+    # mnist1d-cnn clips gradients every step; cifar10-c1 crops and flips every batch. bf16
+    # is autocast with Ghost BatchNorm keeping bf16 activations, as on CUDA.
+    monkeypatch.setattr(gbn, "KEEP_BF16", True)
+    engine = engine_for(workload, data_dir, batch_size=64, precision=precision)
+    assert engine.use_bf16 == (precision == "bf16")
     if workload == "mnist1d-cnn":
         assert engine.resolved.clip_norm is not None
     else:
