@@ -17,6 +17,7 @@ run gpu-tests python -m pytest -m gpu -q -p no:cacheprovider
 cd benchmarks || exit 1
 run gbn-bf16 python gbn_speed.py --device cuda --bf16 --channels-last
 run gbn-fp32 python gbn_speed.py --device cuda
+run mixed-dtype python mixed_dtype.py --device cuda
 run gbn-bf16-compile python gbn_speed.py --device cuda --bf16 --channels-last --compile
 run loader python loader_speed.py --device cuda --samples 50000 --batch-size 4096
 run epoch python epoch_time.py --device cuda --bf16 --channels-last

@@ -59,6 +59,13 @@ def test_gbn_speed_refuses_unknown_nets():
     assert proc.returncode == 2 and "--nets 'resnet50' is not allowed" in proc.stderr
 
 
+def test_mixed_dtype_compares_each_op_with_its_fp32_twin():
+    out = run("mixed_dtype.py", "--device", "cpu", "--batch-size", "256", "--repeats", "1")
+    assert "tensor:  [2, 128, 16, 1024]" in out
+    rows = [r.split() for r in out.splitlines() if r.split()[:1] in (["sub"], ["addcmul"], ["sum"])]
+    assert len(rows) == 3 and all(r[-1].endswith("x") for r in rows)
+
+
 def test_epoch_time_reports_rate_and_fraction_of_peak():
     out = run("epoch_time.py", "--samples", "16", "--batch-sizes", "8,16")
     assert "GFLOP per image" in out and "matmul peak" in out
