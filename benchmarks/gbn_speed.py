@@ -194,9 +194,10 @@ def time_setup(
         _sync(device)
         return time.perf_counter() - t0
 
+    # The last warm-up round sizes the repeats: earlier ones include compiling and tuning.
     slowest = 0.0
     for _ in range(warmup):
-        slowest = max([slowest, *(timed(step) for step in steps.values())])
+        slowest = max(timed(step) for step in steps.values())
     if slowest > 0:
         repeats = max(repeats, min(200, int(min_time / slowest)))
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="timed steps per variant (default 4 on CPU, 20 on CUDA)",
     )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per variant (at least 2 compiled)"
+    )
     parser.add_argument(
         "--min-time",
         type=float,
@@ -249,11 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the engine trains; the warm-up tunes
     batch = args.batch_size
+    warmup = max(args.warmup, 2 if args.compile else 1)
 
     print_header(device)
     print(
         f"timing:  median of >= {repeats} steps (fast setups: ~{args.min_time:g} s per variant) "
-        f"after {args.warmup} warm-up, variants interleaved"
+        f"after {warmup} warm-up, variants interleaved"
     )
     print(
         f"options: bf16={args.bf16} channels_last={args.channels_last} compile={args.compile}"
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             ghost,
             device,
             repeats,
-            args.warmup,
+            warmup,
             args.min_time,
             bf16=args.bf16,
             channels_last=args.channels_last and len(sample_shape) == 3,

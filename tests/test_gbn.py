@@ -270,13 +270,21 @@ def test_bf16_module(bf16_way: bool) -> None:
     torch.testing.assert_close(gbn.running_var, bn.running_var, rtol=2e-2, atol=2e-2)
 
 
-def exact_from_bf16(kind: str, batch: int, ghost: int, seed: int) -> tuple[list, list, list]:
+def exact_from_bf16(
+    kind: str, batch: int, ghost: int, seed: int, correlated: bool = False
+) -> tuple[list, list, list]:
     """One chunked-BN step in float64 on bf16 values (the exact answer for those values),
-    and the same step in bf16 autocast by native BatchNorm (chunked) and by GBN."""
+    and the same step in bf16 autocast by native BatchNorm (chunked) and by GBN.
+
+    `correlated`: the output gradient mostly follows the normalized input, so that the two
+    parts of the input gradient nearly cancel."""
     rest = SHAPES["2d"][1] if kind == "2d" else SHAPES["1d-NCL"][1]
     g = torch.Generator().manual_seed(seed)
     x = random_input((batch, *rest), torch.float32, seed=seed).bfloat16()
-    grad = torch.randn(x.shape, generator=g).bfloat16()
+    grad = torch.randn(x.shape, generator=g)
+    if correlated:
+        grad = 0.9 * (x.float() - 1.5) / 2.0 + 0.1 * grad
+    grad = grad.bfloat16()
     results = []
     for dtype, chunked in ((torch.float64, True), (torch.float32, True), (torch.float32, False)):
         bn, gbn = (m.to(dtype) for m in make_pair(kind, ghost, torch.float32, seed=seed))
@@ -305,6 +313,29 @@ def test_bf16_statistics_and_parameter_gradients_are_exact_to_fp32(kind: str, bf
             ghost_err = (g.float() - e).abs().max().item() / scale
             limit = 1e-5 if i < 4 else 1e-2  # fp32 results, then bf16 ones
             assert native_err < limit and ghost_err < limit, (seed, i, native_err, ghost_err)
+
+
+def bf16_ulps_off(actual: Tensor, exact: Tensor) -> float:
+    """Worst error in units of the last place of bf16 at each exact value (correctly rounded:
+    at most 0.5), with a floor of fp32-level slack where the exact value is near zero."""
+    exact = exact.double()
+    ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact).exponent - 8)
+    floor = 1e-6 * exact.abs().max()
+    return ((actual.double() - exact).abs() / torch.maximum(ulp, floor)).max().item()
+
+
+@BF16_WAYS
+@pytest.mark.parametrize("correlated", [False, True], ids=["random-dy", "cancelling-dy"])
+def test_bf16_output_and_input_gradient_are_rounded_once(correlated: bool, bf16_way: bool):
+    """Each bf16 element within a bf16 step or two of the exact value, as native BatchNorm
+    gives it (0.5 and 1.65 steps here at worst; GBN 0.5 and 0.67); rounding an intermediate
+    sum to bf16 first was found off by 50 to 4,000 steps."""
+    for seed in range(3):
+        exact, native, ghost = exact_from_bf16("2d", 44, 8, seed, correlated=correlated)
+        for i in (4, 5):  # the output, the input gradient
+            native_off = bf16_ulps_off(native[i], exact[i])
+            ghost_off = bf16_ulps_off(ghost[i], exact[i])
+            assert ghost_off <= max(2.0, native_off), (seed, i, ghost_off, native_off)
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -38,6 +38,38 @@ def test_ghost_batchnorm_on_cuda_matches_the_chunked_reference():
     torch.testing.assert_close(ghost.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["bf16-kept", "bf16-copied"])
+def test_ghost_batchnorm_under_bf16_autocast_on_cuda_matches_the_chunked_reference(
+    keep, monkeypatch
+):
+    # CUDA casts mixed bf16/fp32 operands inside its kernels, a path the CPU tests never take.
+    from tunegap import gbn as gbn_module
+
+    monkeypatch.setattr(gbn_module, "KEEP_BF16", keep)
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(16).cuda()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    ghost = convert_to_ghost_bn(nn.Sequential(copy.deepcopy(bn)), 32)[0]
+    x = (torch.randn(200, 16, 8, 8, device="cuda") * 2 + 1).bfloat16()  # last ghost: 8
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(x.shape, device="cuda").bfloat16()
+    results = []
+    for module, forward in ((bn, lambda t: torch.cat([bn(c) for c in torch.split(t, 32)])),
+                            (ghost, ghost)):
+        inp = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = forward(inp)
+        out.backward(dy)
+        results.append((out.float(), inp.grad.float(), module.weight.grad, module.bias.grad,
+                        module.running_mean, module.running_var))
+    for ref, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
+    for ref, got in zip(results[0][2:], results[1][2:], strict=True):  # fp32 results
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def fake_cifar(n_train: int = 256, n_test: int = 64):
     from tunegap.data import TensorData
 

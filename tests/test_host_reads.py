@@ -1,10 +1,11 @@
 """The fast path's promise, checked without a GPU: a training step never reads a value back.
 
-On CUDA a value read (``.item()``, ``float(t)``, ``bool(t)``) or an op whose output size
-depends on the data (``nonzero``, boolean indexing) makes the host wait for the device.
-Every one of them passes through ATen as one of the ops below, so recording ATen calls on
-the CPU finds them as surely as CUDA's sync-debug mode would (tests/test_gpu.py has that
-check, for where a GPU exists).
+On CUDA a value read (``.item()``, ``float(t)``, ``bool(t)``, ``torch.equal``) or an op
+whose output size depends on the data (``nonzero``, boolean indexing, ``repeat_interleave``
+with tensor counts) makes the host wait for the device. These pass through ATen as the ops
+recorded below, so recording ATen calls on the CPU finds them. It is a proxy, not CUDA's
+sync-debug mode (tests/test_gpu.py has that check, for where a GPU exists): a copy to the
+host (``.cpu()``, ``.tolist()``) is no op at all on a CPU tensor and goes unseen here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ READS_BACK = {
     aten.masked_select.default,
     aten._unique2.default,
     aten.unique_consecutive.default,
+    aten.equal.default,
+    aten.repeat_interleave.Tensor,
 }
+INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
+            aten._index_put_impl_.default}
 
 
 class HostReads(TorchDispatchMode):
@@ -37,7 +42,7 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        boolean_index = func is aten.index.Tensor and any(
+        boolean_index = func in INDEXING and any(
             t is not None and t.dtype == torch.bool for t in args[1]
         )
         if func in READS_BACK or boolean_index:
@@ -63,13 +68,27 @@ def engine_for(workload: str, data_dir, batch_size: int, **kw) -> Engine:
     return Engine(config, data=fake_cifar() if workload.startswith("cifar") else None)
 
 
-def test_the_recorder_sees_each_kind_of_read():
+def _set_where(x: torch.Tensor) -> None:
+    x[x > 4] = 0.0
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda x: float(x.sum()),
+        lambda x: x[x > 2],
+        torch.nonzero,
+        _set_where,
+        lambda x: torch.equal(x, x),
+        lambda x: torch.repeat_interleave(x, torch.ones(6, dtype=torch.long)),
+    ],
+    ids=["float", "boolean-index", "nonzero", "boolean-assign", "equal", "repeat-interleave"],
+)
+def test_the_recorder_sees_each_kind_of_read(read):
     x = torch.arange(6.0)
     with HostReads() as reads:
-        float(x.sum())
-        x[x > 2]
-        torch.nonzero(x)
-    assert len(reads.calls) == 3, reads.calls
+        read(x)
+    assert len(reads.calls) == 1, reads.calls
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

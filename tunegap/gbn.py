@@ -49,8 +49,9 @@ _COMPUTE_DTYPES = (torch.float32, torch.float64)
 # and parameter gradients are accumulated in fp32, as the native kernels do.
 # - kept in bf16: read and written as bf16, with fp32 scratch only where sums cancel; about
 #   half the memory traffic of a copy to fp32 and back, and the saved input is half the size.
-#   It needs elementwise kernels that mix bf16 and fp32 operands, which CUDA runs at memory
-#   speed and the CPU ~10x slower than same-dtype ones (measured: benchmarks/README.md).
+#   It needs elementwise kernels that mix bf16 and fp32 operands, which the CPU runs ~10x
+#   slower than same-dtype ones (benchmarks/mixed_dtype.py); CUDA is expected to run them
+#   near memory speed, which is not yet measured (benchmarks/README.md).
 # - copied to fp32: computed in fp32 and the output cast back to bf16.
 # None picks "kept" on CUDA and "copied" elsewhere; True / False force one (the benchmark
 # times both; tests check both against the chunked reference on CPU). fp16 is always copied,
@@ -105,7 +106,9 @@ class _GhostBatchNormFunction(torch.autograd.Function):
     variance ([ghosts, C], not differentiable). Every op is either a reduction over
     (ghost sample, spatial) or an elementwise op writing into a preallocated buffer: on CPU
     the cost of a training step is dominated by allocating and touching fresh batch-sized
-    tensors, so this allocates exactly what BatchNorm does (the output, and dx in backward).
+    tensors, so for fp32/fp64 this allocates exactly what BatchNorm does (the output, and dx
+    in backward). A bf16 input kept in bf16 also takes one fp32 scratch of its size in each
+    pass, for the sums that cancel and the input gradient's single rounding.
     """
 
     @staticmethod
@@ -166,13 +169,15 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         n_batch, channels = x.shape[:2]
         acc = _accumulate_dtype(x.dtype)
-        # dx when it is needed; it doubles as the scratch for the terms of sum(dy * (x - mean))
-        # where it has the accumulation dtype. That sum cancels: rounded to bf16, its terms
-        # would put the weight gradient off by ~1e-2 where the native kernel's is exact.
-        buf = torch.empty_like(x)
-        scratch = buf if acc == x.dtype else torch.empty_like(x, dtype=acc)
-        x3, b3 = x.view(n_batch, channels, -1), buf.view(n_batch, channels, -1)
-        s3 = scratch.view(n_batch, channels, -1)
+        # Scratch in the accumulation dtype, for the terms of sum(dy * (x - mean)) and the
+        # input gradient before its one rounding to bf16. The sum cancels (rounded to bf16 its
+        # terms would put the weight gradient off by ~1e-2), and so may dx's two parts.
+        # For fp32/fp64 the scratch is dx's own buffer.
+        same = acc == x.dtype
+        scratch = torch.empty_like(x, dtype=acc)
+        buf = scratch if same else (torch.empty_like(x) if need_x else None)
+        x3, s3 = x.view(n_batch, channels, -1), scratch.view(n_batch, channels, -1)
+        b3 = s3 if buf is None else buf.view(n_batch, channels, -1)
         g3 = grad_out.reshape(n_batch, channels, -1)
         grad_w = x.new_zeros(channels, dtype=acc) if need_w else None
         grad_b = x.new_zeros(channels, dtype=acc) if need_b and ctx.has_bias else None
@@ -200,8 +205,12 @@ class _GhostBatchNormFunction(torch.autograd.Function):
                 a = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
                 k = a * invstd * invstd * dot / count
                 c = k * mean - a * sum_dy / count
-                torch.addcmul(c, xs, -k, out=bs)
-                bs.addcmul_(gs, a)
+                if same:
+                    torch.addcmul(c, xs, -k, out=bs)
+                    bs.addcmul_(gs, a)
+                else:
+                    torch.addcmul(c, gs, a, out=ss)
+                    torch.addcmul(ss, xs, -k, out=bs)
         return (buf if need_x else None), grad_w, grad_b, None, None
 
 
