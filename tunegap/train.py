@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunegap.config import TrialConfig
+from tunegap.cpu_memory import keep_freed_memory
 from tunegap.data import DeviceLoader, TensorData, get_augment, load_dataset
 from tunegap.datasets import StreamingData, StreamingLoader, load_streaming_dataset
 from tunegap.gbn import convert_to_ghost_bn
@@ -116,6 +117,9 @@ class Engine:
         # reused Ray actor trains the next trial exactly as a fresh process would.
         torch.manual_seed(config.seed)
         cuda = self.device.type == "cuda"
+        if not cuda:
+            # Large batches on the CPU would otherwise fault their activations in every step.
+            keep_freed_memory()
         if cuda:
             # Batches keep one shape all epoch (but the last): let cuDNN time its algorithms
             # once per shape and keep the fastest, as epoch_time.py measures it.
