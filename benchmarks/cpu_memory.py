@@ -1,13 +1,19 @@
-"""CPU epoch time with glibc's default malloc against freed memory kept (`tunegap.cpu_memory`).
+"""CPU training time and memory under each way glibc may treat freed memory (`tunegap.cpu_memory`).
 
-The engine keeps freed CPU memory in the process (`keep_freed_memory`), since otherwise a
-large batch maps its activations afresh each step and faults in every page. This measures
-what that buys, side by side in one run: for each batch size, two fresh processes train the
-same workload on the CPU, one with `TUNEGAP_SYSTEM_MALLOC=1` (glibc as it is) and one
-without, alternating, and report the median epoch time, the kernel (`sys`) time and the
-minor page faults per epoch.
+The engine makes glibc reuse freed CPU memory (TUNEGAP_CPU_MALLOC: "cached" by default,
+"heap", or "system" for glibc as it is), since otherwise a large batch maps its activations
+afresh each step and faults in every page. This measures what each mode buys and costs,
+side by side in one run, in a fresh process per mode and setup (the mode is process-wide):
 
-    python benchmarks/cpu_memory.py [--workload mnist1d-cnn] [--batch-sizes 256,2048]
+  - the MNIST-1D CNN through the engine (fp32, Ghost BatchNorm 32 where the batch is
+    larger), median epoch time over a few epochs after a warm-up epoch, per batch size;
+  - one BatchNorm training step of a small CIFAR-sized conv net at a large batch
+    (gbn_speed.py's conv2d), where single activations exceed glibc's 32 MiB mmap cap.
+
+Each row gives the time, the kernel (`sys`) time and minor page faults per epoch or step,
+and the process's peak resident memory.
+
+    python benchmarks/cpu_memory.py [--batch-sizes 256,1024,2048,8000] [--conv2d-batch 4096]
 """
 
 from __future__ import annotations
@@ -24,95 +30,110 @@ import time
 import torch
 from _provenance import print_header
 
-from tunegap.config import TrialConfig
-from tunegap.cpu_memory import OPT_OUT_VARIABLE, keeps_freed_memory
-from tunegap.train import Engine
+from tunegap.cpu_memory import MODE_VARIABLE, MODES, reuse_freed_memory
 
-MODES = {"glibc default": "1", "freed memory kept": "0"}
+ORDER = ("system", "cached", "heap")
+assert set(ORDER) == set(MODES)
 
 
-def child(workload: str, batch_size: int, epochs: int, ghost: int | None) -> None:
-    """Train `epochs` timed epochs after one warm-up epoch; print one JSON line."""
-    torch.set_num_threads(1)  # as a trial does (1 CPU per trial)
-    config = TrialConfig(workload=workload, batch_size=batch_size, epochs=epochs + 1,
-                         device="cpu", ghost_batch_size=ghost)
-    engine = Engine(config)
-    engine.train_epoch()
+def _measure(step, repeats: int) -> dict:
+    step()  # warm-up
     seconds, sys_seconds, faults = [], [], []
-    for _ in range(epochs):
+    for _ in range(repeats):
         before = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        engine.train_epoch()
+        step()
         seconds.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_SELF)
         sys_seconds.append(after.ru_stime - before.ru_stime)
         faults.append(after.ru_minflt - before.ru_minflt)
-    print(json.dumps({"kept": keeps_freed_memory(), "seconds": seconds,
-                      "sys": sys_seconds, "faults": faults}))
+    return {
+        "seconds": statistics.median(seconds),
+        "sys": statistics.median(sys_seconds),
+        "faults": statistics.median(faults),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
-def run_child(mode: str, workload: str, batch_size: int, epochs: int, ghost: int | None) -> dict:
-    env = dict(os.environ, **{OPT_OUT_VARIABLE: MODES[mode]})
+def child(setup: str, batch_size: int, repeats: int) -> None:
+    """One measurement in this process, under the mode TUNEGAP_CPU_MALLOC names."""
+    torch.set_num_threads(1)  # as a trial does (1 CPU per trial)
+    if setup == "mnist1d":
+        from tunegap.config import TrialConfig
+        from tunegap.train import Engine
+
+        config = TrialConfig(workload="mnist1d-cnn", batch_size=batch_size, epochs=repeats + 1,
+                             device="cpu", ghost_batch_size=32 if batch_size > 32 else None)
+        engine = Engine(config)  # sets the mode, as in a trial
+        result = _measure(engine.train_epoch, repeats)
+    else:
+        from gbn_speed import conv_net_2d, whole_batch_step
+
+        reuse_freed_memory()
+        torch.manual_seed(0)
+        model = conv_net_2d()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch_size, 3, 32, 32)
+        y = torch.randint(0, 10, (batch_size,))
+        result = _measure(lambda: whole_batch_step(model, opt, x, y), repeats)
+    result["mode"] = reuse_freed_memory()
+    print(json.dumps(result))
+
+
+def run_child(mode: str, setup: str, batch_size: int, repeats: int) -> dict:
+    env = dict(os.environ, **{MODE_VARIABLE: mode})
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", workload, str(batch_size), str(epochs),
-         str(ghost or 0)],
+        [sys.executable, __file__, "--child", setup, str(batch_size), str(repeats)],
         capture_output=True, text=True, env=env, check=False,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
     )
     if proc.returncode != 0:
         raise SystemExit(f"the {mode} run failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["mode"] != mode:
+        raise SystemExit(f"asked for {mode}, the process ran with {result['mode']}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", default="mnist1d-cnn")
-    parser.add_argument("--batch-sizes", default="256,2048")
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per process")
-    parser.add_argument("--ghost-batch-size", type=int, default=32,
-                        help="Ghost BatchNorm where the batch is larger (0: plain BatchNorm)")
-    parser.add_argument("--rounds", type=int, default=2, help="process pairs per batch size")
+    parser.add_argument("--batch-sizes", default="256,1024,2048,8000",
+                        help="MNIST-1D batch sizes (empty: skip)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed MNIST-1D epochs")
+    parser.add_argument("--conv2d-batch", type=int, default=4096, help="0: skip the conv net")
+    parser.add_argument("--steps", type=int, default=3, help="timed conv-net steps")
     args = parser.parse_args(argv)
     try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
         parser.error(f"--batch-sizes {args.batch_sizes!r} is not allowed: use integers, "
                      "comma-separated")
-    if any(b <= 0 for b in batch_sizes) or args.epochs <= 0 or args.rounds <= 0:
-        parser.error("--batch-sizes, --epochs and --rounds must be positive")
-    if args.ghost_batch_size < 0:
-        parser.error(f"--ghost-batch-size {args.ghost_batch_size} is not allowed: use >= 0")
+    if any(b <= 0 for b in batch_sizes) or args.epochs <= 0 or args.steps <= 0:
+        parser.error("--batch-sizes, --epochs and --steps must be positive")
+    if args.conv2d_batch < 0:
+        parser.error(f"--conv2d-batch {args.conv2d_batch} is not allowed: use >= 0")
 
     print_header(torch.device("cpu"))
-    print(f"setup:   {args.workload}, fp32, ghost batch {args.ghost_batch_size or 'none'} where "
-          f"the batch is larger, 1 torch thread per process; "
-          f"{args.rounds} process pairs x {args.epochs} epochs after a warm-up epoch")
-    print("ratio:   glibc default's median epoch / freed memory kept's")
+    print("setup:   1 torch thread per process, a fresh process per row")
+    print("ratio:   'system' time / the row's time (higher is faster)")
     print()
-    header = (f"{'batch':>6}  {'malloc':<18} {'epoch s':>8} {'sys s':>7} {'faults':>8} "
-              f"{'ratio':>6}")
+    header = (f"{'setup':<16} {'batch':>6}  {'mode':<7} {'seconds':>8} {'sys s':>7} "
+              f"{'faults':>8} {'peak MB':>8} {'ratio':>6}")
     print(header)
     print("-" * len(header))
-    for batch in batch_sizes:
-        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-        ghost = args.ghost_batch_size if 0 < args.ghost_batch_size < batch else None
-        for _ in range(args.rounds):
-            for mode in MODES:
-                runs[mode].append(run_child(mode, args.workload, batch, args.epochs, ghost))
-        medians = {}
-        for mode, results in runs.items():
-            if results[0]["kept"] != (MODES[mode] == "0"):
-                raise SystemExit(f"{mode}: freed memory kept = {results[0]['kept']}")
-            seconds = [s for r in results for s in r["seconds"]]
-            medians[mode] = statistics.median(seconds)
-            sys_s = statistics.median(s for r in results for s in r["sys"])
-            faults = statistics.median(f for r in results for f in r["faults"])
-            ratio = medians["glibc default"] / medians[mode]
-            print(f"{batch:>6}  {mode:<18} {medians[mode]:>8.3f} {sys_s:>7.3f} {faults:>8.0f} "
-                  f"{ratio:>5.2f}x")
+    setups = [("mnist1d epoch", "mnist1d", b, args.epochs) for b in batch_sizes]
+    if args.conv2d_batch:
+        setups.append(("conv2d BN step", "conv2d", args.conv2d_batch, args.steps))
+    for label, setup, batch, repeats in setups:
+        results = {mode: run_child(mode, setup, batch, repeats) for mode in ORDER}
+        base = results["system"]["seconds"]
+        for mode, r in results.items():
+            print(f"{label:<16} {batch:>6}  {mode:<7} {r['seconds']:>8.3f} {r['sys']:>7.3f} "
+                  f"{r['faults']:>8.0f} {r['peak_mb']:>8.0f} {base / r['seconds']:>5.2f}x")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None)
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         main()

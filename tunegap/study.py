@@ -28,6 +28,7 @@ import pandas as pd
 from ray import tune
 
 from tunegap.config import TrialConfig
+from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.metrics import METRIC_NAMES
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload
@@ -242,6 +243,10 @@ class RunOptions:
         if isinstance(self.max_failures, bool) or self.max_failures < 0:
             raise StudyError(f"--max-failures {self.max_failures!r} is not allowed: use >= 0")
         _check_address(self.address)
+        try:
+            cpu_malloc_mode()  # read by every CPU trial: refuse a bad value before any starts
+        except ValueError as err:
+            raise StudyError(str(err)) from None
         if "://" in str(self.storage_path):
             # Every result is written with plain file operations (Path, os.replace), so a URL
             # would become a local folder named "s3:"; a shared mount works on a cluster.

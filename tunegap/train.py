@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunegap.config import TrialConfig
-from tunegap.cpu_memory import keep_freed_memory
+from tunegap.cpu_memory import cpu_malloc_mode, reuse_freed_memory
 from tunegap.data import DeviceLoader, TensorData, get_augment, load_dataset
 from tunegap.datasets import StreamingData, StreamingLoader, load_streaming_dataset
 from tunegap.gbn import convert_to_ghost_bn
@@ -119,7 +119,7 @@ class Engine:
         cuda = self.device.type == "cuda"
         if not cuda:
             # Large batches on the CPU would otherwise fault their activations in every step.
-            keep_freed_memory()
+            reuse_freed_memory()
         if cuda:
             # Batches keep one shape all epoch (but the last): let cuDNN time its algorithms
             # once per shape and keep the fastest, as epoch_time.py measures it.
@@ -483,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             sharpness_every=args.sharpness_every,
         )
         pick_device(config.device)
+        cpu_malloc_mode()
     except ValueError as err:
         print(f"python -m tunegap.train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
