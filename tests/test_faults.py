@@ -409,3 +409,10 @@ def test_resume_with_another_study_definition_is_refused(tmp_path, no_ray):
     )
     assert_one_line(code, lines, text, "--resume")
     assert "other options" in lines[0] and str(run_dir) in lines[0]
+
+
+def test_unknown_cpu_malloc_mode_stops_the_study_at_start(tmp_path, no_ray, monkeypatch):
+    monkeypatch.setenv("TUNEGAP_CPU_MALLOC", "tcmalloc")
+    code, lines, text = run_cli("ghost_size", ["--storage-path", str(tmp_path / "results")])
+    assert_one_line(code, lines, text, "TUNEGAP_CPU_MALLOC='tcmalloc' is not allowed")
+    assert not list((tmp_path / "results").glob("ghost_size/2*"))
