@@ -9,12 +9,12 @@ benchmarks/cpu_memory.py):
 
 - "cached" (the default): blocks up to 32 MiB (the most glibc allows) come from the heap,
   which is never trimmed, so they are reused in place. This covers MNIST-1D's activations at
-  every batch size (1.2x to 1.6x faster epochs at batch 1024 to 8000) and costs no memory
-  beyond what the process has freed and will need again.
+  every batch size (1.1x to 1.4x faster epochs at batch 1024 to 8000, no page faults left)
+  and costs no memory beyond what the process has freed and will need again.
 - "heap": every block comes from the heap, also the larger ones. Much faster at large batches
-  of image networks (a 2.6x faster step for a small conv net at batch 4096), but glibc lets
-  the heap grow to about twice the peak memory, since an aligned block does not fit into the
-  freed one of the same size. Choose it where memory is plentiful.
+  of image networks (a 1.9x faster step for a small conv net at batch 4096), but there it
+  also took 1.9x the peak memory: glibc lets the heap grow, since an aligned block does not
+  fit into the freed one of the same size. Choose it where memory is plentiful.
 - "system": glibc as it is.
 
 Where the C library is not glibc (no `mallopt`), nothing changes.
