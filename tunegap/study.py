@@ -28,6 +28,7 @@ import pandas as pd
 from ray import tune
 
 from tunegap.config import TrialConfig
+from tunegap.cpu_memory import MODE_VARIABLE as CPU_MALLOC_VARIABLE
 from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.metrics import METRIC_NAMES
 from tunegap.regime import MATCHED
@@ -409,11 +410,15 @@ def _init_ray(options: RunOptions) -> None:
 
     if ray.is_initialized():
         return
+    # Trials take their environment from the Ray they run in, which on a cluster is not the
+    # driver's: pass on the malloc mode checked here, so trials run what the driver was told.
+    passed = {k: os.environ[k] for k in (CPU_MALLOC_VARIABLE,) if k in os.environ}
+    runtime_env = {"runtime_env": {"env_vars": passed}} if passed else {}
     if options.address and options.address != "local":
-        ray.init(address=options.address, log_to_driver=False)
+        ray.init(address=options.address, log_to_driver=False, **runtime_env)
     else:
         # "local" starts a fresh Ray owned by this process, even where `ray start` left one.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, **runtime_env)
 
 
 def local_gpu_count() -> int:

@@ -14,6 +14,7 @@ import torch
 from ray import tune
 
 from tunegap.config import TrialConfig
+from tunegap.cpu_memory import applied_mode, release_freed_memory
 from tunegap.train import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
@@ -47,7 +48,10 @@ class GapTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # Tune reuses this actor for the next trial: no new process, no re-import of torch,
-        # and the dataset stays loaded when the workload is the same.
+        # and the dataset stays loaded when the workload is the same. The last trial's
+        # memory, kept for reuse while it trained, goes back first.
+        self.engine = None
+        release_freed_memory()
         self._start(new_config)
         return True
 
@@ -62,6 +66,9 @@ class GapTrainable(tune.Trainable):
             self._data = (key, load_workload_data(self.trial_config))
         self.engine = Engine(self.trial_config, data=self._data[1])
         self.resolved = self.engine.resolved.as_dict()
+        # How this process's C library treats freed memory (tunegap.cpu_memory): it changes
+        # CPU timings, so it is logged with the trial.
+        self.resolved["resolved_cpu_malloc"] = applied_mode() or "system"
 
     def step(self) -> dict[str, Any]:
         try:
