@@ -9,11 +9,11 @@ benchmarks/README.md):
 
 - "cached" (the default): blocks up to 32 MiB (the ceiling of glibc's own sliding
   threshold) come from the heap, which is no longer trimmed, so they are reused in place.
-  This covers MNIST-1D's activations at every batch size (1.1x to 1.4x faster epochs at
+  This covers MNIST-1D's activations at every batch size (1.1x to 1.5x faster epochs at
   batch 1024 to 8000, page faults gone, the same peak memory).
 - "heap": every block comes from the heap, also the larger ones. Much faster at large batches
-  of image networks (a 1.9x faster step for a small conv net at batch 4096), but there it
-  also took 1.9x the peak memory: torch allocates aligned blocks, which glibc does not fit
+  of image networks (a 1.4x to 1.9x faster step for a small conv net at batch 4096), but
+  there it also took about twice the peak memory: torch allocates aligned blocks, which glibc does not fit
   into a freed block of the same size, so the heap grows before it is reused. Choose it
   where memory is plentiful.
 - "system": glibc as it is.
