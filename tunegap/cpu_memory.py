@@ -13,9 +13,9 @@ benchmarks/README.md):
   batch 1024 to 8000, page faults gone, the same peak memory).
 - "heap": every block comes from the heap, also the larger ones. Much faster at large batches
   of image networks (a 1.4x to 1.9x faster step for a small conv net at batch 4096), but
-  there it also took about twice the peak memory: torch allocates aligned blocks, which glibc does not fit
-  into a freed block of the same size, so the heap grows before it is reused. Choose it
-  where memory is plentiful.
+  there it also took about twice the peak memory: torch allocates aligned blocks, which
+  glibc does not fit into a freed block of the same size, so the heap grows before it is
+  reused. Choose it where memory is plentiful.
 - "system": glibc as it is.
 
 This holds for the thread that trains (Ray runs a trial's steps on its actor's main thread):
