@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from fake_data import fake_cifar
 from torch import nn
 
 from tunegap.config import TrialConfig
@@ -68,20 +69,6 @@ def test_ghost_batchnorm_under_bf16_autocast_on_cuda_matches_the_chunked_referen
         torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
     for ref, got in zip(results[0][2:], results[1][2:], strict=True):  # fp32 results
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-
-
-def fake_cifar(n_train: int = 256, n_test: int = 64):
-    from tunegap.data import TensorData
-
-    g = torch.Generator().manual_seed(0)
-    return TensorData(
-        name="cifar10",
-        x_train=torch.randn(n_train, 3, 32, 32, generator=g),
-        y_train=torch.randint(0, 10, (n_train,), generator=g),
-        x_test=torch.randn(n_test, 3, 32, 32, generator=g),
-        y_test=torch.randint(0, 10, (n_test,), generator=g),
-        num_classes=10,
-    )
 
 
 def test_2d_workload_on_cuda_is_resident_channels_last_bf16_with_ghost_bn():

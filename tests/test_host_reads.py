@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fake_data import fake_cifar
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tunegap import gbn
 from tunegap.config import TrialConfig
-from tunegap.data import TensorData
 from tunegap.train import Engine
 
 aten = torch.ops.aten
@@ -48,18 +48,6 @@ class HostReads(TorchDispatchMode):
         if func in READS_BACK or boolean_index:
             self.calls.append(str(func))
         return func(*args, **kwargs)
-
-
-def fake_cifar(n_train: int = 256, n_test: int = 64) -> TensorData:
-    g = torch.Generator().manual_seed(0)
-    return TensorData(
-        name="cifar10",
-        x_train=torch.randn(n_train, 3, 32, 32, generator=g),
-        y_train=torch.randint(0, 10, (n_train,), generator=g),
-        x_test=torch.randn(n_test, 3, 32, 32, generator=g),
-        y_test=torch.randint(0, 10, (n_test,), generator=g),
-        num_classes=10,
-    )
 
 
 def engine_for(workload: str, data_dir, batch_size: int, **kw) -> Engine:
