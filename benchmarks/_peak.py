@@ -11,6 +11,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _device import sync
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -47,21 +48,17 @@ def _matmul_tflops(
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     torch.mm(a, b, out=out)  # library warm-up (kernel choice, allocation)
-    sync()
+    sync(device)
     best = float("inf")
     reps = 1
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or best == float("inf"):
-        sync()
+        sync(device)
         started = time.perf_counter()
         for _ in range(reps):
             torch.mm(a, b, out=out)
-        sync()
+        sync(device)
         best = min(best, (time.perf_counter() - started) / reps)
         reps = min(reps * 2, 64)  # longer timed runs once the first says it is fast
     return 2 * n**3 / best / 1e12

@@ -25,6 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _device import device_or_exit, sync
 from _peak import measured_matmul_tflops, peak_label, training_flops_per_image
 from _provenance import print_header
 from torch import nn
@@ -32,14 +33,8 @@ from torch import nn
 from tunegap.data import DeviceLoader, random_crop_flip
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
-from tunegap.train import pick_device
 
 CIFAR_TRAIN = 50_000
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_epoch(
@@ -59,7 +54,7 @@ def run_epoch(
     )
     model.train()
     loss_sum = torch.zeros((), device=device)
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     for x, y in loader:
         if channels_last:
@@ -72,7 +67,7 @@ def run_epoch(
         optimizer.step()
         loss_sum += loss.detach().float()
     float(loss_sum)  # the engine reads its sums once per epoch
-    _sync(device)
+    sync(device)
     return time.perf_counter() - started
 
 
@@ -92,10 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-augment", action="store_true", help="skip the crop/flip")
     args = parser.parse_args(argv)
 
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
+    device = device_or_exit(parser, args.device)
     on_cuda = device.type == "cuda"
     samples = args.samples or (CIFAR_TRAIN if on_cuda else 256)
     try:

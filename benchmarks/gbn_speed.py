@@ -34,6 +34,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from _device import sync
 from _provenance import print_header
 from torch import Tensor, nn
 
@@ -138,11 +139,6 @@ def _with_bf16_way(keep: bool | None, step: Callable[[], None]) -> None:
         gbn_module.KEEP_BF16 = None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_setup(
     make_model: Callable[[], nn.Module],
     input_shape: tuple[int, ...],
@@ -188,10 +184,10 @@ def time_setup(
         steps[name] = partial(_with_bf16_way, keep, step)
 
     def timed(step: Callable[[], None]) -> float:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     # The last warm-up round sizes the repeats: earlier ones include compiling and tuning.

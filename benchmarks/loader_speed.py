@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from _device import device_or_exit, sync
 from _provenance import print_header
 from torch.utils.data import DataLoader, Dataset
 
 from tunegap.data import DeviceLoader, random_crop_flip
-from tunegap.train import pick_device
 
 
 class CropFlipDataset(Dataset):
@@ -59,11 +59,6 @@ class CropFlipDataset(Dataset):
         return img, self.y[i]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_epochs(
     epoch: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     device: torch.device,
@@ -76,7 +71,7 @@ def time_epochs(
         checksum = torch.zeros((), device=device)
         for xb, _yb in epoch():
             checksum += xb[:, 0, 0, 0].sum()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - started)
     return times[1:]
 
@@ -92,10 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per loader")
     args = parser.parse_args(argv)
 
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
+    device = device_or_exit(parser, args.device)
     on_cuda = device.type == "cuda"
     samples = args.samples or (50_000 if on_cuda else 4096)
     batch = args.batch_size or (4096 if on_cuda else 512)

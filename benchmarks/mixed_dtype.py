@@ -26,24 +26,18 @@ import time
 from collections.abc import Callable
 
 import torch
+from _device import device_or_exit, sync
 from _provenance import print_header
-
-from tunegap.train import pick_device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_seconds(op: Callable[[], object], device: torch.device, repeats: int) -> float:
     op()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         op()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -57,10 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ghost", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=None, help="default 5 (CUDA 50)")
     args = parser.parse_args(argv)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
+    device = device_or_exit(parser, args.device)
     on_cuda = device.type == "cuda"
     batch = args.batch_size or (4096 if on_cuda else 1024)
     repeats = args.repeats or (50 if on_cuda else 5)
