@@ -177,14 +177,13 @@ class _GhostBatchNormFunction(torch.autograd.Function):
         scratch = torch.empty_like(x, dtype=acc)
         buf = scratch if same else (torch.empty_like(x) if need_x else None)
         x3, s3 = x.view(n_batch, channels, -1), scratch.view(n_batch, channels, -1)
-        b3 = s3 if buf is None else buf.view(n_batch, channels, -1)
+        b3 = None if buf is None else buf.view(n_batch, channels, -1)
         g3 = grad_out.reshape(n_batch, channels, -1)
         grad_w = x.new_zeros(channels, dtype=acc) if need_w else None
         grad_b = x.new_zeros(channels, dtype=acc) if need_b and ctx.has_bias else None
         offset = 0
         for start, stop, n_ghosts, size in _segments(n_batch, ctx.ghost):
             xs = x3[start:stop].view(n_ghosts, size, channels, -1)
-            bs = b3[start:stop].view(n_ghosts, size, channels, -1)
             ss = s3[start:stop].view(n_ghosts, size, channels, -1)
             gs = g3[start:stop].reshape(n_ghosts, size, channels, -1)
             count = size * xs.shape[3]
@@ -205,6 +204,7 @@ class _GhostBatchNormFunction(torch.autograd.Function):
                 a = invstd if weight is None else invstd * weight.view(1, 1, channels, 1)
                 k = a * invstd * invstd * dot / count
                 c = k * mean - a * sum_dy / count
+                bs = b3[start:stop].view(n_ghosts, size, channels, -1)
                 if same:
                     torch.addcmul(c, xs, -k, out=bs)
                     bs.addcmul_(gs, a)

@@ -412,8 +412,8 @@ def _init_ray(options: RunOptions) -> None:
         return
     # Trials take their environment from the Ray they run in, which on a cluster is not the
     # driver's: pass on the malloc mode checked here, so trials run what the driver was told.
-    passed = {k: os.environ[k] for k in (CPU_MALLOC_VARIABLE,) if k in os.environ}
-    runtime_env = {"runtime_env": {"env_vars": passed}} if passed else {}
+    mode = os.environ.get(CPU_MALLOC_VARIABLE)
+    runtime_env = {} if mode is None else {"runtime_env": {"env_vars": {CPU_MALLOC_VARIABLE: mode}}}
     if options.address and options.address != "local":
         ray.init(address=options.address, log_to_driver=False, **runtime_env)
     else:

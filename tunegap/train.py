@@ -117,13 +117,13 @@ class Engine:
         # reused Ray actor trains the next trial exactly as a fresh process would.
         torch.manual_seed(config.seed)
         cuda = self.device.type == "cuda"
-        if not cuda:
-            # Large batches on the CPU would otherwise fault their activations in every step.
-            reuse_freed_memory()
         if cuda:
             # Batches keep one shape all epoch (but the last): let cuDNN time its algorithms
             # once per shape and keep the fastest, as epoch_time.py measures it.
             torch.backends.cudnn.benchmark = True
+        else:
+            # Large batches on the CPU would otherwise fault their activations in every step.
+            reuse_freed_memory()
         # bf16 autocast and channels_last pay off on tensor-core GPUs; on a CPU they are slower.
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
         # Streamed data is always NCHW images; each batch is laid out as it arrives.
