@@ -60,7 +60,7 @@ def child(setup: str, batch_size: int, repeats: int) -> None:
     torch.set_num_threads(1)  # as a trial does (1 CPU per trial)
     if setup == "mnist1d":
         from tunegap.config import TrialConfig
-        from tunegap.train import Engine
+        from tunegap.engine import Engine
 
         config = TrialConfig(workload="mnist1d-cnn", batch_size=batch_size, epochs=repeats + 1,
                              device="cpu", ghost_batch_size=32 if batch_size > 32 else None)

@@ -1,6 +1,6 @@
 """Epoch time of ResNet-44 on CIFAR-shaped data at a small and a large batch size.
 
-The training step of `tunegap.train.Engine` (SGD momentum 0.9, weight decay 1e-4, cross
+The training step of `tunegap.engine.Engine` (SGD momentum 0.9, weight decay 1e-4, cross
 entropy, gradient-norm clipping at 5, the on-device crop/flip augmentation, data resident on
 the device), timed over one epoch of `--samples` random 3x32x32 images after a warm-up
 epoch, at each batch size of `--batch-sizes` (default 128 and 4096 on CUDA; two CPU cores

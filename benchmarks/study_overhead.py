@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("study_args", nargs="*")
     args = p.parse_args()
     module = importlib.import_module(f"tunegap.studies.{args.study}")
-    from tunegap.study import study_main
+    from tunegap.cli import study_main
 
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["--storage-path", f"{tmp}/results", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",

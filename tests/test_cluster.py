@@ -17,14 +17,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
 import tunegap.study as study_module
+from tunegap.cli import options_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-jsonschema = pytest.importorskip("jsonschema")
 
 
 def load() -> dict[str, Any]:
@@ -49,7 +50,7 @@ def check_with_ray(config: dict[str, Any]) -> dict[str, Any]:
 
 def check_node_configs(config: dict[str, Any]) -> None:
     """Each node_config as the parameters of EC2 RunInstances (botocore's offline model)."""
-    botocore_session = pytest.importorskip("botocore.session")
+    import botocore.session as botocore_session  # the dev extra declares botocore
     from botocore.validate import validate_parameters
 
     model = botocore_session.get_session().get_service_model("ec2")
@@ -289,7 +290,7 @@ def test_default_storage_path_rule():
 def _options(argv: list[str]) -> study_module.RunOptions:
     from tunegap.studies import ghost_size
 
-    return study_module.options_from_args(ghost_size.parser().parse_args(argv))
+    return options_from_args(ghost_size.parser().parse_args(argv))
 
 
 def test_the_command_line_uses_the_environment_when_no_flag_is_given(monkeypatch):

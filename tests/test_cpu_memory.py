@@ -112,7 +112,7 @@ ENGINE = """
 import json, sys
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import applied_mode
-from tunegap.train import Engine
+from tunegap.engine import Engine
 assert applied_mode() is None
 Engine(TrialConfig(workload="mnist1d-cnn", batch_size=512, epochs=1, device="cpu",
                    data_dir=sys.argv[1]))
@@ -140,7 +140,7 @@ def test_unknown_mode_is_refused_before_training(tmp_path):
 STUDY = """
 import json, sys
 import mlflow
-from tunegap.study import RunOptions, Study, run_study
+from tunegap import RunOptions, Study, run_study
 tmp, data_dir = sys.argv[1], sys.argv[2]
 study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1,
               grid={"batch_size": (1024,), "ghost_batch_size": (None, 64)})

@@ -28,12 +28,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import tunegap.study as study_module
-import tunegap.trainable as trainable_module
-from tunegap import results
-from tunegap.results import TRIALS_SCHEMA, build_tables, read_tables, write_tables
-from tunegap.study import RunOptions, Study, run_study
-from tunegap.trainable import OUT_OF_MEMORY_HINT, GapTrainable
+import tunegap.runner.run as run_module
+import tunegap.runner.trainable as trainable_module
+from tunegap import RunOptions, Study, run_study
+from tunegap.analysis import tables
+from tunegap.analysis.tables import TRIALS_SCHEMA, build_tables, read_tables, write_tables
+from tunegap.runner.trainable import OUT_OF_MEMORY_HINT, GapTrainable
 
 # ---------------------------------------------------------------- helpers
 
@@ -43,7 +43,7 @@ def no_ray(monkeypatch):
     def refuse(options):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(study_module, "_init_ray", refuse)
+    monkeypatch.setattr(run_module, "init_ray", refuse)
 
 
 def closed_port() -> int:
@@ -255,7 +255,7 @@ def test_crash_mid_write_keeps_the_previous_table(crash, tmp_path, monkeypatch):
         Path(where).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         raise crash
 
-    monkeypatch.setattr(results.pq, "write_table", half_then_crash)
+    monkeypatch.setattr(tables.pq, "write_table", half_then_crash)
     newer = trials.assign(test_acc=0.0)
     with pytest.raises(type(crash)):
         write_tables(newer, epochs, tmp_path)
@@ -268,7 +268,7 @@ KILLED_WRITER = """
 import os, signal, sys
 import pandas as pd
 import pyarrow.parquet as pq
-from tunegap import results
+from tunegap.analysis import tables
 
 real_write = pq.write_table
 
@@ -280,10 +280,10 @@ def write_half_then_hang(table, where, **kw):
     print("half written", flush=True)
     signal.pause()  # killed here, in the middle of the write
 
-results.pq.write_table = write_half_then_hang
+tables.pq.write_table = write_half_then_hang
 trials = pd.read_parquet(sys.argv[1] + "/trials.parquet")
-results.write_parquet_atomic(trials.assign(test_acc=0.0), sys.argv[1] + "/trials.parquet",
-                             results.TRIALS_SCHEMA)
+tables.write_parquet_atomic(trials.assign(test_acc=0.0), sys.argv[1] + "/trials.parquet",
+                            tables.TRIALS_SCHEMA)
 """
 
 
@@ -306,7 +306,7 @@ def test_writer_killed_mid_write_leaves_the_previous_table(tmp_path):
     pd.testing.assert_frame_equal(read_tables(tmp_path)[0], trials)
     # What the killed writer left is only its hidden temp file, never the table's name.
     leftovers = set(os.listdir(tmp_path)) - {"trials.parquet", "epochs.parquet"}
-    assert all(n.startswith(".trials.parquet.") and n.endswith(".tmp") for n in leftovers)
+    assert all(n.startswith(".trials.") and ".tmp" in n for n in leftovers)
     assert pq.read_schema(tmp_path / "trials.parquet").names == TRIALS_SCHEMA.names
 
 
@@ -386,7 +386,7 @@ def test_resume_with_another_study_definition_is_refused(tmp_path, no_ray):
     run_dir.mkdir(parents=True)
     module = importlib.import_module("tunegap.studies.ghost_size")
     original = module.build(module.parser().parse_args(["--batch-sizes", "256,1024"]))
-    (run_dir / study_module.STATE_FILE).write_text(
+    (run_dir / run_module.STATE_FILE).write_text(
         json.dumps(
             {
                 "study": original.describe(),

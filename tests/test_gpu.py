@@ -10,8 +10,8 @@ from fake_data import fake_cifar
 from torch import nn
 
 from tunegap.config import TrialConfig
+from tunegap.engine import Engine
 from tunegap.gbn import convert_to_ghost_bn
-from tunegap.train import Engine
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,7 +11,8 @@ import mlflow
 import pytest
 from test_datasets import write_mnist
 
-from tunegap.study import RunOptions, Study, StudyError, plan_gpus_per_trial, run_study
+from tunegap import RunOptions, Study, StudyError, run_study
+from tunegap.runner.resources import plan_gpus_per_trial
 from tunegap.workloads import get_workload
 
 RESNET = get_workload("cifar10-resnet44")  # asks for 0.5 GPU per trial
@@ -86,7 +87,7 @@ def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, 
 def test_trials_without_a_gpu_share_are_told_to_use_the_cpu():
     # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for actors that reserved no GPU, so "auto"
     # in such a trial would train on a GPU nobody reserved: the plan makes it "cpu".
-    from tunegap.study import plan_trial_hardware
+    from tunegap.runner.resources import plan_trial_hardware
 
     study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
     planned = plan_trial_hardware(study, RunOptions())
@@ -100,7 +101,7 @@ def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
     # keep that request, so resuming where there is none could never run them.
     import json
 
-    from tunegap.study import STATE_FILE
+    from tunegap.runner.run import STATE_FILE
 
     study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
     run_dir = tmp_path / "results" / "table1" / "20261124-120000"
@@ -125,7 +126,7 @@ def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
 SHARE_SCRIPT = """
 import json, sys
 import mlflow, ray
-from tunegap.study import RunOptions, Study, run_study
+from tunegap import RunOptions, Study, run_study
 
 gpus_per_trial, tmp, data_dir = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 # One GPU that exists only for Ray's scheduler (this machine has none): trials that reserve

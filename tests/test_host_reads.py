@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tunegap import gbn
 from tunegap.config import TrialConfig
-from tunegap.train import Engine
+from tunegap.engine import Engine
 
 aten = torch.ops.aten
 READS_BACK = {

@@ -34,7 +34,7 @@ import mlflow
 import pytest
 from mlflow_checks import trial_runs_logged_once
 
-from tunegap.results import read_tables
+from tunegap.analysis.tables import read_tables
 
 pytestmark = pytest.mark.slow
 

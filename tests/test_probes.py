@@ -1,24 +1,18 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunegap.gapmap import fit_diffusion
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models.cnn1d import CNN1d
 from tunegap.probes import (
     NoiseScaleEstimator,
-    fit_diffusion_phase,
     grad_norm_sq,
-    measure_gradient_norms,
     noise_scale_from_step,
-    per_layer_weight_distance,
     small_batch_size,
-    steps_to_target,
     top_hessian_eigenvalue,
 )
 
@@ -163,9 +157,10 @@ def test_noise_scale_recovered_on_known_noise(ema_decay):
     y = torch.zeros(b_big)
     for _ in range(n_steps):
         x = true_g + std * torch.randn(b_big, dim, generator=gen, dtype=torch.float64)
-        norms = measure_gradient_norms(model, mean_output, x, y)
+        # The mean-loss gradient of this model over a batch is exactly its mean row.
+        g_big_sq = x.mean(0).pow(2).sum()
+        norms = noise_scale_from_step(model, mean_output, x, y, g_big_sq=g_big_sq)
         assert (norms.b_small, norms.b_big) == (32, 256)
-        assert float(norms.g_big_sq) == pytest.approx(float(x.mean(0).pow(2).sum()))
         assert float(norms.g_small_sq) == pytest.approx(float(x[:32].mean(0).pow(2).sum()))
         est.add(*norms)
     assert est.value() == pytest.approx(expected, rel=0.10)
@@ -174,32 +169,22 @@ def test_noise_scale_recovered_on_known_noise(ema_decay):
     assert model.w.grad is None  # autograd.grad never wrote .grad
 
 
-def test_measure_gradient_norms_exact_and_leaves_no_trace():
-    model = small_net(dropout=True).train()
+def test_noise_scale_from_step_is_exact_and_leaves_no_trace():
     x, y = batch(64)
-    # Something in .grad that must survive, and a non-trivial state of the buffers.
-    F.cross_entropy(model(x), y).backward()
-    model.features[1].eval()  # a mixed set of modes must come back as it was
-    before = snapshot(model)
-    norms = measure_gradient_norms(model, F.cross_entropy, x, y, mode="eval")
-    assert_same(before, snapshot(model))
-    assert (norms.b_small, norms.b_big) == (8, 64)
-    eval_model = copy.deepcopy(model).eval()
-    assert float(norms.g_big_sq) == pytest.approx(full_grad_sq(eval_model, x, y), rel=1e-5)
-    assert float(norms.g_small_sq) == pytest.approx(
-        full_grad_sq(eval_model, x[:8], y[:8]), rel=1e-5
-    )
-
-    model = small_net().train()  # no dropout: train-mode passes are deterministic
-    before = snapshot(model)
-    norms = measure_gradient_norms(model, F.cross_entropy, x, y)
-    assert_same(before, snapshot(model))  # running statistics restored after 2 train passes
-    assert float(norms.g_big_sq) == pytest.approx(full_grad_sq(model, x, y), rel=1e-5)
+    for dropout in (True, False):
+        model = small_net(dropout=dropout).train()
+        # Something in .grad that must survive, and a non-trivial state of the buffers.
+        F.cross_entropy(model(x), y).backward()
+        model.features[1].eval()  # a mixed set of modes must come back as it was
+        before = snapshot(model)
+        norms = noise_scale_from_step(model, F.cross_entropy, x, y, g_big_sq=2.5)
+        assert_same(before, snapshot(model))  # running statistics and RNG restored
+        assert (norms.b_small, norms.b_big) == (8, 64)
+        assert float(norms.g_big_sq) == 2.5
+    # Without dropout a pass is deterministic: the sub-batch norm is the exact one.
     assert float(norms.g_small_sq) == pytest.approx(full_grad_sq(model, x[:8], y[:8]), rel=1e-5)
-    assert float(norms.g_small_sq) > float(norms.g_big_sq)  # the smaller batch is noisier
-
     with pytest.raises(ValueError, match="too small"):
-        measure_gradient_norms(model, F.cross_entropy, x[:2], y[:2])
+        noise_scale_from_step(model, F.cross_entropy, x[:2], y[:2], g_big_sq=1.0)
 
 
 def test_noise_scale_from_step_reuses_the_step_gradient_and_keeps_the_trajectory():
@@ -215,10 +200,14 @@ def test_noise_scale_from_step_reuses_the_step_gradient_and_keeps_the_trajectory
             if model is probed:
                 total = nn.utils.clip_grad_norm_(model.parameters(), 5.0)  # pre-clip norm
                 grads = [p.grad.clone() for p in model.parameters()]
-                reference = measure_gradient_norms(model, F.cross_entropy, xs, ys)
                 norms = noise_scale_from_step(model, F.cross_entropy, xs, ys, g_big_sq=total**2)
-                assert float(norms.g_big_sq) == pytest.approx(float(reference.g_big_sq), rel=1e-5)
-                assert float(norms.g_small_sq) == pytest.approx(float(reference.g_small_sq))
+                # The step's own pre-clip gradient is the full-batch one at these weights.
+                assert float(norms.g_big_sq) == pytest.approx(
+                    full_grad_sq(model, xs, ys), rel=1e-5
+                )
+                assert float(norms.g_small_sq) == pytest.approx(
+                    full_grad_sq(model, xs[:8], ys[:8]), rel=1e-5
+                )
                 for g, p in zip(grads, model.parameters(), strict=True):
                     assert torch.equal(g, p.grad)
                 est.add(*norms)
@@ -247,7 +236,9 @@ def test_ghost_aligned_sub_batch_computes_the_same_per_sample_losses():
         model = small_net().train()
         if ghost is not None:
             model = convert_to_ghost_bn(model, ghost)
-        norms = measure_gradient_norms(model, F.cross_entropy, x, y, multiple_of=ghost)
+        norms = noise_scale_from_step(
+            model, F.cross_entropy, x, y, g_big_sq=0.0, multiple_of=ghost
+        )
         assert norms.b_small == 8
         per_sample = F.cross_entropy(model(x), y, reduction="none")
         inside = sum(
@@ -337,101 +328,3 @@ def test_top_eigenvalue_on_a_conv_net_with_batchnorm(ghost):
     assert math.isfinite(value) and value > 0
     # Deterministic in the weights and the seed (eval mode, seeded start vector).
     assert top_hessian_eigenvalue(model, F.cross_entropy, x, y, iters=10) == value
-
-
-# ----------------------------------------------------------------------------- curves
-
-
-def planted_curve(seed: int = 0):
-    """Warm-up for 2 epochs, slope 2.0 at lr 0.1 for epochs 3..16, then lr 0.01 and flat."""
-    rng = np.random.default_rng(seed)
-    epochs = np.arange(1, 31)
-    updates = 7.0 * epochs
-    lr = np.where(epochs <= 16, 0.1, 0.01)
-    lr[:2] = [0.03, 0.07]
-    distance = 2.0 * np.log(updates) + 1.0 + rng.normal(0.0, 0.03, updates.size)
-    distance[16:] = distance[15] + 0.01 * np.arange(1, 15)  # almost no motion after the drop
-    distance[:2] = [0.5, 1.0]  # warm-up: off the line
-    return updates, distance, lr
-
-
-def test_fit_diffusion_phase_recovers_the_planted_slope():
-    updates, distance, lr = planted_curve()
-    fit = fit_diffusion_phase(updates, distance, lr)
-    assert fit["n_points"] == 14
-    assert fit["slope"] == pytest.approx(2.0, rel=0.05)
-    assert fit["intercept"] == pytest.approx(1.0, abs=0.2)
-    assert fit["r2"] > 0.99
-    # Fitting every row (what gapmap.fit_diffusion does) would miss the slope badly.
-    slope_all, _, _ = fit_diffusion(updates, distance)
-    assert abs(slope_all - 2.0) > 0.3
-    # Order does not matter, and neither do non-finite or non-positive rows.
-    perm = np.random.default_rng(1).permutation(updates.size)
-    shuffled = fit_diffusion_phase(updates[perm], distance[perm], lr[perm])
-    assert shuffled == pytest.approx(fit)
-    extra = fit_diffusion_phase(
-        [*updates, 0.0, 50.0, 60.0], [*distance, 9.0, math.nan, 99.0], [*lr, 0.1, 0.1, math.inf]
-    )
-    assert extra == pytest.approx(fit)
-
-
-def test_fit_diffusion_phase_needs_three_points():
-    fit = fit_diffusion_phase([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], [0.1, 0.1, 0.01, 0.01])
-    assert fit["n_points"] == 2
-    assert all(math.isnan(fit[k]) for k in ("slope", "intercept", "r2"))
-    empty = fit_diffusion_phase([], [], [])
-    assert empty["n_points"] == 0 and math.isnan(empty["slope"])
-    fit = fit_diffusion_phase([1, 2, 4], [0.0, 1.0, 2.0], [0.1, 0.1, 0.1])
-    assert fit["n_points"] == 3 and fit["slope"] == pytest.approx(1 / math.log(2))
-    with pytest.raises(ValueError, match="differ in length"):
-        fit_diffusion_phase([1, 2], [1, 2, 3], [1, 2])
-
-
-def test_steps_to_target():
-    updates, acc = [10, 20, 30, 40], [50.0, 70.0, 90.0, 95.0]
-    assert steps_to_target(updates, acc, 80.0) == pytest.approx(25.0)
-    assert steps_to_target(updates, acc, 80.0, interpolate=False) == 30.0
-    assert steps_to_target(updates, acc, 90.0) == pytest.approx(30.0)
-    assert steps_to_target(updates, acc, 40.0) == 10.0  # reached at the first evaluation
-    assert math.isnan(steps_to_target(updates, acc, 99.0))
-    # First crossing counts, even if accuracy later drops; unsorted rows are sorted.
-    assert steps_to_target([40, 10, 30, 20], [60.0, 50.0, 85.0, 70.0], 80.0) == pytest.approx(
-        20.0 + 10.0 * 10.0 / 15.0
-    )
-    # A diverged evaluation never counts as reached; interpolation skips over it.
-    assert steps_to_target([10, 20, 30], [50.0, math.nan, 90.0], 70.0) == pytest.approx(20.0)
-    assert math.isnan(steps_to_target([10, 20], [math.nan, math.nan], 0.0))
-    assert math.isnan(steps_to_target([], [], 50.0))
-
-
-def test_per_layer_weight_distance():
-    model = small_net()
-    initial = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        model.features[0].weight.add_(0.5)
-        model.classifier.bias.sub_(2.0)
-        model.classifier.weight.add_(1.0)
-    per_param = per_layer_weight_distance(model, initial)
-    assert list(per_param) == [n for n, _ in model.named_parameters()]
-    n_conv = model.features[0].weight.numel()
-    assert per_param["features.0.weight"] == pytest.approx(0.5 * math.sqrt(n_conv))
-    assert per_param["classifier.bias"] == pytest.approx(2.0 * math.sqrt(10))
-    assert per_param["features.1.weight"] == 0.0
-    per_module = per_layer_weight_distance(model, initial, group="module")
-    assert per_module["classifier"] == pytest.approx(
-        math.hypot(per_param["classifier.weight"], per_param["classifier.bias"])
-    )
-    total = math.sqrt(sum(v**2 for v in per_module.values()))
-    expected = math.sqrt(
-        sum(
-            float((p.detach() - p0).pow(2).sum())
-            for p, p0 in zip(model.parameters(), initial, strict=True)
-        )
-    )
-    assert total == pytest.approx(expected)
-    by_name = dict(zip(per_param, initial, strict=True))
-    assert per_layer_weight_distance(model, by_name) == pytest.approx(per_param)
-    with pytest.raises(ValueError, match="parameters"):
-        per_layer_weight_distance(model, initial[:-1])
-    with pytest.raises(ValueError, match="group"):
-        per_layer_weight_distance(model, initial, group="layer")

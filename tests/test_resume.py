@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow_checks import trial_runs_logged_once
 
-from tunegap.results import read_tables
+from tunegap.analysis.tables import read_tables
 
 pytestmark = pytest.mark.slow
 

@@ -16,16 +16,17 @@ import pytest
 import torch
 
 from tunegap.config import TrialConfig
-from tunegap.datasets import (
+from tunegap.data import (
     ImageFolderDataset,
     StreamingData,
     StreamingLoader,
     load_imagenet_streaming,
 )
-from tunegap.metrics import METRIC_NAMES
+from tunegap.engine import Engine, load_workload_data
+from tunegap.names import METRIC_NAMES
 from tunegap.regime import Regime
-from tunegap.train import Engine, load_workload_data, main
-from tunegap.workloads import WORKLOADS, Workload, get_workload
+from tunegap.train import main
+from tunegap.workloads import Workload, get_workload, register_workload
 
 NAME = "stream-test-c1"
 CLASSES = {"n01": (200, 40, 40), "n02": (40, 200, 40), "n03": (40, 40, 200)}
@@ -37,7 +38,7 @@ N_TRAIN, N_VAL = 3 * TRAIN_PER_CLASS, 3 * VAL_PER_CLASS
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DIR with DIR/train/<class>/*.png and DIR/val/<class>/*.png: class colour plus noise,
     so random crops of one image differ."""
-    image = pytest.importorskip("PIL.Image", reason="Pillow is needed to write and read images")
+    from PIL import Image as image
     root = tmp_path_factory.mktemp("imagefolder")
     rng = np.random.default_rng(0)
     for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
@@ -52,8 +53,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def workload(monkeypatch: pytest.MonkeyPatch) -> Workload:
-    """A streaming workload with a small model and 32x32 crops, registered for one test."""
+def workload() -> Workload:
+    """A streaming workload with a small model and 32x32 crops, registered afresh per test
+    (the registry has no removal; the test name stays registered, harmlessly)."""
     w = Workload(
         name=NAME,
         model="c1",
@@ -73,8 +75,7 @@ def workload(monkeypatch: pytest.MonkeyPatch) -> Workload:
         eval_batch_size=5,
         cpus_per_trial=2.0,
     )
-    monkeypatch.setitem(WORKLOADS, NAME, w)
-    return w
+    return register_workload(w, replace=True)
 
 
 def make_config(root: Path, **kw: object) -> TrialConfig:
@@ -223,7 +224,7 @@ def test_cli_trains_a_streaming_workload(tree, workload, capsys):
 
 
 def test_a_restored_tune_trial_streams_on_as_an_uninterrupted_one(tree, workload, tmp_path):
-    trainable = pytest.importorskip("tunegap.trainable")
+    from tunegap.runner import trainable
     config = {"workload": NAME, "batch_size": 10, "ghost_batch_size": 5, "seed": 2,
               "epochs": 3, "device": "cpu", "data_dir": str(tree)}  # fmt: skip
     keys = ("epoch", "updates", "lr", "train_loss", "train_acc", "test_loss", "test_acc",

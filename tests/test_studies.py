@@ -80,7 +80,7 @@ def test_diffusion_and_lr_scaling_grids():
 
 
 def test_epoch_journal_survives_a_line_cut_by_a_kill(tmp_path):
-    from tunegap.study import EpochJournal, read_journal
+    from tunegap.runner.records import EpochJournal, read_journal
 
     class Trial:
         trial_id = "t1"

@@ -8,9 +8,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tunegap.results import read_tables
+from tunegap import RunOptions, Study, StudyError, run_study
+from tunegap.analysis.tables import read_tables
 from tunegap.studies import ghost_size
-from tunegap.study import RunOptions, Study, StudyError, run_study
 
 pytestmark = pytest.mark.slow
 

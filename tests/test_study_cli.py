@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import tunegap.study as study_module
+import tunegap.runner.run as run_module
 
 CASES = [
     ("ghost_size", ["--seeds", "0"], "--seeds"),
@@ -51,7 +51,7 @@ def no_ray(monkeypatch):
     def refuse(options):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(study_module, "_init_ray", refuse)
+    monkeypatch.setattr(run_module, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("name, argv, named", CASES,

@@ -16,7 +16,7 @@ import pytest
 from ray import cloudpickle, tune
 
 from tunegap.config import TrialConfig
-from tunegap.metrics import METRIC_NAMES
+from tunegap.names import METRIC_NAMES
 from tunegap.tracking import (
     LOGGED_METRICS,
     TAG_OUTCOME,
@@ -163,7 +163,7 @@ def test_sqlite_uri_is_checked(uri: str, tmp_path: Path) -> None:
 
 
 def test_logged_metrics_cover_the_engine_metrics(data_dir) -> None:
-    from tunegap.train import Engine
+    from tunegap.engine import Engine
 
     epoch = Engine(TrialConfig(workload="mnist1d-cnn", batch_size=4000, epochs=1, device="cpu",
                                data_dir=str(data_dir))).train_epoch()

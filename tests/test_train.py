@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tunegap.config import TrialConfig
-from tunegap.metrics import METRIC_NAMES
-from tunegap.train import Engine, main
+from tunegap.engine import Engine
+from tunegap.names import METRIC_NAMES
+from tunegap.train import main
 
 
 def make_config(data_dir, **kw):
@@ -169,12 +170,12 @@ def test_fp32_is_the_cpu_default_and_bad_precision_is_refused(data_dir):
         make_config(data_dir, precision="fp16")
 
 
-def test_step_schedule_of_a_workload_sets_lr_and_weight_decay_per_epoch(data_dir, monkeypatch):
+def test_step_schedule_of_a_workload_sets_lr_and_weight_decay_per_epoch(data_dir, request):
     # A copy of the default workload whose regime turns weight decay off and raises the lr
     # at its second decay epoch, as the authors' AlexNet and C1/C3 regimes do.
     from dataclasses import replace
 
-    from tunegap.workloads import WORKLOADS, get_workload
+    from tunegap.workloads import WORKLOADS, get_workload, register_workload
 
     base = get_workload("mnist1d-cnn")
     stepped = replace(
@@ -182,7 +183,8 @@ def test_step_schedule_of_a_workload_sets_lr_and_weight_decay_per_epoch(data_dir
         name="mnist1d-stepped",
         regime=replace(base.regime, lr_factors=(0.1, 0.5), weight_decays=(None, 0.0)),
     )
-    monkeypatch.setitem(WORKLOADS, stepped.name, stepped)
+    register_workload(stepped)
+    request.addfinalizer(lambda: WORKLOADS.remove(stepped.name))
     # 20 epochs shrunk to 4: decays at 10 and 15 land on epochs 2 and 3.
     plain = Engine(make_config(data_dir, epochs=4))
     engine = Engine(make_config(data_dir, epochs=4, workload=stepped.name))

@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from tunegap.trainable import GapTrainable, trial_resources
+from tunegap.runner.trainable import GapTrainable, trial_resources
 
 
 def config(data_dir, **kw):

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from tunegap.config import TrialConfig
-from tunegap.data import TensorData, get_augment
-from tunegap.datasets import DATASET_INFO
+from tunegap.data import DATASET_INFO, TensorData, get_augment
+from tunegap.engine import Engine
 from tunegap.models import build_model
 from tunegap.regime import Regime
-from tunegap.train import Engine
 from tunegap.workloads import WORKLOADS, Workload, get_workload
 
 TABLE1 = (

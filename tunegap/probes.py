@@ -1,4 +1,4 @@
-"""Instruments beyond the paper: gradient noise scale, sharpness, diffusion fit, steps to target.
+"""Instruments beyond the paper that read the model: gradient noise scale and sharpness.
 
 Each probe is a plain function (or one small accumulator class) that reads a model and a
 batch and leaves everything it touched as it found it, so the engine can call it inside its
@@ -17,27 +17,23 @@ Instruments:
 - **Gradient noise scale** (McCandlish, Kaplan, Amodei et al. 2018, "An empirical model of
   large-batch training", arXiv 1812.06162, section 2.2 and appendix A): the simple noise scale
   ``B_simple = tr(Σ) / |G|²`` from squared gradient norms at two batch sizes,
-  `NoiseScaleEstimator`, `measure_gradient_norms`, `noise_scale_from_step`.
+  `NoiseScaleEstimator`, `noise_scale_from_step`.
 - **Sharpness** (Keskar et al. 2017, "On large-batch training for deep learning:
   generalization gap and sharp minima", arXiv 1609.04836): the top eigenvalue of the
   Hessian of the training loss by power iteration with Hessian-vector products,
   `top_hessian_eigenvalue`.
-- **Ultra-slow diffusion** (Hoffer, Hubara & Soudry 2017, arXiv 1705.08741, section 3 and
-  Figure 2): ``||w_t - w_0|| ≈ slope · ln(t) + intercept`` over the high-learning-rate phase,
-  `fit_diffusion_phase`; per-layer distances, `per_layer_weight_distance`.
-- **Steps to target** (Shallue et al. 2018, "Measuring the effects of data parallelism on
-  neural network training", arXiv 1811.03600): the number of updates at which the test
-  accuracy first reaches a target, `steps_to_target`.
+
+The fits over the curves these and the engine log (diffusion, steps to target) need no
+torch and live in `tunegap.analysis.fits`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,13 +41,9 @@ __all__ = [
     "GradientNorms",
     "LossFn",
     "NoiseScaleEstimator",
-    "fit_diffusion_phase",
     "grad_norm_sq",
-    "measure_gradient_norms",
     "noise_scale_from_step",
-    "per_layer_weight_distance",
     "small_batch_size",
-    "steps_to_target",
     "top_hessian_eigenvalue",
 ]
 
@@ -143,7 +135,7 @@ def small_batch_size(
 
     ``round(small_fraction * batch_size)``, at least `min_small` (BatchNorm in training mode
     needs 2 samples), rounded up to a multiple of `multiple_of` (pass the ghost batch size
-    under Ghost BatchNorm, see `measure_gradient_norms`), and strictly below `batch_size`.
+    under Ghost BatchNorm, see `noise_scale_from_step`), and strictly below `batch_size`.
     """
     if not 0.0 < small_fraction < 1.0:
         raise ValueError(f"small_fraction must be in (0, 1), got {small_fraction!r}")
@@ -177,51 +169,6 @@ def grad_norm_sq(model: nn.Module) -> Tensor:
     return _sq_norm(p.grad for p in model.parameters())
 
 
-def measure_gradient_norms(
-    model: nn.Module,
-    loss_fn: LossFn,
-    x: Tensor,
-    y: Tensor,
-    *,
-    small_fraction: float = 0.125,
-    multiple_of: int | None = None,
-    mode: Literal["train", "eval"] | None = "train",
-) -> GradientNorms:
-    """Squared norms of the mean-loss gradient over the whole batch and over a sub-batch.
-
-    McCandlish et al. 2018, appendix A: ``E|G_B|² = |G|² + tr(Σ)/B`` for the mean gradient
-    of B i.i.d. samples, so norms at two batch sizes give unbiased estimates of ``|G|²`` and
-    ``tr(Σ)`` (see `NoiseScaleEstimator`). ``B_big = len(x)``; ``B_small`` is
-    `small_batch_size` of it, and the sub-batch is the first ``B_small`` rows of `x` (a
-    random subset when the loader shuffles).
-
-    Cost: one forward+backward on the whole batch plus one on the sub-batch, about
-    ``(1 + small_fraction)`` training steps without the optimizer step. Inside the engine's
-    loop prefer `noise_scale_from_step`, which reuses the step's own gradient and costs only
-    the sub-batch pass.
-
-    Nothing is changed: parameters, ``.grad``, the optimizer, buffers, module modes and the
-    global RNG are as before (see the module docstring).
-
-    BatchNorm: in ``mode="train"`` (default: the function being trained) each pass normalizes
-    with its own batch statistics, so the sub-batch's per-sample losses are not exactly those
-    of the same samples inside the big batch; the estimator's i.i.d. model holds only
-    approximately (the sub-batch gradient also carries BatchNorm's own small-batch noise).
-    Under Ghost BatchNorm pass ``multiple_of=ghost_batch_size``: the sub-batch is then a whole
-    number of ghost batches aligned with the big batch's, and computes exactly the same
-    per-sample losses. ``mode="eval"`` uses running statistics (and no dropout): the loss is a
-    true per-sample mean and the estimator is exact, but it measures the eval-mode network,
-    whose running statistics lag the weights early in training. ``mode=None`` keeps the
-    model's current mode. Both passes always run in the same mode.
-    """
-    b_big = int(x.shape[0])
-    b_small = _checked_small(b_big, small_fraction, multiple_of)
-    with _untouched(model, mode):
-        g_big_sq = _grad_sq_norm(model, loss_fn, x, y)
-        g_small_sq = _grad_sq_norm(model, loss_fn, x[:b_small], y[:b_small])
-    return GradientNorms(g_small_sq, g_big_sq, b_small, b_big)
-
-
 def noise_scale_from_step(
     model: nn.Module,
     loss_fn: LossFn,
@@ -232,9 +179,16 @@ def noise_scale_from_step(
     small_fraction: float = 0.125,
     multiple_of: int | None = None,
 ) -> GradientNorms:
-    """Like `measure_gradient_norms`, reusing the full-batch gradient the training step has
-    already computed: only the sub-batch forward+backward runs (about `small_fraction` of a
-    step; on a GPU a small batch is latency-bound, so somewhat more).
+    """Squared norms of the mean-loss gradient over the whole batch and over a sub-batch,
+    reusing the full-batch gradient the training step has already computed: only the
+    sub-batch forward+backward runs (about `small_fraction` of a step; on a GPU a small batch
+    is latency-bound, so somewhat more).
+
+    McCandlish et al. 2018, appendix A: ``E|G_B|² = |G|² + tr(Σ)/B`` for the mean gradient
+    of B i.i.d. samples, so norms at two batch sizes give unbiased estimates of ``|G|²`` and
+    ``tr(Σ)`` (see `NoiseScaleEstimator`). ``B_big = len(x)``; ``B_small`` is
+    `small_batch_size` of it, and the sub-batch is the first ``B_small`` rows of `x` (a
+    random subset when the loader shuffles).
 
     `g_big_sq` is the squared norm of the **pre-clip, pre-weight-decay** gradient of the mean
     loss over all of `x`, at the **current** weights: call this after ``loss.backward()`` and
@@ -242,9 +196,16 @@ def noise_scale_from_step(
     before clipping) or `grad_norm_sq(model)` when not clipping. SGD adds weight decay inside
     ``step()``, so ``.grad`` never holds it, and neither measurement includes it.
 
-    The sub-batch pass runs in the model's current mode (training, as the step's was); under
-    Ghost BatchNorm pass ``multiple_of=ghost_batch_size`` (see `measure_gradient_norms`).
-    Parameters, ``.grad``, buffers, modes and the RNG are left untouched.
+    The sub-batch pass runs in the model's current mode (training, as the step's was), so
+    BatchNorm normalizes it with its own batch statistics: the sub-batch's per-sample losses
+    are not exactly those of the same samples inside the big batch, and the estimator's
+    i.i.d. model holds only approximately (the sub-batch gradient also carries BatchNorm's
+    own small-batch noise). Under Ghost BatchNorm pass ``multiple_of=ghost_batch_size``: the
+    sub-batch is then a whole number of ghost batches aligned with the big batch's, and
+    computes exactly the same per-sample losses.
+
+    Nothing is changed: parameters, ``.grad``, the optimizer, buffers, module modes and the
+    global RNG are as before (see the module docstring).
     """
     b_big = int(x.shape[0])
     b_small = _checked_small(b_big, small_fraction, multiple_of)
@@ -294,7 +255,7 @@ class NoiseScaleEstimator:
         b_small: int,
         b_big: int,
     ) -> None:
-        """Add one measurement (e.g. ``estimator.add(*measure_gradient_norms(...))``)."""
+        """Add one measurement (e.g. ``estimator.add(*noise_scale_from_step(...))``)."""
         if not 1 <= b_small < b_big:
             raise ValueError(f"need 1 <= b_small < b_big, got b_small={b_small}, b_big={b_big}")
         gs, gb = _as_float64(g_small_sq), _as_float64(g_big_sq)
@@ -457,139 +418,3 @@ def top_hessian_eigenvalue(
 def _normalized(v: list[Tensor]) -> list[Tensor]:
     norm = _sq_norm(v).sqrt()
     return [t / norm for t in v]
-
-
-# ------------------------------------------------------------------------ diffusion, curves
-
-
-def _floats(values: Iterable[float] | np.ndarray) -> np.ndarray:
-    """Any sequence, array, pandas Series or iterator of numbers as a flat float array."""
-    if isinstance(values, Sequence | np.ndarray) or hasattr(values, "__array__"):
-        return np.asarray(values, dtype=float).ravel()
-    return np.asarray(list(values), dtype=float).ravel()
-
-
-def fit_diffusion_phase(
-    updates: Iterable[float] | np.ndarray,
-    distance: Iterable[float] | np.ndarray,
-    lr: Iterable[float] | np.ndarray,
-) -> dict[str, float]:
-    """Fit ``weight_distance = slope · ln(updates) + intercept`` over the high-learning-rate
-    phase only: the paper's "ultra-slow diffusion" (Hoffer et al. 2017, section 3, Figure 2),
-    which holds while the learning rate is at its initial value.
-
-    Rows are one per epoch (the engine's metrics: `updates`, `weight_distance`, `lr`, where
-    `lr` is the rate of the epoch's last update). The phase is the rows whose lr equals the
-    maximum lr (relative tolerance 1e-6) and whose updates come before the first decay, i.e.
-    before the smallest update count of a row with a lower lr that follows the first max-lr
-    row. Warm-up rows (lower lr before the maximum is reached) are therefore left out, and
-    so is any later return to the maximum. Rows with updates <= 0 or a non-finite value are
-    ignored; rows need not be sorted. The least squares is `tunegap.gapmap.fit_diffusion`.
-
-    Returns ``{"slope", "intercept", "r2", "n_points"}``; the first three are NaN when fewer
-    than 3 points are in the phase.
-    """
-    t, d, r = _floats(updates), _floats(distance), _floats(lr)
-    if not t.shape == d.shape == r.shape:
-        raise ValueError(
-            f"updates, distance and lr differ in length: {t.shape}, {d.shape}, {r.shape}"
-        )
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(t) & np.isfinite(d) & np.isfinite(r) & (t > 0)
-    nan_result = {"slope": math.nan, "intercept": math.nan, "r2": math.nan, "n_points": 0}
-    if not ok.any():
-        return nan_result
-    t, d, r = t[ok], d[ok], r[ok]
-    top = r.max()
-    at_top = np.isclose(r, top, rtol=1e-6, atol=0.0)
-    first_top = t[at_top].min()
-    decayed = ~at_top & (t > first_top)
-    end = t[decayed].min() if decayed.any() else math.inf
-    phase = at_top & (t < end)
-    n_points = int(phase.sum())
-    if n_points < 3:
-        return {**nan_result, "n_points": n_points}
-    # Imported here: gapmap pulls in matplotlib and pandas, which the engine never needs.
-    from tunegap.gapmap import fit_diffusion
-
-    slope, intercept, r2 = fit_diffusion(t[phase], d[phase])
-    return {"slope": slope, "intercept": intercept, "r2": r2, "n_points": n_points}
-
-
-def steps_to_target(
-    updates: Iterable[float] | np.ndarray,
-    test_acc: Iterable[float] | np.ndarray,
-    target: float,
-    *,
-    interpolate: bool = True,
-) -> float:
-    """The number of updates at which `test_acc` first reaches `target` (same units: the
-    engine logs percent), NaN when it never does.
-
-    Shallue et al. 2018 measure "steps to reach a target validation error" against batch
-    size. Rows are evaluation points (one per epoch), sorted by updates here; non-finite
-    accuracies never count as reached. With ``interpolate=True`` (default) the crossing is
-    linearly interpolated between the last evaluation below the target and the first at or
-    above it, which removes most of the one-epoch quantization (large batches make few
-    updates per epoch); with False, or when the very first evaluation already reaches the
-    target, it is the update count of that first evaluation.
-    """
-    t, a = _floats(updates), _floats(test_acc)
-    if t.shape != a.shape:
-        raise ValueError(f"updates and test_acc differ in length: {t.shape} vs {a.shape}")
-    order = np.argsort(t, kind="stable")
-    t, a = t[order], a[order]
-    with np.errstate(invalid="ignore"):
-        usable = np.isfinite(t) & np.isfinite(a)
-    t, a = t[usable], a[usable]
-    hit = np.flatnonzero(a >= target)
-    if hit.size == 0:
-        return math.nan
-    i = int(hit[0])
-    if not interpolate or i == 0:
-        return float(t[i])
-    t0, a0, t1, a1 = t[i - 1], a[i - 1], t[i], a[i]
-    return float(t0 + (target - a0) / (a1 - a0) * (t1 - t0))
-
-
-def per_layer_weight_distance(
-    model: nn.Module,
-    initial_params: Sequence[Tensor] | Mapping[str, Tensor],
-    *,
-    group: Literal["parameter", "module"] = "parameter",
-) -> dict[str, float]:
-    """``||w_t - w_0||`` per parameter tensor (``"features.0.weight"``) or per module
-    (``"features.0"``: all its own parameters together), as the authors' code records per
-    layer alongside the paper's all-weights distance (Hoffer et al. 2017, Figure 2).
-
-    `initial_params` is either a list in ``model.parameters()`` order (the engine's
-    ``initial_params``) or a mapping from parameter name to tensor. One host sync in all.
-    """
-    if group not in ("parameter", "module"):
-        raise ValueError(f"group must be 'parameter' or 'module', got {group!r}")
-    named = list(model.named_parameters())
-    if isinstance(initial_params, Mapping):
-        missing = [n for n, _ in named if n not in initial_params]
-        if missing:
-            raise ValueError(f"initial_params has no entry for {', '.join(missing)}")
-        initial = [initial_params[n] for n, _ in named]
-    else:
-        initial = list(initial_params)
-        if len(initial) != len(named):
-            raise ValueError(
-                f"initial_params has {len(initial)} tensors but the model {len(named)} parameters"
-            )
-    if not named:
-        return {}
-    keys: list[str] = []
-    squares: list[Tensor] = []
-    for (name, p), p0 in zip(named, initial, strict=True):
-        if p.shape != p0.shape:
-            raise ValueError(f"{name}: shape {tuple(p.shape)} but initial {tuple(p0.shape)}")
-        keys.append(name if group == "parameter" else name.rpartition(".")[0] or name)
-        squares.append((p.detach() - p0.to(p.device)).pow(2).sum().to(torch.float64))
-    values = torch.stack([s.to(squares[0].device) for s in squares]).tolist()
-    totals: dict[str, float] = {}
-    for key, value in zip(keys, values, strict=True):
-        totals[key] = totals.get(key, 0.0) + value
-    return {key: math.sqrt(value) for key, value in totals.items()}

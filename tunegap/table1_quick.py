@@ -14,26 +14,28 @@ import statistics
 import sys
 import time
 
+from tunegap.cli import OneLineParser, add_plugin_option, import_plugins, positive_int
 from tunegap.config import TrialConfig
+from tunegap.engine import Engine, load_workload_data
 from tunegap.remedies import table1_rows
-from tunegap.train import Engine, _OneLineErrorParser, load_workload_data
 from tunegap.workloads import get_workload
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _OneLineErrorParser(prog="python -m tunegap.table1_quick", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m tunegap.table1_quick", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="mnist1d-cnn")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--large-batch-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="override the base epochs")
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=1)
+    p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None)
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
+                   help="override the base epochs")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data-dir", default=None)
+    add_plugin_option(p)
     args = p.parse_args(argv)
+    import_plugins(p.prog, args)
     try:
         workload = get_workload(args.workload)
-        if args.seeds < 1:
-            raise ValueError(f"--seeds {args.seeds} is not allowed: use an integer >= 1")
         rows = table1_rows(workload, large_batch_size=args.large_batch_size)
         configs = [
             [TrialConfig(**kw, seed=s, epochs=args.epochs, device=args.device,

@@ -1,390 +1,32 @@
-"""The training engine: one epoch of SGD and an evaluation, with per-epoch metrics.
-
-No Ray and no MLflow in here, so one configuration can be debugged on its own:
+"""`tunegap train` (= `python -m tunegap.train`): one configuration, no Ray, no MLflow.
 
     python -m tunegap.train --workload mnist1d-cnn --batch-size 2048 --ghost-batch-size 32 \
         --lr-exponent 0.5 --regime-multiplier matched --seed 0
 
-A step reads top to bottom: set the scheduled learning rate, forward, loss, backward, clip,
-SGD step. Metrics are summed on the device and read once per epoch, so a GPU never waits for
-the host inside an epoch. A non-finite loss ends the run as `diverged` instead of crashing.
-
-Data comes one of two ways, chosen by the data object (`load_workload_data` picks by
-`Workload.streaming`). In-memory `TensorData` sits on the device and `DeviceLoader` slices
-batches out of it. A streaming workload (ImageNet) gets `StreamingData`: `StreamingLoader`s
-whose DataLoader workers decode the training folder (random-resized crop + flip) and the
-validation folder (centre crop) from disk. Both loaders shuffle from a seeded generator that
-checkpoints save, and both feed the same training step and the same evaluation loop.
+prints one line per epoch and a final summary, for debugging one configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from tunegap.cli import OneLineParser, add_plugin_option, fail, import_plugins, integer, number
 from tunegap.config import TrialConfig
-from tunegap.cpu_memory import cpu_malloc_mode, reuse_freed_memory
-from tunegap.data import DeviceLoader, TensorData, get_augment, load_dataset
-from tunegap.datasets import StreamingData, StreamingLoader, load_streaming_dataset
-from tunegap.gbn import convert_to_ghost_bn
-from tunegap.models import build_model
-from tunegap.probes import (
-    NoiseScaleEstimator,
-    grad_norm_sq,
-    noise_scale_from_step,
-    small_batch_size,
-    top_hessian_eigenvalue,
-)
-from tunegap.regime import ResolvedRegime
+from tunegap.cpu_memory import cpu_malloc_mode
 
-# Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
-SHARPNESS_SAMPLES = 1024
+PROG = "python -m tunegap.train"
 
 
-def pick_device(name: str) -> torch.device:
-    """ "auto" means CUDA where present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available: use cpu or auto")
-    return torch.device(name)
-
-
-def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
-    """The workload's dataset: in memory, or opened for streaming where the workload streams."""
-    workload = config.get_workload()
-    kwargs: dict[str, Any] = dict(workload.dataset_kwargs)
-    if config.data_dir is not None:
-        kwargs["data_dir"] = config.data_dir
-    if workload.streaming:
-        return load_streaming_dataset(workload.dataset, **kwargs)
-    return load_dataset(workload.dataset, **kwargs)
-
-
-def default_workers(cpus_per_trial: float) -> int:
-    """DataLoader worker processes for a streaming workload: one per CPU of the trial."""
-    return max(0, int(cpus_per_trial))
-
-
-class Engine:
-    """Trains one `TrialConfig` epoch by epoch.
-
-    Accuracies are in percent. `train_loss`/`train_acc` are averaged over the epoch's batches
-    in training mode (as the authors' code reports them), so they cost no extra pass.
-
-    `data` (default: `load_workload_data(config)`) is `TensorData`, moved to the device, or
-    `StreamingData`, read by `num_workers` DataLoader processes (default: the workload's
-    `cpus_per_trial`; 0 decodes in this process). The streaming path gives the same
-    metrics, schedule, Ghost BatchNorm, clipping, precision and checkpoint contents.
-    """
-
-    def __init__(
-        self,
-        config: TrialConfig,
-        *,
-        data: TensorData | StreamingData | None = None,
-        device: torch.device | str | None = None,
-        num_workers: int | None = None,
-    ) -> None:
-        self.config = config
-        self.workload = config.get_workload()
-        self.device = pick_device(config.device) if device is None else torch.device(device)
-        data = data if data is not None else load_workload_data(config)
-        self.streaming = isinstance(data, StreamingData)
-        self.data: Any = data if self.streaming else data.to(self.device)
-        self.regime = config.regime()
-        self.resolved: ResolvedRegime = self.regime.resolve(
-            config.batch_size, train_size=self.data.train_size
-        )
-
-        # The model's initial weights depend on the seed alone, never on global RNG state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = build_model(
-                self.workload.model, num_classes=self.data.num_classes, **self.workload.model_kwargs
-            )
-        if config.ghost_batch_size is not None:
-            model = convert_to_ghost_bn(model, config.ghost_batch_size)
-        # Dropout and augmentation draw from the global generator: seed it per trial, so a
-        # reused Ray actor trains the next trial exactly as a fresh process would.
-        torch.manual_seed(config.seed)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            # Batches keep one shape all epoch (but the last): let cuDNN time its algorithms
-            # once per shape and keep the fastest, as epoch_time.py measures it.
-            torch.backends.cudnn.benchmark = True
-        else:
-            # Large batches on the CPU would otherwise fault their activations in every step.
-            reuse_freed_memory()
-        # bf16 autocast and channels_last pay off on tensor-core GPUs; on a CPU they are slower.
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-        # Streamed data is always NCHW images; each batch is laid out as it arrives.
-        self.channels_last = cuda and (self.streaming or self.data.x_train.dim() == 4)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-            if not self.streaming:
-                self.data = self.data.to_memory_format(torch.channels_last)
-        self.model = model.to(self.device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=self.resolved.lr,
-            momentum=self.regime.momentum,
-            weight_decay=self.resolved.weight_decay_at(0),
-        )
-        self.loader: DeviceLoader | StreamingLoader
-        self.test_loader: StreamingLoader | None = None
-        self._sharpness_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        if self.streaming:
-            workers = default_workers(self.workload.cpus_per_trial)
-            workers = workers if num_workers is None else num_workers
-            self.loader = StreamingLoader(
-                self.data.train,
-                batch_size=config.batch_size,
-                shuffle=True,
-                seed=config.seed,
-                num_workers=workers,
-                device=self.device,
-            )
-            self.test_loader = StreamingLoader(
-                self.data.test,
-                batch_size=self.workload.eval_batch_size,
-                shuffle=False,
-                num_workers=workers,
-                device=self.device,
-            )
-        else:
-            self.loader = DeviceLoader(
-                self.data.x_train,
-                self.data.y_train,
-                batch_size=config.batch_size,
-                shuffle=True,
-                seed=config.seed,
-                augment=get_augment(self.workload.augment),
-            )
-        self.initial_params = [p.detach().clone() for p in self.model.parameters()]
-        self.noise = NoiseScaleEstimator()
-        self.epoch = 0
-        self.updates = 0
-        self.diverged = False
-
-    @property
-    def done(self) -> bool:
-        return self.diverged or self.epoch >= self.resolved.epochs
-
-    def weight_distance(self) -> float:
-        """||w_t - w_0|| over all trainable parameters (the paper's Figure 2 quantity)."""
-        total = torch.zeros((), device=self.device)
-        for p, p0 in zip(self.model.parameters(), self.initial_params, strict=True):
-            total += (p.detach() - p0).pow(2).sum()
-        return float(total.sqrt())
-
-    def train_epoch(self) -> dict[str, Any]:
-        """Train one epoch, evaluate, and return the epoch's metrics."""
-        if self.done:
-            raise RuntimeError("the regime is finished: no epochs left to train")
-        started = time.perf_counter()
-        self.model.train()
-        steps = len(self.loader)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        lr = self.resolved.lr
-        weight_decay = self.resolved.weight_decay_at(self.epoch)
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = weight_decay
-        for i, (x, y) in enumerate(self.loader):
-            lr = self.resolved.lr_at(self.epoch + i / steps)
-            loss, logits = self._train_step(x, y, lr=lr, step=i)
-            n = y.shape[0]
-            loss_sum += loss * n
-            correct += (logits.argmax(1) == y).sum()
-            seen += n
-        self.epoch += 1
-        train_loss = float(loss_sum) / seen
-        train_acc = 100.0 * float(correct) / seen
-        sharpness = math.nan
-        if not math.isfinite(train_loss):
-            self.diverged = True
-            test_loss, test_acc, distance = math.nan, math.nan, math.nan
-        else:
-            test_loss, test_acc = self.evaluate()
-            distance = self.weight_distance()
-            if not (math.isfinite(test_loss) and math.isfinite(distance)):
-                self.diverged = True
-            elif self._sharpness_due():
-                sharpness = self.sharpness()
-        noise_scale = self.noise.value()
-        self.noise.reset()
-        return {
-            "epoch": self.epoch,
-            "updates": self.updates,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "train_test_gap": train_acc - test_acc,
-            "weight_distance": distance,
-            "seconds": time.perf_counter() - started,
-            "noise_scale": noise_scale,
-            "sharpness": sharpness,
-            "diverged": self.diverged,
-        }
-
-    def _train_step(
-        self, x: torch.Tensor, y: torch.Tensor, *, lr: float, step: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD update on batch (x, y) at learning rate `lr`, for either kind of data;
-        `step` is the batch's index in the epoch. Returns the (detached) loss and logits."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.channels_last:
-            # Indexing a batch out of the dataset gives a default-layout tensor.
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        g_sq = None
-        if self.resolved.clip_norm is not None:
-            # clip_grad_norm_ returns the norm before clipping: the noise probe needs that.
-            g_sq = nn.utils.clip_grad_norm_(self.model.parameters(), self.resolved.clip_norm) ** 2
-        if self.config.noise_scale_every and step % self.config.noise_scale_every == 0:
-            self._measure_noise(x, y, g_sq)
-        self.optimizer.step()
-        self.updates += 1
-        return loss.detach(), logits.detach()
-
-    def _measure_noise(self, x: torch.Tensor, y: torch.Tensor, g_sq: torch.Tensor | None) -> None:
-        """Add one gradient-noise measurement (McCandlish et al. 2018) from this step."""
-        ghost = self.config.ghost_batch_size
-        if small_batch_size(y.shape[0], multiple_of=ghost) is None:
-            return  # e.g. a last batch too small to split
-        if g_sq is None:
-            g_sq = grad_norm_sq(self.model)
-        self.noise.add(
-            *noise_scale_from_step(
-                self.model, F.cross_entropy, x, y, g_big_sq=g_sq, multiple_of=ghost
-            )
-        )
-
-    def _sharpness_due(self) -> bool:
-        every = self.config.sharpness_every
-        return bool(every) and (self.epoch % every == 0 or self.epoch >= self.resolved.epochs)
-
-    def sharpness(self) -> float:
-        """Top Hessian eigenvalue of the training loss on a fixed training subset (Keskar et
-        al. 2017), in eval mode so BatchNorm uses its running statistics.
-
-        Streamed data: `SHARPNESS_SAMPLES` training images spread over the split, with the
-        evaluation transform, decoded once and kept on the device."""
-        if not self.streaming:
-            x = self.data.x_train[:SHARPNESS_SAMPLES]
-            y = self.data.y_train[:SHARPNESS_SAMPLES]
-        else:
-            if self._sharpness_batch is None:
-                x, y = self.data.train_subset(SHARPNESS_SAMPLES)
-                x = x.to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                self._sharpness_batch = (x, y.to(self.device))
-            x, y = self._sharpness_batch
-        return top_hessian_eigenvalue(self.model, F.cross_entropy, x, y, seed=self.config.seed)
-
-    def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split in batches of the workload's `eval_batch_size`, on the device."""
-        if self.test_loader is None:
-            x_all, y_all = self.data.x_test, self.data.y_test
-            for start in range(0, x_all.shape[0], self.workload.eval_batch_size):
-                x = x_all[start : start + self.workload.eval_batch_size]
-                y = y_all[start : start + self.workload.eval_batch_size]
-                yield x, y
-            return
-        for x, y in self.test_loader:
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
-
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy (percent) with running BatchNorm statistics."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = 0
-        for x, y in self._test_batches():
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                logits = self.forward(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-            n += y.shape[0]
-        return float(loss_sum) / n, 100.0 * float(correct) / n
-
-    def run(self, *, on_epoch: Any = None) -> list[dict[str, Any]]:
-        """Train to the end of the regime (or divergence); returns every epoch's metrics."""
-        history = []
-        while not self.done:
-            metrics = self.train_epoch()
-            history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
-        return history
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where training stopped."""
-        return {
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "loader": self.loader.state_dict(),
-            "initial_params": [p.cpu() for p in self.initial_params],
-            "epoch": self.epoch,
-            "updates": self.updates,
-            "diverged": self.diverged,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
-            raise ValueError("checkpoint belongs to a different trial config")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["loader"])
-        self.initial_params = [p.to(self.device) for p in state["initial_params"]]
-        self.epoch = state["epoch"]
-        self.updates = state["updates"]
-        self.diverged = state["diverged"]
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line and exit status 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineErrorParser(
-        prog="python -m tunegap.train",
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog=prog,
         description="Train one configuration (no Ray, no MLflow) and print one line per epoch.",
     )
     p.add_argument("--workload", default="mnist1d-cnn")
-    p.add_argument("--batch-size", required=True, type=_int_arg("--batch-size"))
+    p.add_argument("--batch-size", required=True, type=integer("--batch-size"))
     p.add_argument(
         "--ghost-batch-size",
         default="none",
@@ -393,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr-exponent",
         default=0.0,
-        type=_float_arg("--lr-exponent"),
+        type=number("--lr-exponent"),
         help="lr = base_lr * (B/B0)^alpha; 0.5 is the paper's sqrt rule",
     )
     p.add_argument(
@@ -401,56 +43,37 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         help="epochs and decay epochs times this number, or 'matched' = ceil(B/B0)",
     )
-    p.add_argument("--seed", default=0, type=_int_arg("--seed"))
+    p.add_argument("--seed", default=0, type=integer("--seed"))
     p.add_argument(
         "--epochs",
         default=None,
-        type=_int_arg("--epochs"),
+        type=integer("--epochs"),
         help="override the workload's base epochs (before the multiplier)",
     )
-    p.add_argument("--base-lr", default=None, type=_float_arg("--base-lr"))
+    p.add_argument("--base-lr", default=None, type=number("--base-lr"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data-dir", default=None)
     p.add_argument(
         "--workers",
         default=None,
-        type=_int_arg("--workers"),
+        type=integer("--workers"),
         help="DataLoader worker processes for a streaming dataset such as ImageNet "
         "(default: the workload's cpus_per_trial; 0 = decode in the main process)",
     )
     p.add_argument(
         "--noise-scale-every",
         default=0,
-        type=_int_arg("--noise-scale-every"),
+        type=integer("--noise-scale-every"),
         help="measure the gradient noise scale every k-th step (0 = off)",
     )
     p.add_argument(
         "--sharpness-every",
         default=0,
-        type=_int_arg("--sharpness-every"),
+        type=integer("--sharpness-every"),
         help="top Hessian eigenvalue every k epochs and at the end (0 = off)",
     )
+    add_plugin_option(p)
     return p
-
-
-def _int_arg(flag: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
-
-    return parse
-
-
-def _float_arg(flag: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
-
-    return parse
 
 
 def format_epoch(m: dict[str, Any]) -> str:
@@ -465,8 +88,11 @@ def format_epoch(m: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    import_plugins(prog, args)
+    from tunegap.engine import Engine, pick_device
+
     try:
         config = TrialConfig(
             workload=args.workload,
@@ -485,13 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         pick_device(config.device)
         cpu_malloc_mode()
     except ValueError as err:
-        print(f"python -m tunegap.train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(prog, err)
     if args.workers is not None and args.workers < 0:
-        print(
-            f"python -m tunegap.train: error: --workers {args.workers} is below 0", file=sys.stderr
-        )
-        raise SystemExit(2)
+        fail(prog, f"--workers {args.workers} is below 0")
     engine = Engine(config, num_workers=args.workers)
     r = engine.resolved
     print(

@@ -1,52 +1,44 @@
 """Models built by name: `build_model("cnn1d", num_classes=10)`.
 
-Each family lives in its own module and registers its builders with `register`.
+Each family lives in its own module and registers its builders with `@register_model`
+(timm style); a user registers their own the same way, from their own script or plugin.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from torch import nn
 
-from tunegap.registry import lookup
+from tunegap.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
-MODELS: dict[str, ModelBuilder] = {}
+MODELS: Registry[ModelBuilder] = Registry("model")
 
 
-def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a model builder to the registry under `name`."""
+def register_model(
+    name: str, *, replace: bool = False
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register a model builder under `name`.
 
-    def add(builder: ModelBuilder) -> ModelBuilder:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = builder
-        return builder
+    The builder takes `num_classes` (from the dataset) and whatever else the workload's
+    `model_kwargs` give, and returns an `nn.Module`. Its BatchNorm layers become Ghost
+    BatchNorm when a trial sets `ghost_batch_size`.
 
-    return add
-
-
-def bn_classifier(
-    in_features: int, hidden: Sequence[int], num_classes: int, *, dropout: float = 0.5
-) -> nn.Sequential:
-    """The fully connected head of AlexNet-style nets: per hidden layer Linear (no bias, BN
-    follows) + BatchNorm1d + ReLU + Dropout, then a Linear to the classes."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [
-            nn.Linear(in_features, width, bias=False),
-            nn.BatchNorm1d(width),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-        ]
-        in_features = width
-    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+    >>> from torch import nn
+    >>> @register_model("tiny-mlp")
+    ... def tiny_mlp(num_classes: int, width: int = 64) -> nn.Module:
+    ...     return nn.Sequential(nn.Flatten(), nn.LazyLinear(width), nn.BatchNorm1d(width),
+    ...                          nn.ReLU(), nn.Linear(width, num_classes))
+    >>> build_model("tiny-mlp", num_classes=10).__class__.__name__
+    'Sequential'
+    """
+    return MODELS.decorator(name, replace=replace)
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model; unknown names get the list of known ones."""
-    return lookup(MODELS, name, f"unknown model {name!r}")(**kwargs)
+    """Build a registered model; an unknown name gets one line listing the known ones."""
+    return MODELS.get(name)(**kwargs)
 
 
 # Importing the family modules fills the registry.

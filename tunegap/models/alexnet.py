@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import bn_classifier, register
+from tunegap.models import register_model
+from tunegap.models.layers import bn_classifier
 
 
 class AlexNetBN(nn.Module):
@@ -59,6 +60,6 @@ class AlexNetBN(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("alexnet")
+@register_model("alexnet")
 def alexnet(*, num_classes: int = 1000, in_channels: int = 3) -> AlexNetBN:
     return AlexNetBN(num_classes=num_classes, in_channels=in_channels)

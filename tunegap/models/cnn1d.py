@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import register_model
 
 
 class CNN1d(nn.Module):
@@ -35,7 +35,7 @@ class CNN1d(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("cnn1d")
+@register_model("cnn1d")
 def cnn1d(
     *, num_classes: int = 10, in_channels: int = 1, length: int = 40, channels: int = 32
 ) -> CNN1d:

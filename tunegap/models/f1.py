@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import register_model
 
 
 class F1(nn.Module):
@@ -37,6 +37,6 @@ class F1(nn.Module):
         return self.layers(x.flatten(1))
 
 
-@register("f1")
+@register_model("f1")
 def f1(*, num_classes: int = 10, in_features: int = 28 * 28) -> F1:
     return F1(in_features=in_features, num_classes=num_classes)

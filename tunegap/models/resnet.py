@@ -22,7 +22,7 @@ import math
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import register_model
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -101,13 +101,13 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-@register("resnet44")
+@register_model("resnet44")
 def resnet44(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """ResNet-44 for CIFAR: 3 stages of 7 basic blocks, 16/32/64 channels."""
     return CifarResNet(blocks=7, num_classes=num_classes, in_channels=in_channels)
 
 
-@register("cifar_resnet")
+@register_model("cifar_resnet")
 def cifar_resnet(
     *, num_classes: int = 10, depth: int = 44, width: int = 1, in_channels: int = 3
 ) -> CifarResNet:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import bn_classifier, register
+from tunegap.models import register_model
+from tunegap.models.layers import bn_classifier
 
 
 class ShallowConvNet(nn.Module):
@@ -49,13 +50,13 @@ class ShallowConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("c1")
+@register_model("c1")
 def c1(*, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> ShallowConvNet:
     """Keskar's C1 (CIFAR-10)."""
     return ShallowConvNet(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
-@register("c3")
+@register_model("c3")
 def c3(*, num_classes: int = 100, in_channels: int = 3, image_size: int = 32) -> ShallowConvNet:
     """Keskar's C3 (CIFAR-100): the C1 network with 100 outputs."""
     return ShallowConvNet(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

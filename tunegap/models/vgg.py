@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from tunegap.models import register
+from tunegap.models import register_model
 
 # Channels per conv layer, "M" = 2x2 max pooling (Simonyan & Zisserman, Table 1).
 CONFIGS: dict[int, tuple[int | str, ...]] = {
@@ -72,7 +72,7 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("vgg")
+@register_model("vgg")
 def vgg(
     *, num_classes: int = 10, depth: int = 16, in_channels: int = 3, batch_norm: bool = True
 ) -> VGG:

@@ -15,11 +15,11 @@ is a little smaller (2.7M in their Table 1). Parameters here: 2,800,804 with 100
 
 from __future__ import annotations
 
-from tunegap.models import register
+from tunegap.models import register_model
 from tunegap.models.resnet import CifarResNet
 
 
-@register("wrn16_4")
+@register_model("wrn16_4")
 def wrn16_4(*, num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
     """WideResNet-16-4 in the authors' form (depth 16, width x4)."""
     return CifarResNet(blocks=2, width=4, num_classes=num_classes, in_channels=in_channels)

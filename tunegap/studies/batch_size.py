@@ -12,20 +12,11 @@ the workload's base number of epochs, so larger batches make fewer updates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pandas as pd
 
-from tunegap import gapmap
-from tunegap.study import (
-    Study,
-    StudyError,
-    common_study_fields,
-    int_list,
-    positive_int,
-    study_main,
-    study_parser,
-)
+from tunegap.analysis import plots
+from tunegap.cli import common_study_fields, int_list, positive_int, study_command, study_parser
+from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -50,7 +41,7 @@ def figures(cells, trials, epochs) -> dict:
     trials["remedy"] = trials.apply(remedy_label, axis=1)
     fig = Figure(figsize=(13, 9), layout="constrained")
     (ax_err, ax_steps), (ax_noise, ax_sharp) = fig.subplots(2, 2)
-    gapmap.error_vs_batch(cells, hue="remedy", ax=ax_err)
+    plots.error_vs_batch(cells, hue="remedy", ax=ax_err)
     done = trials[trials["outcome"] == "completed"]
     panels = (
         (ax_steps, "steps_to_target", "updates to reach the target accuracy", True),
@@ -155,8 +146,7 @@ def build(args) -> Study:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,9 @@ the table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from tunegap import gapmap
-from tunegap.study import (
-    Study,
-    common_study_fields,
-    float_list,
-    int_list,
-    study_main,
-    study_parser,
-)
+from tunegap.analysis import plots
+from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
+from tunegap.study import Study
 
 QUESTION = (
     "Does the weight distance from initialization grow like log(updates), and does sqrt LR "
@@ -29,7 +21,7 @@ QUESTION = (
 
 
 def figures(cells, trials, epochs) -> dict:
-    return {"diffusion": gapmap.diffusion_plot(epochs, trials)}
+    return {"diffusion": plots.diffusion_plot(epochs, trials)}
 
 
 def report(cells, trials, epochs) -> str:
@@ -67,8 +59,7 @@ def build(args) -> Study:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

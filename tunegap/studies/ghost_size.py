@@ -9,10 +9,9 @@ The map is the gap (points of test accuracy below the baseline) per (batch, ghos
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from tunegap import gapmap
-from tunegap.study import Study, common_study_fields, ghost_list, int_list, study_main, study_parser
+from tunegap.analysis import plots
+from tunegap.cli import common_study_fields, ghost_list, int_list, study_command, study_parser
+from tunegap.study import Study
 
 QUESTION = (
     "Which ghost batch sizes close the generalization gap at each batch size, with sqrt "
@@ -22,7 +21,7 @@ QUESTION = (
 
 def figures(cells, trials, epochs) -> dict:
     return {
-        "gap_map": gapmap.gap_heatmap(
+        "gap_map": plots.gap_heatmap(
             cells[~cells["is_baseline"]], rows="batch_size", cols="ghost_batch_size",
             title="gap to small batch (points): batch size x ghost batch size",
         )
@@ -51,8 +50,7 @@ def build(args) -> Study:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,9 @@ base learning rate (log scale) jointly with the batch size (categorical).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from tunegap import gapmap
-from tunegap.study import (
-    Study,
-    StudyError,
-    common_study_fields,
-    float_list,
-    int_list,
-    study_main,
-    study_parser,
-)
+from tunegap.analysis import plots
+from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
+from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -33,7 +24,7 @@ QUESTION = (
 def figures(cells, trials, epochs) -> dict:
     grid = cells[~cells["is_baseline"]]
     return {
-        "gap_map": gapmap.gap_heatmap(
+        "gap_map": plots.gap_heatmap(
             grid, rows="batch_size", cols="lr_exponent",
             title="gap to small batch (points): batch size x LR exponent",
         )
@@ -88,8 +79,7 @@ def build(args) -> Study:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

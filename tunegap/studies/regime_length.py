@@ -10,17 +10,15 @@ number of updates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from tunegap import gapmap
-from tunegap.study import (
-    Study,
+from tunegap.analysis import plots
+from tunegap.cli import (
     common_study_fields,
     multiplier_list,
     positive_int,
-    study_main,
+    study_command,
     study_parser,
 )
+from tunegap.study import Study
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -32,9 +30,9 @@ QUESTION = (
 def figures(cells, trials, epochs) -> dict:
     grid = cells[~cells["is_baseline"]]
     return {
-        "gap_map": gapmap.gap_heatmap(grid, rows="batch_size", cols="regime_multiplier",
+        "gap_map": plots.gap_heatmap(grid, rows="batch_size", cols="regime_multiplier",
                                       title="gap to small batch (points): regime multiplier"),
-        "test_acc_vs_updates": gapmap.curves(epochs, trials, x="updates", y="test_acc",
+        "test_acc_vs_updates": plots.curves(epochs, trials, x="updates", y="test_acc",
                                              hue="regime_multiplier", logx=True),
     }
 
@@ -71,8 +69,7 @@ def build(args) -> Study:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,12 @@ seeds, beside the paper's numbers where the workload is one of the paper's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pandas as pd
 
-from tunegap import gapmap
+from tunegap.analysis import plots
+from tunegap.cli import common_study_fields, positive_int, study_command, study_parser
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
-from tunegap.study import (
-    Study,
-    StudyError,
-    common_study_fields,
-    positive_int,
-    study_main,
-    study_parser,
-)
+from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -69,7 +61,7 @@ def table1_markdown(cells: pd.DataFrame, workload: str) -> str:
 
 def figures(cells, trials, epochs) -> dict:
     return {
-        "test_acc_vs_updates": gapmap.curves(epochs, trials, x="updates", y="test_acc",
+        "test_acc_vs_updates": plots.curves(epochs, trials, x="updates", y="test_acc",
                                              hue="batch_size", logx=True),
     }
 
@@ -97,8 +89,7 @@ def report(cells, trials, epochs) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    study_main(parser(), build, argv)
+main = study_command(parser, build)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,22 @@
-"""Datasets held as tensors on the training device, and a batch loader over them.
+"""Datasets held as tensors on the training device, a batch loader over them, augmentation.
 
 Small datasets (MNIST-1D, MNIST, CIFAR) fit in device memory, so an epoch is a seeded random
 permutation and index slicing: no DataLoader workers, no host-device copies per batch.
 Augmentation (random crop after padding, horizontal flip) runs on the batch, on its device,
-as one gather (`random_crop_flip`, named in `AUGMENTATIONS`). The readers of the image
-datasets' on-disk formats live in `tunegap.datasets`.
+as one gather (`random_crop_flip`, named in `AUGMENTATIONS`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunegap.registry import lookup
-
-DEFAULT_DATA_DIR = Path.home() / ".cache" / "tunegap"
+from tunegap.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -55,6 +47,7 @@ class TensorData:
         )
 
     def to(self, device: torch.device | str) -> TensorData:
+        """The same data on `device`."""
         return TensorData(
             name=self.name,
             x_train=self.x_train.to(device),
@@ -65,50 +58,17 @@ class TensorData:
         )
 
 
-def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
-    # Several trials may build the same cache at once: write aside, then rename in one step.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_mnist1d(
-    *, num_samples: int = 10_000, seed: int = 42, data_dir: str | Path | None = None
-) -> TensorData:
-    """MNIST-1D (Greydanus 2020), generated offline by the `mnist1d` package.
-
-    80% train / 20% test as in the package. The arrays are cached in `data_dir` (default
-    ~/.cache/tunegap) under a name that encodes the generation arguments, so a change of
-    arguments never reads a stale file.
-    """
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = num_samples
-    args.seed = seed
-    key = hashlib.sha1(repr(sorted(vars(args).items())).encode()).hexdigest()[:10]
-    path = Path(data_dir or DEFAULT_DATA_DIR) / f"mnist1d-{num_samples}-{seed}-{key}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-    else:
-        made = make_dataset(args)
-        arrays = {k: np.asarray(made[k]) for k in ("x", "y", "x_test", "y_test")}
-        _save_npz_atomically(path, **arrays)
-    return TensorData(
-        name="mnist1d",
-        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
-        y_train=torch.from_numpy(arrays["y"]).long(),
-        x_test=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
-        y_test=torch.from_numpy(arrays["y_test"]).long(),
-        num_classes=10,
-    )
+def normalize_images(
+    images: np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 NCHW -> float32 (x / 255 - mean) / std per channel."""
+    # torch.tensor copies (the idx reader's arrays are read-only views); one fused
+    # scale-and-shift pass after the conversion is several times faster than three passes.
+    x = torch.tensor(images).float()
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    std_t = torch.tensor(std, dtype=torch.float32).view(shape)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
+    return x.mul_(1.0 / (255.0 * std_t)).add_(-mean_t / std_t)
 
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -152,18 +112,21 @@ def random_crop_flip(
 
 # Names a Workload can give in `augment`. Padding 4 is the authors' CIFAR transform (pad to
 # 40, crop 32, flip); padding 2 their MNIST one (pad to 32, crop 28, flip).
-AUGMENTATIONS: dict[str, Augment] = {
-    "crop_flip": random_crop_flip,
-    "crop_flip_pad2": functools.partial(random_crop_flip, padding=2),
-    "flip": functools.partial(random_crop_flip, padding=0),
-}
+AUGMENTATIONS: Registry[Augment] = Registry("augmentation")
+AUGMENTATIONS.add("crop_flip", random_crop_flip)
+AUGMENTATIONS.add("crop_flip_pad2", functools.partial(random_crop_flip, padding=2))
+AUGMENTATIONS.add("flip", functools.partial(random_crop_flip, padding=0))
 
 
 def get_augment(name: str | None) -> Augment | None:
     """The augmentation called `name` (None: no augmentation); unknown names list the known."""
     if name is None:
         return None
-    return lookup(AUGMENTATIONS, name, f"unknown augmentation {name!r}", also="or None")
+    if name not in AUGMENTATIONS:
+        # Registry.get's line, plus the None a workload may also give.
+        choices = ", ".join(AUGMENTATIONS.names())
+        raise ValueError(f"unknown augmentation {name!r}: use one of {choices} or None")
+    return AUGMENTATIONS.get(name)
 
 
 class DeviceLoader:
@@ -213,38 +176,8 @@ class DeviceLoader:
             yield xb, yb
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator state: restoring it between epochs continues with the same order."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
-
-
-def _reader(function_name: str) -> Callable[..., TensorData]:
-    """`tunegap.datasets.<function_name>`, imported on first use.
-
-    tunegap.datasets imports this module (for TensorData), so it cannot be imported here
-    at module level.
-    """
-
-    def load(**kwargs: Any) -> TensorData:
-        from tunegap import datasets
-
-        return getattr(datasets, function_name)(**kwargs)
-
-    load.__name__ = load.__qualname__ = function_name
-    load.__doc__ = f"See tunegap.datasets.{function_name}."
-    return load
-
-
-DATASETS: dict[str, Callable[..., TensorData]] = {
-    "mnist1d": load_mnist1d,
-    "mnist": _reader("load_mnist"),
-    "cifar10": _reader("load_cifar10"),
-    "cifar100": _reader("load_cifar100"),
-    "imagenet": _reader("load_imagenet"),
-}
-
-
-def load_dataset(name: str, **kwargs: object) -> TensorData:
-    """Load a dataset by name (see `DATASETS`)."""
-    return lookup(DATASETS, name, f"unknown dataset {name!r}")(**kwargs)

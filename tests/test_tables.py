@@ -6,15 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunegap import results
-from tunegap.results import (
-    EPOCHS_SCHEMA,
-    TRIALS_SCHEMA,
-    build_tables,
-    read_tables,
-    write_parquet_atomic,
-    write_tables,
-)
+from tunegap.analysis import schema as schema_module
+from tunegap.analysis.schema import EPOCH_METRICS, EPOCHS_SCHEMA, TRIALS_SCHEMA
+from tunegap.analysis.tables import build_tables, read_tables, write_parquet_atomic, write_tables
+from tunegap.names import METRIC_NAMES
 
 
 def epoch(n, *, updates=None, test_acc=90.0, train_acc=95.0, distance=1.0, seconds=1.0, **kw):
@@ -308,7 +303,7 @@ def test_read_tables_reports_missing_files(tmp_path):
 
 
 def test_docstring_documents_every_column():
-    doc = results.__doc__
+    doc = schema_module.__doc__
     for schema in (TRIALS_SCHEMA, EPOCHS_SCHEMA):
         for field in schema:
             assert f"\n{field.name} " in doc, field.name
@@ -317,3 +312,25 @@ def test_docstring_documents_every_column():
     assert TRIALS_SCHEMA.field("regime_multiplier").type == pa.string()
     assert TRIALS_SCHEMA.field("multiplier").type == pa.float64()
     assert not TRIALS_SCHEMA.field("trial_id").nullable
+
+
+def test_epochs_columns_are_the_engine_metrics():
+    assert EPOCHS_SCHEMA.names == ["study", "trial_id", *EPOCH_METRICS]
+    assert EPOCH_METRICS[: len(METRIC_NAMES)] == METRIC_NAMES
+
+
+def test_temp_file_of_an_interrupted_write_is_hidden_and_removed(tmp_path, monkeypatch):
+    import pyarrow.parquet as parquet
+
+    trials, _ = build_tables(study_records(), study="s")
+    seen = []
+
+    def interrupted(table, where, **kw):
+        seen.append(where)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parquet, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_parquet_atomic(trials, tmp_path / "trials.parquet", TRIALS_SCHEMA)
+    assert seen[0].parent == tmp_path and seen[0].name.startswith(".trials.")
+    assert os.listdir(tmp_path) == []

@@ -3,6 +3,10 @@
 Checkpoints hold everything the engine needs to continue exactly where it stopped (model,
 optimizer with momentum buffers, shuffle generator, global RNG, initial weights, counters),
 so a trial restored after a fault reports the same metrics an uninterrupted one would (CPU).
+
+A study's workload may live only in the user's script or plugin, which Ray's worker processes
+never import: the trainable is handed the workload's registrations (`with_workload`) and
+installs them before the first trial config is read.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import Any
 import torch
 from ray import tune
 
+from tunegap import registry
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import applied_mode, release_freed_memory
-from tunegap.train import Engine, load_workload_data
+from tunegap.engine import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
 OUT_OF_MEMORY_HINT = (
@@ -37,12 +42,14 @@ def trial_resources(config: dict[str, Any], *, gpus_per_trial: float | None = No
 class GapTrainable(tune.Trainable):
     """A Tune trial of one `TrialConfig`; each `step()` trains and evaluates one epoch.
 
-    Results carry the epoch metrics of `tunegap.train.METRIC_NAMES`, `diverged`, the resolved
+    Results carry the epoch metrics of `tunegap.names.METRIC_NAMES`, `diverged`, the resolved
     regime (`resolved_*`, the same in every result) and `done` at the end of the regime or on
     divergence.
     """
 
-    def setup(self, config: dict[str, Any]) -> None:
+    def setup(self, config: dict[str, Any], registrations: dict | None = None) -> None:
+        if registrations:
+            registry.install(registrations)
         self._data: tuple[tuple[str, str | None], Any] | None = None
         self._start(config)
 
@@ -94,3 +101,12 @@ class GapTrainable(tune.Trainable):
         path = Path(checkpoint) / CHECKPOINT_FILE
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.engine.load_state_dict(state)
+
+
+def with_workload(trainable: type[tune.Trainable], workload: str) -> Any:
+    """`trainable` carrying `workload`'s registrations (workload, model, dataset) to every
+    worker, through Ray's object store (`tune.with_parameters`), so a workload registered
+    only in the driver (a user's script, a `--plugin` file) trains on any node."""
+    from tunegap.workloads import workload_registrations
+
+    return tune.with_parameters(trainable, registrations=workload_registrations(workload))

@@ -1,0 +1,277 @@
+"""The one argparse setup of every command: one-line errors, shared value parsers, plugins.
+
+A bad value is one line naming it and what is allowed, and exit status 2, before anything
+starts: `OneLineParser` makes argparse do that, the value parsers below give the lines, and
+`fail` is the same for errors found after parsing (a bad combination, an unknown workload).
+`--plugin MODULE_OR_FILE` is imported before a study or trial is built, so the workloads,
+models and datasets it registers can be named on the same command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from tunegap.regime import MATCHED
+from tunegap.registry import PluginError, load_plugins
+from tunegap.study import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    STORAGE_ENV,
+    TRACKING_URI_ENV,
+    RunOptions,
+    Study,
+    StudyError,
+    default_storage_path,
+    default_tracking_uri,
+)
+
+if TYPE_CHECKING:
+    from tunegap.runner.run import StudyOutcome
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        fail(self.prog, message)
+
+
+def fail(prog: str, message: object) -> NoReturn:
+    """Print `prog: error: message` (its first line) and exit with status 2."""
+    sys.stderr.write(f"{prog}: error: {str(message).splitlines()[0] if str(message) else ''}\n")
+    raise SystemExit(2)
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="import a module or .py file that registers workloads, models or datasets "
+             "(repeatable); installed packages can also use the entry-point group "
+             "tunegap.workloads",
+    )
+
+
+def import_plugins(prog: str, args: argparse.Namespace) -> None:
+    """Import `--plugin` values in order; a bad one is one line and exit status 2."""
+    try:
+        load_plugins(getattr(args, "plugin", []) or [])
+    except PluginError as err:
+        fail(prog, err)
+
+
+def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r} is not a comma-separated list of integers"
+            ) from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use positive integers, e.g. 32,512")
+        return values
+
+    return parse
+
+
+def ghost_list(text: str) -> tuple[int | None, ...]:
+    values: list[int | None] = []
+    for v in text.split(","):
+        v = v.strip().lower()
+        if v in ("none", "bn"):
+            values.append(None)
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--ghost-sizes {text!r}: use positive integers or 'none', e.g. none,32,128"
+            ) from None
+        if n <= 0:
+            raise argparse.ArgumentTypeError(f"--ghost-sizes {text!r}: ghost sizes must be > 0")
+        values.append(n)
+    return tuple(values)
+
+
+def float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a list of numbers") from None
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use finite numbers >= 0")
+        return values
+
+    return parse
+
+
+def multiplier_list(text: str) -> tuple[float | str, ...]:
+    values: list[float | str] = []
+    for v in text.split(","):
+        v = v.strip().lower()
+        if v == MATCHED:
+            values.append(MATCHED)
+            continue
+        try:
+            x = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--multipliers {text!r}: use numbers > 0 or 'matched', e.g. 1,4,matched"
+            ) from None
+        if not math.isfinite(x) or x <= 0:
+            raise argparse.ArgumentTypeError(f"--multipliers {text!r}: use finite numbers > 0")
+        values.append(x)
+    return tuple(values)
+
+
+def positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {value} is not allowed: use an integer >= 1")
+        return value
+
+    return parse
+
+
+def non_negative(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use a finite number >= 0")
+        return value
+
+    return parse
+
+
+def integer(flag: str) -> Callable[[str], int]:
+    """Any integer; the knob's own check (e.g. `TrialConfig`) says what is allowed."""
+
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
+
+    return parse
+
+
+def number(flag: str) -> Callable[[str], float]:
+    """Any number; the knob's own check (e.g. `TrialConfig`) says what is allowed."""
+
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
+
+    return parse
+
+
+def study_parser(name: str, description: str, *, seeds: int = 1,
+                 searches: Sequence[str] = ("grid",)) -> argparse.ArgumentParser:
+    """The options every study has; a study module adds its own grid options."""
+    p = OneLineParser(prog=f"python -m tunegap.studies.{name}", description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", default="mnist1d-cnn", help="a named workload (default mnist1d-cnn)")
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=seeds,
+                   help=f"seeds per configuration (default {seeds})")
+    p.add_argument("--search", choices=list(searches), default="grid")
+    p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
+                   help="trials for --search optuna")
+    p.add_argument("--max-concurrent", type=positive_int("--max-concurrent"), default=None)
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address ('auto' on a cluster); default 'local': a new local Ray")
+    p.add_argument("--storage-path", default=None,
+                   help=f"results folder (default ${STORAGE_ENV} where set, else {DEFAULT_STORAGE})")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking URI (default ${TRACKING_URI_ENV} where set, else "
+                        f"{DEFAULT_TRACKING_URI} in this folder)")
+    p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
+    p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
+                   help="override the workload's base epochs (quick looks)")
+    p.add_argument("--tolerance", type=non_negative("--tolerance"), default=None,
+                   help="points of gap still counted as closed (default: baseline seed std)")
+    p.add_argument("--gpus-per-trial", type=non_negative("--gpus-per-trial"), default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=5,
+                   help="epochs between trial checkpoints (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    add_plugin_option(p)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        address=args.address,
+        storage_path=default_storage_path() if args.storage_path is None else args.storage_path,
+        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        resume=args.resume,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        device=args.device,
+        data_dir=args.data_dir,
+        checkpoint_every=args.checkpoint_every,
+        quiet=args.quiet,
+    )
+
+
+def study_main(
+    parser: argparse.ArgumentParser,
+    build: Callable[[argparse.Namespace], Study],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+) -> StudyOutcome:
+    """Parse, validate everything (exit 2 with one line on bad input), then run.
+
+    `prog` names the command in messages (`tunegap run ghost_size`); by default the
+    parser's own (`python -m tunegap.studies.ghost_size`).
+    """
+    if prog is not None:
+        parser.prog = prog
+    args = parser.parse_args(argv)
+    import_plugins(parser.prog, args)
+    from tunegap.runner.run import run_study  # Ray and MLflow load only once input is good
+
+    try:
+        study = build(args)
+        options = options_from_args(args)
+        return run_study(study, options)
+    except StudyError as err:
+        fail(parser.prog, err)
+
+
+def study_command(
+    parser: Callable[[], argparse.ArgumentParser], build: Callable[[argparse.Namespace], Study]
+) -> Callable[..., StudyOutcome]:
+    """The `main(argv=None, *, prog=None)` of a study module, from its parser and builder."""
+
+    def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> StudyOutcome:
+        return study_main(parser(), build, argv, prog=prog)
+
+    return main
+
+
+def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Study fields that come straight from the common options."""
+    return {
+        "workload": args.workload,
+        "seeds": args.seeds,
+        "search": args.search,
+        "num_samples": args.num_samples,
+        "epochs": args.epochs,
+        "tolerance": args.tolerance,
+    }

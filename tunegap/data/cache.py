@@ -1,0 +1,59 @@
+"""Where dataset files live, and how parallel trials share them without clobbering.
+
+Every reader takes `data_dir` (default ~/.cache/tunegap, `DEFAULT_DATA_DIR`). Several Ray
+trials may start on the same node at once: downloads and extractions run under one
+cross-process file lock per dataset, and caches are written with `tunegap.atomic`, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from tunegap.atomic import write_atomically
+
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "tunegap"
+
+
+def data_root(data_dir: str | os.PathLike[str] | None) -> Path:
+    """`data_dir` with `~` expanded, or `DEFAULT_DATA_DIR` where it is None."""
+    return Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
+
+
+def file_lock(path: Path) -> FileLock:
+    """An exclusive lock on `path` (a `with` block), so parallel trials download or extract
+    one copy, not several."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """`arrays` as an uncompressed .npz at `path`, written atomically."""
+    # The temporary file keeps the .npz suffix, so np.savez writes exactly that name.
+    return write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
+
+
+def download_or_raise(dataset: str, root: Path, not_found: str, download: bool) -> None:
+    """Download `dataset` into `root` with torchvision (its layout) where asked and possible.
+
+    Otherwise raise the one-line `not_found` error, saying why no download happened.
+    """
+    if not download:
+        raise FileNotFoundError(not_found)
+    try:
+        import torchvision.datasets as tvd
+    except Exception:  # absent, or a build that does not load with this torch
+        raise FileNotFoundError(
+            f"{not_found} (download=True needs torchvision, the 'vision' extra)"
+        ) from None
+    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[dataset]
+    try:
+        with file_lock(root / f".{dataset}.download.lock"):
+            for train in (True, False):
+                cls(root=str(root), train=train, download=True)
+    except Exception as err:
+        raise FileNotFoundError(f"{not_found} (download with torchvision failed: {err})") from err

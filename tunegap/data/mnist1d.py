@@ -1,0 +1,48 @@
+"""MNIST-1D (Greydanus 2020): generated offline by the `mnist1d` package, cached as .npz."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunegap.data.cache import data_root, save_npz
+from tunegap.data.catalog import register_dataset
+from tunegap.data.tensors import TensorData
+
+_KEYS = ("x", "y", "x_test", "y_test")
+
+
+@register_dataset("mnist1d")
+def load_mnist1d(
+    *, num_samples: int = 10_000, seed: int = 42, data_dir: str | Path | None = None
+) -> TensorData:
+    """MNIST-1D, 80% train / 20% test as in the package, inputs [N, 1, 40].
+
+    The arrays are cached in `data_dir` (default ~/.cache/tunegap) under a name that encodes
+    the generation arguments, so a change of arguments never reads a stale file.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    key = hashlib.sha1(repr(sorted(vars(args).items())).encode()).hexdigest()[:10]
+    path = data_root(data_dir) / f"mnist1d-{num_samples}-{seed}-{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in _KEYS}
+    else:
+        made = make_dataset(args)
+        arrays = {k: np.asarray(made[k]) for k in _KEYS}
+        save_npz(path, **arrays)
+    return TensorData(
+        name="mnist1d",
+        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
+        y_train=torch.from_numpy(arrays["y"]).long(),
+        x_test=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
+        y_test=torch.from_numpy(arrays["y_test"]).long(),
+        num_classes=10,
+    )

@@ -1,0 +1,48 @@
+"""The vocabulary in one torch-free place: knob, metric, outcome and status names.
+
+The engine produces the metrics, Tune carries them, tracking logs them and the tables store
+them; studies search the knobs and the analysis groups cells by them. Every module takes
+these names from here, so none can drift from another (and tracking, tables and the CLI
+can import them without importing torch).
+"""
+
+from __future__ import annotations
+
+# Knobs a study may put in a grid or an Optuna space (all are `TrialConfig` fields).
+SEARCH_KNOBS: tuple[str, ...] = (
+    "batch_size",
+    "ghost_batch_size",
+    "lr_exponent",
+    "regime_multiplier",
+    "base_lr",
+)
+# Knobs that tell one cell of a map from another (seeds of one cell share them).
+CELL_KNOBS: tuple[str, ...] = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier")
+# Probe settings of a trial: they change what is measured, never the training.
+INSTRUMENTS: tuple[str, ...] = ("noise_scale_every", "sharpness_every")
+
+# The per-epoch metrics of a trial, in the order the engine reports them.
+METRIC_NAMES: tuple[str, ...] = (
+    "epoch",
+    "updates",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "train_test_gap",
+    "weight_distance",
+    "seconds",
+    "noise_scale",
+    "sharpness",
+)
+# Probes that only run when asked: NaN in an epoch that did not measure them.
+OPTIONAL_METRICS: tuple[str, ...] = ("noise_scale", "sharpness")
+# Set in an epoch's result when the loss or the weights went non-finite.
+DIVERGED = "diverged"
+# Keys of a Tune result that carry the resolved regime (the same in every epoch).
+RESOLVED_PREFIX = "resolved_"
+
+# How a trial ended.
+COMPLETED, ERROR = "completed", "error"
+OUTCOMES: tuple[str, ...] = (COMPLETED, DIVERGED, ERROR)

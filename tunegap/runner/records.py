@@ -1,0 +1,105 @@
+"""Trials as plain records: Tune's experiment state and the driver's own journal of epochs.
+
+A trial's own `result.json` in storage is synced with its checkpoints; when a node dies and
+the trial restarts elsewhere from an older checkpoint, Tune replaces the driver's copy with
+the stored one and the epochs in between vanish from it. The driver saw every one of them,
+so `EpochJournal` appends each epoch it receives to a JSON-lines file, and `collect_records`
+reads both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tunegap.config import TrialConfig
+from tunegap.names import COMPLETED, DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX
+from tunegap.study import is_baseline
+
+JOURNAL_FILE = "epochs_journal.jsonl"
+JOURNAL_KEYS = frozenset((*METRIC_NAMES, DIVERGED))
+
+
+class EpochJournal(tune.Callback):
+    """Every epoch result the driver receives, appended to a JSON-lines file in the run folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        row = {k: v for k, v in result.items() if k in JOURNAL_KEYS or k.startswith(RESOLVED_PREFIX)}
+        row["trial_id"] = trial.trial_id
+        with open(self.path, "a") as journal:
+            journal.write(json.dumps(row) + "\n")
+
+def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The journal's rows per trial id, in the order the driver received them."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short when the driver was killed mid-write
+            rows.setdefault(row.pop("trial_id"), []).append(row)
+    return rows
+
+def collect_records(
+    run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None
+) -> list[dict[str, Any]]:
+    """Every trial of a Tune experiment as a plain record (see `tunegap.analysis.schema`)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(run_dir))
+    journal = read_journal(run_dir / JOURNAL_FILE)
+    records = []
+    for trial in analysis.trials:
+        history = []
+        # trial.path is the storage copy; local_path is Ray's per-session staging folder.
+        result_file = Path(trial.path) / "result.json"
+        if result_file.exists():
+            history = [json.loads(ln) for ln in result_file.read_text().splitlines() if ln.strip()]
+        # The driver's journal comes last: where both have an epoch, its report wins, and it
+        # fills epochs that a restart on another node dropped from result.json.
+        history += journal.get(trial.trial_id, [])
+        resolved = next(
+            ({k: v for k, v in row.items() if k.startswith(RESOLVED_PREFIX)}
+             for row in reversed(history) if "resolved_lr" in row),
+            {},
+        )
+        config = TrialConfig.from_dict(dict(trial.config)).to_dict()
+        if trial.status == "ERROR":
+            outcome = ERROR
+        elif history and history[-1].get(DIVERGED):
+            outcome = DIVERGED
+        elif trial.status == "TERMINATED":
+            outcome = COMPLETED
+        else:
+            outcome = ERROR
+        error = None
+        if outcome == ERROR:
+            error = _error_text(trial)
+        records.append({
+            "trial_id": trial.trial_id,
+            "mlflow_run_id": run_ids.get(trial.trial_id),
+            "is_baseline": is_baseline(config),
+            "config": config,
+            "resolved": resolved,
+            "outcome": outcome,
+            "error": error,
+            "history": history,
+            "target_test_acc": target_test_acc,
+        })
+    return records
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1][:2000] if lines else "unknown error"
+    return f"trial ended with status {trial.status}"

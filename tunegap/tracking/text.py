@@ -1,0 +1,19 @@
+"""Text cut to fit: one-line messages for warnings and errors, long texts for MLflow tags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def one_line(value: Any, limit: int = 300) -> str:
+    """`value` as a single line of at most `limit` characters (runs of whitespace -> one space)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip(text: str, limit: int) -> str:
+    """Keep the first line (where Ray names the trial) and the end (where the exception is)."""
+    if len(text) <= limit:
+        return text
+    head = text.splitlines()[0][:200]
+    return f"{head}\n…\n{text[-(limit - len(head) - 3) :]}"
