@@ -298,3 +298,25 @@ def test_lost_worker_node_trial_resumes_from_checkpoint(local_cluster, tmp_path,
         assert len(steps) == int(run.data.params["resolved_epochs"])
         if run.data.tags["tunegap.trial_id"] == long_id:
             assert long_epochs["updates"].tolist() == steps  # the same epochs in both
+
+
+def test_a_plugin_workload_trains_on_the_other_node(local_cluster, tmp_path, data_dir):
+    """A workload, model and dataset that exist only in a plugin file of the driver's reach
+    the worker node (which has no such module) with each trial, and every trial completes."""
+    from test_plugins import PLUGIN
+
+    plugin = tmp_path / "lab_plugin.py"
+    plugin.write_text(PLUGIN)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunegap", "run", "ghost_size", "--plugin", str(plugin),
+         "--workload", "lab-workload", "--batch-sizes", "256", "--ghost-sizes", "none,32",
+         "--seeds", "1", "--address", local_cluster.address, "--device", "cpu", "--quiet",
+         "--storage-path", str(tmp_path / "results"),
+         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        env=local_cluster.env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "results" / "ghost_size").glob("2*")
+    trials, _ = read_tables(run_dir)
+    assert len(trials) == 3 and set(trials["outcome"]) == {"completed"}
+    assert set(trials["workload"]) == {"lab-workload"}

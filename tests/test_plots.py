@@ -19,12 +19,12 @@ def tables():
 
 @pytest.fixture(scope="module")
 def cells(tables):
-    cells, tolerance = compute_cells(tables[0])
-    assert tolerance == pytest.approx(1.0)
-    return cells
+    # At a 3-point margin the map has every verdict: closed, open, inconclusive (one seed),
+    # diverged and error.
+    return compute_cells(tables[0], margin=3.0)
 
 
-def test_heatmap_shows_diverged_error_closed_and_bn(cells):
+def test_heatmap_writes_each_verdict_and_bn(cells):
     fig = gap_heatmap(
         cells,
         rows=["batch_size", "lr_exponent"],
@@ -44,10 +44,16 @@ def test_heatmap_shows_diverged_error_closed_and_bn(cells):
 
     assert at("1024 / 1", "32 / 1") == "diverged"
     assert at("1024 / 0", "128 / 1") == "error"
-    assert at("1024 / 0.5", "32 / matched") == "+0.70 ✓"
-    assert at("1024 / 0", "BN / 1") == "+16.00"
-    assert at("1024 / 0.5", "BN / 1") == "+7.00\n(1 failed)"
-    assert at("32 / 0", "BN / 1").startswith("+0.00 ✓\nbaseline")
+    assert at("1024 / 0.5", "32 / matched") == "+0.70\nclosed"
+    assert at("1024 / 0", "BN / 1") == "+16.00\nopen"
+    assert at("1024 / 0.5", "BN / 1") == "+7.00\n?\n(1 failed)"  # one seed: inconclusive
+    assert at("32 / 0", "BN / 1") == "+0.00\nbaseline"
+    # Only the closed square has the bold border.
+    borders = [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_fill()]
+    assert len(borders) == 1 and borders[0].get_xy() == pytest.approx(
+        (xlabels.index("32 / matched") - 0.46, ylabels.index("1024 / 0.5") - 0.46))
+    title = ax.get_title()
+    assert "margin 3.00 pts" in title and "? inconclusive" in title and "final-epoch" in title
     # Diverged and error squares are drawn (hatched), not left missing.
     hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
     assert len(hatched) == 2
@@ -57,6 +63,24 @@ def test_heatmap_shows_diverged_error_closed_and_bn(cells):
 def test_heatmap_refuses_overlapping_cells(cells):
     with pytest.raises(ValueError, match="lr_exponent"):
         gap_heatmap(cells)  # batch x ghost: several exponents share a square
+    with pytest.raises(ValueError, match="verdict_holm"):
+        gap_heatmap(cells, rows=["batch_size", "lr_exponent"],
+                    cols=["ghost_batch_size", "regime_multiplier"], verdict="status")
+
+
+def test_heatmap_of_holm_verdicts_demotes_what_holm_demotes(tables):
+    # At a 2.3-point margin the 2-seed cell is closed on its own (p just under 0.05), but not
+    # once Holm counts the map's 2 decidable cells.
+    cells = compute_cells(tables[0], margin=2.3)
+    remedies = cells[cells["regime_multiplier"] == "matched"].iloc[0]
+    assert remedies["verdict"] == "closed" and remedies["verdict_holm"] == "inconclusive"
+    layout = {"rows": ["batch_size", "lr_exponent"], "cols": ["ghost_batch_size",
+                                                            "regime_multiplier"]}
+    per_cell = {t.get_text() for t in gap_heatmap(cells, **layout).axes[0].texts}
+    holm = gap_heatmap(cells, verdict="verdict_holm", **layout).axes[0]
+    assert "+0.70\nclosed" in per_cell
+    assert "+0.70\n?" in {t.get_text() for t in holm.texts}
+    assert "Holm over the map" in holm.get_title()
 
 
 def test_diffusion_plot_has_log_axis_and_slopes_in_the_legend(tables):
@@ -114,13 +138,15 @@ def test_error_vs_batch_with_a_made_up_hue_and_filtered_cells(cells):
     ax = error_vs_batch(cells, hue="remedy").axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert sorted(labels) == sorted(["+GBN", "+LR", "+all", "LB", "SB", "small-batch baseline"])
-    # A heatmap of the non-baseline cells still knows the tolerance and the baseline.
+    # A heatmap of the non-baseline cells still knows the margin and the baseline.
     grid = gap_heatmap(
         cells[~cells["is_baseline"]],
         rows=["batch_size", "lr_exponent"],
         cols=["ghost_batch_size", "regime_multiplier"],
+        title="a study's own title",
     )
-    assert "1.00 pts" in grid.axes[0].get_title()
+    title = grid.axes[0].get_title()
+    assert title.startswith("a study's own title\n") and "3.00 pts" in title
 
 
 def test_save_figures_writes_pngs_without_missing_glyphs(tmp_path, tables, cells):

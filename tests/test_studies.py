@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
+from gap_records import trial
 
+from tunegap.analysis.tables import build_tables
 from tunegap.studies import batch_size, diffusion, ghost_size, lr_scaling, regime_length, table1
 
 
@@ -46,7 +50,7 @@ def test_table1_markdown_puts_each_cell_in_its_column():
         "regime_multiplier": ["1.0", "1.0", "1.0", "1.0", "matched"],
         "test_acc_mean": [98.0, 70.0, 80.0, 85.0, 97.5],
         "test_acc_std": [0.1, 1.0, 2.0, 3.0, 0.2],
-        "status": ["baseline", "open", "open", "open", "diverged"],
+        "verdict": ["baseline", "open", "open", "open", "diverged"],
     })
     text = table1.table1_markdown(cells, "mnist1d-cnn")
     row = text.splitlines()[2]
@@ -72,7 +76,11 @@ def test_regime_length_goes_up_to_matched_at_the_large_batch():
 
 
 def test_diffusion_and_lr_scaling_grids():
-    assert len(configs(diffusion)) == 8  # 4 batch sizes x 2 exponents, baseline among them
+    ks = {(c.batch_size, c.lr_exponent) for c in configs(diffusion)}
+    # 3 large batch sizes x 2 exponents, and the baseline (B0 = 32: the same lr whatever the
+    # exponent, so Study.trial_configs may run it once).
+    assert {k for k in ks if k[0] != 32} == {(b, a) for b in (128, 512, 2048) for a in (0.0, 0.5)}
+    assert (32, 0.0) in ks
     assert len(configs(lr_scaling)) == 16  # baseline + 3 x 5
     study = lr_scaling.build(lr_scaling.parser().parse_args(["--search", "optuna"]))
     assert study.optuna_space["lr_exponent"] == (0.0, 1.0)
@@ -95,3 +103,137 @@ def test_epoch_journal_survives_a_line_cut_by_a_kill(tmp_path):
     assert [r["epoch"] for r in rows["t1"]] == [1, 2]
     assert rows["t1"][0]["resolved_lr"] == 0.1 and "config" not in rows["t1"][0]
     assert read_journal(tmp_path / "missing.jsonl") == {}
+
+
+@pytest.mark.parametrize("module", [batch_size, diffusion, ghost_size, lr_scaling, regime_length,
+                                    table1], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_study_takes_the_margin_and_accuracy_declared_on_the_command_line(module):
+    default = module.build(module.parser().parse_args([]))
+    assert (default.margin, default.accuracy) == (0.5, "final")
+    study = module.build(module.parser().parse_args(["--margin", "1.25", "--accuracy", "best"]))
+    assert (study.margin, study.accuracy) == (1.25, "best")
+    described = study.describe()
+    assert described["margin"] == 1.25 and described["accuracy"] == "best"
+    assert "tolerance" not in described
+    # The margin changes no trial: it is how the results are judged, not what is run.
+    assert study.trial_configs() == default.trial_configs()
+
+
+# ---------------------------------------------------------------- the studies' own reports
+
+
+def probed(record, *, target=None, noise=None, lrs=(0.1, 0.1, 0.01)):
+    """A gap_records trial with a steps-to-target target, an lr decay after epoch 2 and a
+    noise-scale estimate per epoch (NaN: not measured)."""
+    record["target_test_acc"] = target
+    for row, lr, value in zip(record["history"], lrs, noise or [math.nan] * 3, strict=True):
+        row.update(lr=lr, noise_scale=value)
+    return record
+
+
+def batch_size_tables(*, baseline_noise=None):
+    gbn_noise = [400.0, 600.0, 5000.0]  # the 5000 comes after the lr decay
+    records = [
+        # Final accuracies; each trial's test accuracy is acc - 2, acc - 1, acc at epochs 1-3,
+        # with 250 updates an epoch at B=32 and 8 at B=1024. Target 95%.
+        probed(trial("b0", 32, None, 0.0, 1.0, 0, 97.0, baseline=True), target=95.0,
+               noise=baseline_noise),
+        probed(trial("b1", 32, None, 0.0, 1.0, 1, 97.0, baseline=True), target=95.0,
+               noise=baseline_noise),
+        probed(trial("lb0", 1024, None, 0.0, 1.0, 0, 80.0), target=95.0),
+        probed(trial("lb1", 1024, None, 0.0, 1.0, 1, 81.0), target=95.0),
+        # +LR: one seed reaches 95% at epoch 2 (16 updates), the other never does.
+        probed(trial("lr0", 1024, None, 0.5, 1.0, 0, 96.0), target=95.0),
+        probed(trial("lr1", 1024, None, 0.5, 1.0, 1, 90.0), target=95.0),
+        # +LR+GBN: both seeds reach it at epoch 1 (8 updates).
+        probed(trial("gb0", 1024, 32, 0.5, 1.0, 0, 97.0), target=95.0, noise=gbn_noise),
+        probed(trial("gb1", 1024, 32, 0.5, 1.0, 1, 97.0), target=95.0, noise=gbn_noise),
+    ]
+    return build_tables(records, study="batch_size")
+
+
+def test_batch_size_steps_to_target_says_how_many_seeds_reached_it():
+    trials, epochs = batch_size_tables()
+    text = batch_size.report(None, trials, epochs)
+    assert "| 32 | SB | 250 (2/2 seeds) |" in text
+    assert "| 1024 | LB | not reached (0/2 seeds) |" in text
+    # Before: "| 1024 | +LR | 16 |", the mean of the one seed that reached it, as if both had.
+    assert "| 1024 | +LR | only 1/2 seeds reached it (their mean 16) |" in text
+    assert "| 1024 | +LR+GBN | 8 (2/2 seeds) |" in text
+    assert "1 cell(s) where not every seed reached 95% test accuracy: B=1024 +LR (1/2)" in text
+    steps = batch_size.steps_summary(trials).set_index(["batch_size", "remedy"])
+    assert steps.loc[(1024, "+LR"), ["n_seeds", "n_reached"]].tolist() == [2, 1]
+    assert not steps.loc[(1024, "+LR"), "all_reached"]
+    assert steps.loc[(1024, "+LR+GBN"), "all_reached"]
+
+
+def test_batch_size_labels_the_baseline_sb_never_lb():
+    trials, epochs = batch_size_tables()
+    labels = trials.apply(batch_size.remedy_label, axis=1)
+    assert labels[trials["is_baseline"]].unique().tolist() == ["SB"]
+    assert "| 32 | LB |" not in batch_size.report(None, trials, epochs)
+
+
+def test_batch_size_critical_batch_comes_from_the_baseline_high_lr_phase():
+    # The baseline measured it: 100 and 300 in epochs 1-2 (lr 0.1), 9000 after the decay.
+    trials, epochs = batch_size_tables(baseline_noise=[100.0, 300.0, 9000.0])
+    value, how = batch_size.critical_batch(trials, epochs)
+    assert value == pytest.approx(200.0)  # before: the median over every trial, 600 here
+    assert how == ("median B_simple of 4 per-epoch estimates from the 2 completed baseline "
+                   "trial(s) (B=32), over their high-learning-rate phase (before the first lr "
+                   "decay: epochs 1-2)")
+    assert f"about 200, the {how}." in batch_size.report(None, trials, epochs)
+
+
+def test_batch_size_critical_batch_says_where_it_falls_back_to():
+    # The baseline has no estimate: the +LR+GBN trials of the smallest batch size give it.
+    trials, epochs = batch_size_tables()
+    value, how = batch_size.critical_batch(trials, epochs)
+    assert value == pytest.approx(500.0)  # median of 400, 600, 400, 600: not the 5000s
+    assert "the 2 completed +LR+GBN trial(s) at B=1024 (ghost 32)" in how
+    assert "epochs 1-2" in how
+    assert "the 2 completed baseline trial(s) (B=32) have no finite estimate there" in how
+    text = batch_size.report(None, trials, epochs)
+    assert "median B_simple over trials" not in text
+    none, why = batch_size.critical_batch(trials[trials["ghost_batch_size"].isna()], epochs)
+    assert math.isnan(none) and why.startswith("not measured")
+
+
+def test_batch_size_figure_draws_with_partial_and_missing_steps():
+    from tunegap.analysis.verdict import compute_cells
+
+    trials, epochs = batch_size_tables()
+    figs = batch_size.figures(compute_cells(trials), trials, epochs)
+    assert set(figs) == {"batch_size"}
+
+
+def diffusion_records(*, duplicate_b0=False):
+    records = [trial(f"b{s}", 32, None, 0.0, 1.0, s, 97.0, baseline=True) for s in (0, 1)]
+    if duplicate_b0:  # before Study.trial_configs ran B0 once: the same trial at exponent 0.5
+        records += [trial(f"d{s}", 32, None, 0.5, 1.0, s, 97.0, baseline=True) for s in (0, 1)]
+    records += [trial(f"t{a}{s}", 128, None, a, 1.0, s, 90.0) for a in (0.0, 0.5)
+                for s in (0, 1)]
+    return records
+
+
+def test_diffusion_reports_the_baseline_once_with_its_real_seeds():
+    trials, epochs = build_tables(diffusion_records(), study="diffusion")
+    lines = diffusion.report(None, trials, epochs).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| batch")]
+    assert rows == [
+        "| 32 (baseline) | 0 | 2/2 | 2.000 | 1.000 |",
+        "| 128 | 0 | 2/2 | 1.000 | 1.000 |",
+        "| 128 | 0.5 | 2/2 | 1.000 | 1.000 |",
+    ]
+
+
+def test_diffusion_never_counts_a_duplicate_b0_run_as_a_seed():
+    # Before: rows "| 32 | 0 |" and "| 32 | 0.5 |", and the pair pooled as 2 seeds of one.
+    trials, epochs = build_tables(diffusion_records(duplicate_b0=True), study="diffusion")
+    table = diffusion.slope_table(trials)
+    base = table[table["is_baseline"]]
+    assert len(base) == 1 and base["seeds"].iloc[0] == 2 and base["seeds_run"].iloc[0] == 2
+    assert not ((table["batch_size"] == 32) & ~table["is_baseline"]).any()
+    figs = diffusion.figures(None, trials, epochs)
+    labels = [t.get_text() for t in figs["diffusion"].axes[0].get_legend().get_texts()]
+    assert sum("32" in label for label in labels) == 1

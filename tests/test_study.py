@@ -81,7 +81,7 @@ def test_divergence_is_logged_and_on_the_map(ghost_study):
     assert len(diverged) == 1 and diverged["base_lr_override"].iloc[0] == 1e6
     run = client.get_run(diverged["mlflow_run_id"].iloc[0])
     assert run.data.tags["outcome"] == "diverged"
-    assert "diverged" in set(outcome.cells["status"])
+    assert "diverged" in set(outcome.cells["verdict"])
     assert "diverged" in outcome.table
     assert set(outcome.trials["outcome"]) == {"completed", "diverged"}
 
@@ -99,7 +99,18 @@ def test_artifacts_and_parquet_match(ghost_study, tmp_path):
     pd.testing.assert_frame_equal(trials, outcome.trials)
     assert len(epochs) == int(trials["epochs_done"].sum())
     summary = (outcome.run_dir / "summary.md").read_text()
-    assert "ghost_size" in summary and "closed when gap <=" in summary
+    assert "ghost_size" in summary
+    assert "verdict per cell: Welch 90% interval of gap = baseline - cell" in summary
+    # One seed a cell: nothing can be decided, and the summary and the parent run say so.
+    assert "- cells: closed 0, open 0, inconclusive 4, diverged 1, error 0" in summary
+    parent = client.get_run(outcome.parent_run_id).data
+    assert parent.metrics["margin"] == 0.5 and "tolerance" not in parent.metrics
+    assert (parent.metrics["cells_closed"], parent.metrics["cells_open"],
+            parent.metrics["cells_inconclusive"]) == (0, 0, 4)
+    assert parent.params["margin"] == "0.5" and parent.params["accuracy"] == "final"
+    cells_csv = pd.read_csv(outcome.run_dir / "cells.csv")
+    assert list(cells_csv.columns) == list(outcome.cells.columns)
+    assert set(cells_csv["verdict"]) == {"baseline", "inconclusive", "diverged"}
 
 
 def test_gap_is_measured_against_the_baseline(ghost_study):

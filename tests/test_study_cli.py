@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import os
 
 import pytest
 
 import tunegap.runner.run as run_module
+from tunegap.study import Study, StudyError
 
 CASES = [
     ("ghost_size", ["--seeds", "0"], "--seeds"),
@@ -21,8 +24,12 @@ CASES = [
     ("ghost_size", ["--workload", "imagenet-vit"], "unknown workload 'imagenet-vit'"),
     ("ghost_size", ["--search", "optuna"], "--search"),
     ("ghost_size", ["--epochs", "0"], "--epochs"),
-    ("ghost_size", ["--tolerance", "-1"], "--tolerance"),
-    ("ghost_size", ["--tolerance", "nan"], "--tolerance"),
+    ("ghost_size", ["--margin", "-1"], "--margin"),
+    ("ghost_size", ["--margin", "nan"], "--margin"),
+    ("ghost_size", ["--margin", "inf"], "--margin"),
+    ("ghost_size", ["--margin", "half"], "--margin"),
+    ("ghost_size", ["--tolerance", "1"], "unrecognized arguments: --tolerance"),
+    ("ghost_size", ["--accuracy", "median"], "--accuracy"),
     ("ghost_size", ["--max-concurrent", "0"], "--max-concurrent"),
     ("ghost_size", ["--gpus-per-trial", "-0.5"], "--gpus-per-trial"),
     ("ghost_size", ["--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5"),
@@ -90,3 +97,29 @@ def test_unwritable_storage_path_is_refused(tmp_path, no_ray, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("margin", [-0.5, math.nan, math.inf])
+def test_study_refuses_a_bad_margin_in_one_line(margin):
+    with pytest.raises(StudyError, match="--margin") as err:
+        Study(name="s", workload="mnist1d-cnn", margin=margin)
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(StudyError, match="--accuracy 'last'"):
+        Study(name="s", workload="mnist1d-cnn", accuracy="last")
+
+
+def test_resume_with_another_margin_is_refused(tmp_path, no_ray, capsys):
+    """The margin is declared before the run: a resume may not move it."""
+    run_dir = tmp_path / "results" / "ghost_size" / "20250101-000000"
+    run_dir.mkdir(parents=True)
+    module = importlib.import_module("tunegap.studies.ghost_size")
+    original = module.build(module.parser().parse_args([]))
+    assert original.describe()["margin"] == 0.5
+    state = {"study": original.describe(), "parent_run_id": "0" * 32}
+    (run_dir / run_module.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--margin", "1.0", "--resume", "--storage-path", str(tmp_path / "results"),
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--resume" in err and "other options" in err

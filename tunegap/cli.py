@@ -15,9 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from tunegap.analysis.verdict import ACCURACIES, DEFAULT_MARGIN
 from tunegap.regime import MATCHED
 from tunegap.registry import PluginError, load_plugins
 from tunegap.study import (
+    AUTO,
     DEFAULT_STORAGE,
     DEFAULT_TRACKING_URI,
     STORAGE_ENV,
@@ -179,15 +181,35 @@ def number(flag: str) -> Callable[[str], float]:
     return parse
 
 
-def study_parser(name: str, description: str, *, seeds: int = 1,
+def seed_count(text: str) -> int | str:
+    """`--seeds`: a number of seeds per cell, or "auto" (seeds until each cell is decided)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r} is not allowed: use an integer >= 1 or auto"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--seeds {value} is not allowed: use an integer >= 1 or auto")
+    return value
+
+
+def study_parser(name: str, description: str, *, seeds: int | str = 1,
                  searches: Sequence[str] = ("grid",)) -> argparse.ArgumentParser:
     """The options every study has; a study module adds its own grid options."""
     p = OneLineParser(prog=f"python -m tunegap.studies.{name}", description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="mnist1d-cnn", help="a named workload (default mnist1d-cnn)")
-    p.add_argument("--seeds", type=positive_int("--seeds"), default=seeds,
-                   help=f"seeds per configuration (default {seeds})")
-    p.add_argument("--search", choices=list(searches), default="grid")
+    p.add_argument("--seeds", type=seed_count, default=seeds,
+                   help=f"seeds per cell, or 'auto': --min-seeds each, then more where a "
+                        f"verdict is inconclusive, up to --max-seeds (default {seeds})")
+    p.add_argument("--min-seeds", type=positive_int("--min-seeds"), default=3,
+                   help="with --seeds auto: the seeds every cell starts with (default 3)")
+    p.add_argument("--max-seeds", type=positive_int("--max-seeds"), default=8,
+                   help="with --seeds auto: the most seeds a cell gets (default 8)")
+    p.add_argument("--search", choices=list(searches), default=searches[0])
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
                    help="trials for --search optuna")
     p.add_argument("--max-concurrent", type=positive_int("--max-concurrent"), default=None)
@@ -201,8 +223,16 @@ def study_parser(name: str, description: str, *, seeds: int = 1,
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
     p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
                    help="override the workload's base epochs (quick looks)")
-    p.add_argument("--tolerance", type=non_negative("--tolerance"), default=None,
-                   help="points of gap still counted as closed (default: baseline seed std)")
+    p.add_argument("--margin", type=non_negative("--margin"), default=DEFAULT_MARGIN,
+                   metavar="POINTS",
+                   help="the largest loss of test accuracy, in points, that still counts as no "
+                        "gap; declare it before the run, never fit it to the results. A cell is "
+                        "closed when the upper end of Welch's 90%% interval of baseline - cell "
+                        "is <= POINTS, open when its lower end is > POINTS, else inconclusive "
+                        f"(default {DEFAULT_MARGIN:g})")
+    p.add_argument("--accuracy", choices=list(ACCURACIES), default="final",
+                   help="judge each trial by its final-epoch test accuracy (default) or its "
+                        "best epoch's, as the paper's authors report")
     p.add_argument("--gpus-per-trial", type=non_negative("--gpus-per-trial"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", default=None)
@@ -270,8 +300,11 @@ def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "workload": args.workload,
         "seeds": args.seeds,
+        "min_seeds": args.min_seeds,
+        "max_seeds": args.max_seeds,
         "search": args.search,
         "num_samples": args.num_samples,
         "epochs": args.epochs,
-        "tolerance": args.tolerance,
+        "margin": args.margin,
+        "accuracy": args.accuracy,
     }

@@ -43,6 +43,10 @@ DIVERGED = "diverged"
 # Keys of a Tune result that carry the resolved regime (the same in every epoch).
 RESOLVED_PREFIX = "resolved_"
 
+# The columns of the paper's Table 1: the small batch, the large batch, then +LR (sqrt LR
+# scaling), +GBN (ghost batches) and +RA (regime adaptation), each added to the one before.
+TABLE1_COLUMNS: tuple[str, ...] = ("SB", "LB", "+LR", "+GBN", "+RA")
+
 # How a trial ended.
 COMPLETED, ERROR = "completed", "error"
 OUTCOMES: tuple[str, ...] = (COMPLETED, DIVERGED, ERROR)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunegap.names import TABLE1_COLUMNS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload
 
-TABLE1_COLUMNS = ("SB", "LB", "+LR", "+GBN", "+RA")
+__all__ = ["TABLE1_COLUMNS", "table1_rows"]
 
 
 def table1_rows(

@@ -10,20 +10,24 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from tunegap.analysis.verdict import ACCURACIES, DEFAULT_MARGIN
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
 
-SEARCHES = ("grid", "optuna")
+SEARCHES = ("grid", "optuna", "frontier")
+# `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
+AUTO = "auto"
 DEFAULT_STORAGE = "./tunegap_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # The command line's defaults where --tracking-uri / --storage-path are not given (see
@@ -48,19 +52,34 @@ class Study:
     is added for every seed unless `include_baseline` is False. With `search="optuna"`,
     `optuna_space` gives ranges, e.g. {"lr_exponent": (0.0, 1.0), "base_lr": (0.005, 0.5)},
     and the grid's batch sizes become an Optuna categorical.
+
+    `seeds="auto"` gives every cell and the baseline `min_seeds` seeds, then adds seeds
+    where a verdict is inconclusive, up to `max_seeds` a cell (`SeedsUntilDecided`).
+    `search="frontier"` bisects, per batch size of the grid, the regime multiplier in
+    [1, matched] for the smallest closed cell (`FrontierSearch`; the grid's other knobs take
+    one value each and seeds are "auto"). `tables` adds CSV files of the study's own
+    (e.g. frontier.csv), built from the cells and tables like `figures`.
+
+    `margin` (points, finite, >= 0; default 0.5) is the largest loss that still counts as no
+    gap, declared before the run; `accuracy` ("final" or "best") is the test accuracy each
+    trial is judged by (the last epoch's or the best epoch's). Both are part of `describe()`,
+    so `--resume` refuses another margin. The verdicts are `tunegap.analysis.verdict`'s.
     """
 
     name: str
     workload: str
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     points: tuple[dict[str, Any], ...] = ()
-    seeds: int = 1
+    seeds: int | str = 1
     search: str = "grid"
     num_samples: int = 20
     optuna_space: dict[str, tuple[float, float]] = field(default_factory=dict)
     epochs: int | None = None
     include_baseline: bool = True
-    tolerance: float | None = None
+    # The largest loss in points that still counts as no gap, declared before the run (see
+    # `tunegap.analysis.verdict`), and which accuracy of a trial is judged.
+    margin: float = DEFAULT_MARGIN
+    accuracy: str = "final"
     question: str = ""
     figures: FigureBuilder | None = None
     # Probe settings for every trial, e.g. {"noise_scale_every": 4, "sharpness_every": 20}.
@@ -69,6 +88,11 @@ class Study:
     target_test_acc: float | None = None
     # A study's own markdown under the map (e.g. Table 1's row, fitted slopes).
     report: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], str] | None = None
+    # With seeds="auto": the first and the largest number of seeds of a cell.
+    min_seeds: int = 3
+    max_seeds: int = 8
+    # A study's own tables: file name -> DataFrame, written as CSV beside cells.csv.
+    tables: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, pd.DataFrame]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -90,10 +114,25 @@ class Study:
         for knob, values in self.grid.items():
             if len(values) == 0:
                 raise StudyError(f"the grid for {knob} is empty: give at least one value")
-        _check_count("--seeds", self.seeds)
+        if self.seeds != AUTO:
+            _check_count("--seeds", self.seeds)
+        check_seed_budget(self.min_seeds, self.max_seeds)
         _check_count("--num-samples", self.num_samples)
         if self.search not in SEARCHES:
-            raise StudyError(f"--search {self.search!r} is not allowed: use {' or '.join(SEARCHES)}")
+            raise StudyError(f"--search {self.search!r} is not allowed: use {', '.join(SEARCHES)}")
+        if self.search == "frontier":
+            if self.seeds != AUTO:
+                raise StudyError("the frontier search decides its seeds: use --seeds auto")
+            if not self.grid.get("batch_size") or self.points:
+                raise StudyError("the frontier search needs batch sizes (and no extra points)")
+            several = sorted(k for k, v in self.grid.items() if k != "batch_size" and len(v) != 1)
+            if several or "regime_multiplier" in self.grid:
+                raise StudyError(
+                    "the frontier search bisects the regime multiplier at each batch size: "
+                    "give one value of every other knob and no regime multiplier"
+                )
+        if self.search == "optuna" and self.seeds == AUTO:
+            raise StudyError("--seeds auto with --search optuna is not allowed: use a number")
         if self.search == "optuna":
             if not self.optuna_space:
                 raise StudyError(f"study {self.name} has no Optuna space: use --search grid")
@@ -101,10 +140,16 @@ class Study:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
         if self.epochs is not None:
             _check_count("--epochs", self.epochs)
-        if self.tolerance is not None and not (
-            math.isfinite(self.tolerance) and self.tolerance >= 0
+        if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
+            math.isfinite(self.margin) and self.margin >= 0
         ):
-            raise StudyError(f"--tolerance {self.tolerance!r} is not allowed: use points >= 0")
+            raise StudyError(
+                f"--margin {self.margin!r} is not allowed: use a finite number of points >= 0"
+            )
+        if self.accuracy not in ACCURACIES:
+            raise StudyError(
+                f"--accuracy {self.accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}"
+            )
         # Validating each point builds every TrialConfig once, so bad values fail here.
         self.trial_configs()
         batches = self.grid.get("batch_size", ())
@@ -128,19 +173,36 @@ class Study:
             **self.instruments,
         )
 
-    def trial_configs(self) -> list[TrialConfig]:
-        """The grid's trials (every seed), baseline first, duplicates removed.
+    @property
+    def first_seeds(self) -> int:
+        """Seeds every cell starts with: all of them, or `min_seeds` when they are "auto"."""
+        return self.min_seeds if self.seeds == AUTO else int(self.seeds)
 
-        Ghost sizes >= the batch size are plain BatchNorm (one ghost holds the whole batch),
-        so they are run once, as BatchNorm.
-        """
+    def combos(self) -> list[dict[str, Any]]:
+        """The knob settings of the grid (crossed) and the explicit points; for the frontier,
+        each batch size at its matched multiplier (its first probe)."""
         names = list(self.grid)
         combos = [dict(zip(names, values, strict=True))
                   for values in itertools.product(*self.grid.values())] if names else []
-        combos += [dict(p) for p in self.points]
+        if self.search == "frontier":
+            b0 = self.workload_def.regime.base_batch_size
+            combos = [{**c, "regime_multiplier": float(math.ceil(c["batch_size"] / b0))}
+                      for c in combos]
+        return combos + [dict(p) for p in self.points]
+
+    def trial_configs(self) -> list[TrialConfig]:
+        """The first trials (every first seed), baseline first, duplicates removed.
+
+        Ghost sizes >= the batch size are plain BatchNorm (one ghost holds the whole batch),
+        so they are run once, as BatchNorm. At B0 the LR exponent and the multiplier
+        "matched" change nothing (the lr and the length are the base ones), so they are run
+        once, with exponent 0 and multiplier 1.
+        """
+        combos = self.combos()
+        b0 = self.workload_def.regime.base_batch_size
         configs: list[TrialConfig] = []
         seen: set[str] = set()
-        for seed in range(self.seeds):
+        for seed in range(self.first_seeds):
             candidates = [self.baseline_config(seed)] if self.include_baseline else []
             for combo in combos:
                 try:
@@ -150,6 +212,9 @@ class Study:
                     raise StudyError(str(err)) from None
                 if cfg.ghost_batch_size is not None and cfg.ghost_batch_size >= cfg.batch_size:
                     cfg = cfg.with_changes(ghost_batch_size=None)
+                if cfg.batch_size == b0:
+                    same = 1.0 if cfg.regime_multiplier == MATCHED else cfg.regime_multiplier
+                    cfg = cfg.with_changes(lr_exponent=0.0, regime_multiplier=same)
                 candidates.append(cfg)
             for cfg in candidates:
                 key = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -166,14 +231,47 @@ class Study:
             "grid": {k: list(v) for k, v in self.grid.items()},
             "points": list(self.points),
             "seeds": self.seeds,
+            "min_seeds": self.min_seeds,
+            "max_seeds": self.max_seeds,
             "search": self.search,
             "num_samples": self.num_samples,
             "optuna_space": {k: list(v) for k, v in self.optuna_space.items()},
             "epochs": self.epochs,
-            "tolerance": self.tolerance,
+            "margin": float(self.margin),
+            "accuracy": self.accuracy,
             "instruments": dict(self.instruments),
             "target_test_acc": self.target_test_acc,
         }
+
+
+def total_trials(study: Study) -> int:
+    """How many trials the study runs; for adaptive seeds and the frontier, at most."""
+    if study.search == "optuna":
+        return study.num_samples
+    if study.search == "frontier":
+        b0 = study.workload_def.regime.base_batch_size
+        return frontier_budget(study.grid["batch_size"], b0, study.max_seeds)
+    if study.seeds == AUTO:
+        cells = {json.dumps({k: v for k, v in c.to_dict().items() if k != "seed"}, sort_keys=True)
+                 for c in study.trial_configs()}
+        return len(cells) * study.max_seeds
+    return len(study.trial_configs())
+
+
+def check_seed_budget(min_seeds: int, max_seeds: int) -> None:
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
+        raise StudyError(f"--min-seeds {min_seeds!r} is not allowed: use an integer >= 2 "
+                         "(a Welch interval needs 2 seeds on each side)")
+    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < min_seeds:
+        raise StudyError(f"--max-seeds {max_seeds!r} is not allowed: use an integer >= "
+                         f"--min-seeds ({min_seeds})")
+
+
+def frontier_budget(batch_sizes: Iterable[int], base_batch_size: int, max_seeds: int) -> int:
+    """An upper bound on the trials of a frontier search (Tune needs one up front)."""
+    probes = sum(3 + math.ceil(math.log2(max(1, math.ceil(b / base_batch_size))))
+                 for b in batch_sizes)
+    return (1 + probes) * max_seeds
 
 
 def _check_count(flag: str, value: object) -> None:

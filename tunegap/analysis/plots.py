@@ -72,26 +72,37 @@ def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Ax
 # ------------------------------------------------------------------------------ heatmap
 
 
+# What a square of the heatmap reads under its gap, per verdict.
+_VERDICT_MARK = {"closed": "closed", "open": "open", "inconclusive": "?", "baseline": "baseline"}
+
+
 def gap_heatmap(
     cells: pd.DataFrame,
     *,
     rows: str | Sequence[str] = "batch_size",
     cols: str | Sequence[str] = "ghost_batch_size",
+    verdict: str = "verdict",
     title: str | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """The gap map: one square per cell, coloured and annotated with its gap in points.
+    """The gap map: one square per cell, coloured by its gap in points and labelled with the
+    gap and the verdict (`compute_cells`).
 
-    Closed cells carry a ✓ and a bold border; diverged cells are grey, hatched and read
-    "diverged"; cells whose seeds all failed read "error"; the baseline cell also reads
-    "baseline". A ghost size of None shows as "BN". Positions no trial covered stay blank.
-    `rows` and `cols` may name several columns; the other knobs must be constant on each
-    square, else ValueError says which knobs to add or filter on.
+    Each square reads its gap and a word: "closed" (also a bold border), "open", "?" for
+    inconclusive, "baseline"; diverged cells are grey, hatched and read "diverged"; cells
+    whose seeds all failed read "error". `verdict` names the column to show: "verdict" (per
+    cell) or "verdict_holm" (Holm over the map). A ghost size of None shows as "BN".
+    Positions no trial covered stay blank. `title` is the title's first line; the second
+    always says how the verdicts were read. `rows` and `cols` may name several columns; the
+    other knobs must be constant on each square, else ValueError says which knobs to add or
+    filter on.
     """
     row_cols, col_cols = _as_cols(rows), _as_cols(cols)
     for c in row_cols + col_cols:
         if c not in cells.columns:
             raise ValueError(f"cells have no column {c!r} to lay out the heatmap by")
+    if verdict not in cells.columns:
+        raise ValueError(f"cells have no column {verdict!r}: use verdict or verdict_holm")
     if cells.empty:
         raise ValueError("no cells to draw")
     row_keys = knob_keys(cells, row_cols)
@@ -102,13 +113,13 @@ def gap_heatmap(
     ci = {k: j for j, k in enumerate(col_order)}
     gaps = np.full((len(row_order), len(col_order)), np.nan)
     for pos in range(len(cells)):
-        if cells["status"].iloc[pos] in ("closed", "open"):
+        if cells[verdict].iloc[pos] in _VERDICT_MARK:
             gaps[ri[row_keys[pos]], ci[col_keys[pos]]] = cells["gap"].iloc[pos]
 
     fig, ax = _new_axes(ax, (1.3 * len(col_order) + 2.5, 0.8 * len(row_order) + 1.8))
-    tol = float(cells["tolerance"].iloc[0])
+    margin = float(cells["margin"].iloc[0])
     finite = gaps[np.isfinite(gaps)]
-    limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 2 * tol, 1e-6)
+    limit = max(float(np.abs(finite).max()) if finite.size else 0.0, 2 * margin, 1e-6)
     cmap = colormaps["RdBu_r"].with_extremes(bad="white")
     norm = Normalize(vmin=-limit, vmax=limit)
     image = ax.imshow(np.ma.masked_invalid(gaps), cmap=cmap, norm=norm, aspect="auto")
@@ -116,29 +127,27 @@ def gap_heatmap(
 
     for pos in range(len(cells)):
         i, j = ri[row_keys[pos]], ci[col_keys[pos]]
-        status = cells["status"].iloc[pos]
-        baseline = "\nbaseline" if cells["is_baseline"].iloc[pos] else ""
-        if status in ("diverged", "error"):
-            face = "0.75" if status == "diverged" else "0.3"
+        word = str(cells[verdict].iloc[pos])
+        if word not in _VERDICT_MARK:  # diverged or error: no usable seed
+            face = "0.75" if word == "diverged" else "0.3"
             ax.add_patch(
                 Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=face, edgecolor="0.2", hatch="///")
             )
-            color = "black" if status == "diverged" else "white"
             ax.text(
                 j,
                 i,
-                status + baseline,
+                word,
                 ha="center",
                 va="center",
-                color=color,
+                color="black" if word == "diverged" else "white",
                 fontsize=9,
                 fontweight="bold",
                 bbox={"facecolor": face, "edgecolor": "none", "pad": 1},
             )
             continue
         gap = gaps[i, j]
-        closed = status == "closed"
-        text = f"{gap:+.2f}" + (" ✓" if closed else "") + baseline
+        closed = word == "closed"
+        text = f"{gap:+.2f}\n{_VERDICT_MARK[word]}"
         extra = cells["n_diverged"].iloc[pos] + cells["n_error"].iloc[pos]
         if extra:
             text += f"\n({extra} failed)"
@@ -163,12 +172,18 @@ def gap_heatmap(
     ax.set_yticks(range(len(row_order)), [_tick_label(row_cols, k) for k in row_order])
     ax.set_xlabel(_axis_label(col_cols))
     ax.set_ylabel(_axis_label(row_cols))
+    best = "accuracy" in cells.columns and cells["accuracy"].iloc[0] == "best"
     if title is None:
         title = (
-            f"Gap to the small-batch baseline ({cells['baseline_test_acc'].iloc[0]:.2f}%); "
-            f"✓ = closed (≤ {tol:.2f} pts)"
+            f"Gap to the small-batch baseline ({cells['baseline_test_acc'].iloc[0]:.2f}%, "
+            f"{'best-epoch' if best else 'final-epoch'} test accuracy)"
         )
-    ax.set_title(title, fontsize=10)
+    holm = ", Holm over the map" if verdict == "verdict_holm" else ""
+    ax.set_title(
+        f"{title}\nWelch 90% interval of the gap vs margin {margin:.2f} pts{holm}: "
+        "closed ≤ margin, open > margin, ? inconclusive",
+        fontsize=10,
+    )
     return fig
 
 
@@ -355,8 +370,9 @@ def error_vs_batch(
     batch size on a log2 axis, one line per remedy combination.
 
     `hue`: the column(s) whose combination makes a line; by default every knob other than
-    batch_size that takes more than one value. The baseline's error is a dashed line with
-    the tolerance as a band; a diverged or failed cell is an × at the top of the axes.
+    batch_size that takes more than one value. The baseline's error is a dashed line with a
+    band up to the margin above it (the errors that still count as no gap); a diverged or
+    failed cell is an × at the top of the axes.
     """
     if cells.empty:
         raise ValueError("no cells to draw")
@@ -404,9 +420,9 @@ def error_vs_batch(
             )
             marked += 1
     base = 100.0 - float(cells["baseline_test_acc"].iloc[0])
-    tol = float(cells["tolerance"].iloc[0])
+    margin = float(cells["margin"].iloc[0])
     ax.axhline(base, color="0.3", ls="--", lw=1, label="small-batch baseline")
-    ax.axhspan(base - tol, base + tol, color="0.5", alpha=0.15, lw=0)
+    ax.axhspan(base, base + margin, color="0.5", alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     sizes = sorted({int(b) for b in cells["batch_size"]})
     ax.set_xticks(sizes)

@@ -32,8 +32,9 @@ DEFAULT_TABLE_COLUMNS: tuple[str, ...] = (
     "test_acc",
     "test_acc_ci95",
     "gap",
-    "p_value",
-    "status",
+    "gap_ci90",
+    "verdict",
+    "verdict_holm",
 )
 
 _HEADERS = {
@@ -44,15 +45,21 @@ _HEADERS = {
     "base_lr_override": "base lr",
     "epochs_override": "epochs",
     "multiplier": "resolved multiplier",
-    "seeds": "seeds",
+    "seeds": "seeds used",
     "test_acc": "test acc (%)",
     "test_acc_ci95": "95% interval",
     "gap": "gap (pts)",
-    "p_value": "Welch p",
+    "gap_ci90": "gap 90% interval",
+    "verdict": "verdict",
+    "verdict_holm": "verdict (Holm)",
+    "seeds_to_decide": "seeds to decide",
+    "p_value": "p (closed)",
+    "p_value_holm": "Holm p",
     "train_test_gap": "train-test gap (pts)",
     "updates": "updates",
-    "status": "status",
 }
+# Left-aligned (words); every other column is numbers, right-aligned.
+_TEXT_COLUMNS = ("verdict", "verdict_holm")
 
 _SHORT = {
     "batch_size": "B",
@@ -90,14 +97,16 @@ def describe(values: Mapping[str, Any], cols: Sequence[str]) -> str:
 
 
 def baseline_summary(cells: pd.DataFrame) -> str:
-    """One sentence on the baseline and the tolerance, for summaries under the table."""
+    """One sentence on the baseline, the accuracy judged and the margin, for summaries under
+    the table. It states no verdict: those are the table's."""
     row = cells.iloc[0]
     std = row["baseline_test_acc_std"]
     spread = f" ± {std:.2f}" if math.isfinite(std) else ""
+    which = "best-epoch" if row.get("accuracy", "final") == "best" else "final-epoch"
     return (
-        f"Baseline test accuracy {row['baseline_test_acc']:.2f}{spread} % over "
-        f"{row['baseline_n_seeds']} seed(s); a cell is closed when its gap is at most "
-        f"{row['tolerance']:.2f} points ({row['tolerance_rule']})."
+        f"Baseline {which} test accuracy {row['baseline_test_acc']:.2f}{spread} % over "
+        f"{row['baseline_n_seeds']} seed(s); each gap is judged against a margin of "
+        f"{row['margin']:.2f} points declared before the run."
     )
 
 
@@ -106,10 +115,11 @@ def markdown_table(cells: pd.DataFrame, columns: Sequence[str] | None = None) ->
     multiplier.
 
     `columns` picks from: batch_size, ghost_batch_size, lr_exponent, regime_multiplier,
-    base_lr_override, epochs_override, multiplier, seeds ("used/total" when some failed),
-    test_acc (mean ± std), test_acc_ci95, gap, p_value, train_test_gap, updates, status
-    ("baseline" for the baseline cell). Default: DEFAULT_TABLE_COLUMNS plus the overrides
-    the study set.
+    base_lr_override, epochs_override, multiplier, seeds (usable seeds "n_used/n_seeds"),
+    test_acc (mean ± std), test_acc_ci95, gap, gap_ci90 (Welch's 90% interval of the gap),
+    verdict (per cell), verdict_holm (Holm over the map), seeds_to_decide, p_value (of the
+    "closed" test), p_value_holm, train_test_gap, updates. Default: DEFAULT_TABLE_COLUMNS
+    plus the overrides the study set.
     """
     if columns is None:
         columns = list(DEFAULT_TABLE_COLUMNS)
@@ -123,7 +133,7 @@ def markdown_table(cells: pd.DataFrame, columns: Sequence[str] | None = None) ->
     ordered = sort_cells(cells, knobs)
     lines = [
         "| " + " | ".join(_HEADERS[c] for c in columns) + " |",
-        "|" + "|".join("---" if c == "status" else "---:" for c in columns) + "|",
+        "|" + "|".join("---" if c in _TEXT_COLUMNS else "---:" for c in columns) + "|",
     ]
     for _, row in ordered.iterrows():
         lines.append("| " + " | ".join(_cell_text(c, row) for c in columns) + " |")
@@ -132,28 +142,25 @@ def markdown_table(cells: pd.DataFrame, columns: Sequence[str] | None = None) ->
 
 def _cell_text(col: str, row: pd.Series) -> str:
     if col == "seeds":
-        n, used = int(row["n_seeds"]), int(row["n_used"])
-        return str(n) if used == n else f"{used}/{n}"
+        return f"{int(row['n_used'])}/{int(row['n_seeds'])}"
     if col == "test_acc":
         mean, std = row["test_acc_mean"], row["test_acc_std"]
         if not math.isfinite(mean):
             return "—"
         return f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}"
-    if col == "test_acc_ci95":
-        low, high = row.get("test_acc_ci95_low", math.nan), row.get("test_acc_ci95_high", math.nan)
-        return f"[{low:.2f}, {high:.2f}]" if math.isfinite(low) else "—"
-    if col == "p_value":
-        value = row.get("p_value", math.nan)
+    if col in ("test_acc_ci95", "gap_ci90"):
+        stem = "test_acc_ci95" if col == "test_acc_ci95" else "gap_ci90"
+        low, high = row.get(f"{stem}_low", math.nan), row.get(f"{stem}_high", math.nan)
+        sign = "+" if col == "gap_ci90" else ""
+        return f"[{low:{sign}.2f}, {high:{sign}.2f}]" if math.isfinite(low) else "—"
+    if col in ("p_value", "p_value_holm"):
+        value = row.get(col, math.nan)
         return f"{value:.3f}" if math.isfinite(value) and not row["is_baseline"] else "—"
-    if col == "status":
-        if row["is_baseline"]:
-            return "baseline"
-        confident = row.get("closed_confident", False)
-        return (
-            f"{row['status']} (95%)"
-            if row["status"] == "closed" and confident
-            else str(row["status"])
-        )
+    if col == "seeds_to_decide":
+        value = plain_value(row.get(col))
+        return "—" if value is None else str(int(value))
+    if col in ("verdict", "verdict_holm"):
+        return str(row[col])
     if col in ("gap", "train_test_gap"):
         value = row[col]
         return f"{value:+.2f}" if math.isfinite(value) else "—"

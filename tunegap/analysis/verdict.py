@@ -1,15 +1,38 @@
-"""The verdict on each cell of a map: its accuracy over seeds against the small-batch baseline.
+"""The verdict on each cell of a map: a decision at a margin declared before the run.
 
 A *cell* is one setting of the knobs (`tunegap.names.CELL_KNOBS`, plus `base_lr_override` /
-`epochs_override` where a study sets them), over its seeds. `cells, tolerance =
-compute_cells(trials_df)` turns the `trials` table (see `tunegap.analysis.schema`) into one
-row per cell:
+`epochs_override` where a study sets them), over its seeds. The *gap* of a cell is
+`baseline - cell` test accuracy in points (positive = worse than the small batch), each a
+mean over seeds. The *margin* is the largest loss in points that still counts as no gap; it
+is declared before the run (`Study.margin`, `--margin`, default 0.5), never estimated from
+the results (a tolerance such as the baseline's own seed spread is not a valid margin).
 
-- `gap` = baseline test accuracy - the cell's test accuracy, in points (positive = worse than
-  the small batch), each a mean over seeds;
-- `closed` when the gap is within the tolerance (see `compute_cells` for the rule);
-- `status`: "closed", "open", "diverged" (no seed finished and at least one diverged) or
-  "error" (every seed failed with an error).
+`decide_gap(baseline, cell, margin=M)` is the rule (PAPER.md, "Deciding 'closed'"): Welch's
+90% interval of the gap, i.e. two one-sided tests at 5% each,
+
+- **closed** when its upper end <= M (not worse than the baseline by more than M, at 95%);
+- **open** when its lower end > M (worse by more than M, at 95%);
+- **inconclusive** otherwise, or with fewer than 2 usable seeds on a side; then
+  `seeds_to_decide` says how many seeds per side would decide it if the means and spreads
+  stayed as they are.
+
+A point estimate is not a decision, and "p > 0.05" is absence of evidence, not equivalence:
+a cell without enough seeds stays inconclusive.
+
+`cells = compute_cells(trials_df, margin=M, accuracy="final")` turns the `trials` table (see
+`tunegap.analysis.schema`) into one row per cell. Its `verdict` is "baseline" on the
+baseline's row, "diverged" (no usable seed, at least one diverged) or "error" (every seed
+failed with an error) where no seed is usable, and `decide_gap`'s verdict elsewhere.
+`accuracy="best"` judges each trial by its best-epoch test accuracy (`best_test_acc`, as
+the paper's authors report) instead of its final one.
+
+Multiplicity: the headline `verdict` is a per-cell decision: each cell that reads "closed"
+is, on its own, wrong at most 5% of the time. Over a map of many cells some will read
+"closed" by chance. `p_value` is each cell's one-sided Welch p-value of the "closed" test
+(H0: gap >= M), `p_value_holm` its Holm adjustment over every decidable non-baseline cell of
+the map (`holm`), and `verdict_holm` is "closed" only where `p_value_holm` < 0.05 ("closed"
+demoted to "inconclusive" elsewhere, other verdicts unchanged): it controls the family-wise
+error over the whole map, i.e. the chance that *any* "closed" in it is wrong is at most 5%.
 
 The key helpers (`plain_value`, `knob_keys`, `value_order`, `sorted_keys`, `sort_cells`) are
 also how the tables and figures group and order cells, so every view lists them alike.
@@ -18,8 +41,11 @@ also how the tables and figures group and order cells, so every view lists them 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,30 +54,195 @@ import pandas as pd
 from tunegap.names import CELL_KNOBS, COMPLETED, ERROR
 
 __all__ = [
-    "DEFAULT_TOLERANCE",
+    "ACCURACIES",
+    "CONFIDENCE",
+    "DEFAULT_MARGIN",
+    "FAMILY_ALPHA",
+    "MAX_SEEDS_TO_DECIDE",
     "OPTIONAL_KNOBS",
-    "STATUSES",
+    "VERDICTS",
+    "GapDecision",
     "cell_knobs",
+    "closed_p_value",
     "compute_cells",
+    "decide_gap",
+    "holm",
     "knob_keys",
     "plain_value",
     "sort_cells",
     "sorted_keys",
     "value_order",
+    "verdict_counts",
 ]
 
 # Only knobs of a cell when a study sets them on some trial; otherwise always missing.
 OPTIONAL_KNOBS: tuple[str, ...] = ("base_lr_override", "epochs_override")
-DEFAULT_TOLERANCE = 0.5
-STATUSES: tuple[str, ...] = ("closed", "open", "diverged", "error")
+DEFAULT_MARGIN = 0.5
+CONFIDENCE = 0.90  # two one-sided tests at 5% each
+FAMILY_ALPHA = 0.05  # the level of verdict_holm's family-wise error
+MAX_SEEDS_TO_DECIDE = 1000
+# Trials-table column each accuracy mode judges a trial by.
+ACCURACIES: dict[str, str] = {"final": "test_acc", "best": "best_test_acc"}
+# Every value of compute_cells' `verdict` column.
+VERDICTS: tuple[str, ...] = ("baseline", "closed", "open", "inconclusive", "diverged", "error")
 
-_INTERVAL_COLUMNS = (
-    "test_acc_ci95_low",
-    "test_acc_ci95_high",
-    "gap_ci95_low",
-    "gap_ci95_high",
-    "p_value",
-)
+
+@dataclass(frozen=True)
+class GapDecision:
+    """`decide_gap`'s answer for one cell against the baseline."""
+
+    verdict: str  # "closed" | "open" | "inconclusive"
+    gap: float  # mean(baseline) - mean(cell), points; NaN if a side is empty
+    low: float  # lower end of Welch's 90% interval of the gap (NaN if undecidable)
+    high: float  # upper end
+    limiting_side: str | None  # "baseline" or "cell": the side whose variance/n is larger
+    seeds_to_decide: int | None  # inconclusive only: seeds per side that would decide it
+
+
+def decide_gap(
+    baseline: Sequence[float], cell: Sequence[float], *, margin: float, confidence: float = 0.90
+) -> GapDecision:
+    """Decide whether `cell` closes the gap to `baseline` at `margin` points.
+
+    `baseline` and `cell` are the seeds' test accuracies (points); non-finite values are
+    dropped. gap = mean(baseline) - mean(cell); [low, high] is Welch's `confidence` interval
+    of it (unequal variances, Welch–Satterthwaite degrees of freedom; at the default 0.90 it
+    is two one-sided tests at 5% each). Verdict: "closed" if high <= margin, "open" if
+    low > margin, else "inconclusive"; also "inconclusive" (low = high = NaN,
+    limiting_side = seeds_to_decide = None) with fewer than 2 usable values on a side, where
+    there is no spread to build an interval from.
+
+    When neither side has any spread the interval is the point gap itself (degenerate but
+    exact). `limiting_side` is the side whose variance / n is larger (ties: "cell"), i.e.
+    where more seeds narrow the interval most. `seeds_to_decide`, for an inconclusive
+    verdict with 2+ values a side: the smallest n in (max of the current counts, 1000] such
+    that n seeds on each side with the current means and sample standard deviations would
+    decide it; None when no such n exists (e.g. gap == margin) or the verdict is decided.
+
+    Raises ValueError for a margin that is not a finite number >= 0 or a confidence outside
+    (0, 1).
+    """
+    margin = _check_margin(margin)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence {confidence!r} is not allowed: use 0 < confidence < 1")
+    base = _finite(baseline)
+    other = _finite(cell)
+    gap = float(base.mean() - other.mean()) if len(base) and len(other) else math.nan
+    if len(base) < 2 or len(other) < 2:
+        return GapDecision("inconclusive", gap, math.nan, math.nan, None, None)
+    var_b, var_c = float(base.var(ddof=1)), float(other.var(ddof=1))
+    limiting = "baseline" if var_b / len(base) > var_c / len(other) else "cell"
+    low, high = _welch_interval(base, other, confidence)
+    verdict = _verdict(low, high, margin)
+    seeds = None
+    if verdict == "inconclusive":
+        seeds = _seeds_to_decide(gap, var_b, var_c, max(len(base), len(other)), margin,
+                                 confidence)
+    return GapDecision(verdict, gap, low, high, limiting, seeds)
+
+
+def closed_p_value(baseline: Sequence[float], cell: Sequence[float], *, margin: float) -> float:
+    """One-sided Welch p-value of the "closed" test, H0: gap >= margin against H1: gap <
+    margin (gap = mean(baseline) - mean(cell)); NaN with fewer than 2 finite values a side.
+    Without spread on either side the gap is exact: 0 when gap <= margin, else 1 (matching
+    `decide_gap`'s degenerate interval)."""
+    margin = _check_margin(margin)
+    base, other = _finite(baseline), _finite(cell)
+    if len(base) < 2 or len(other) < 2:
+        return math.nan
+    if np.ptp(base) == 0 and np.ptp(other) == 0:
+        return 0.0 if float(base.mean() - other.mean()) <= margin else 1.0
+    from scipy import stats
+
+    with _quiet_precision():
+        test = stats.ttest_ind(base - margin, other, equal_var=False, alternative="less")
+    return float(test.pvalue)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of `p_values` (family-wise error control).
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value of
+    p_(i) is max over j <= i of min(1, (m - j + 1) * p_(j)); NaN entries stay NaN and are not
+    counted in m. Rejecting where the adjusted value is < alpha controls the chance of any
+    false rejection at alpha.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    index = np.flatnonzero(np.isfinite(p))
+    m = len(index)
+    running = 0.0
+    for rank, pos in enumerate(index[np.argsort(p[index], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * float(p[pos])))
+        out[pos] = running
+    return out
+
+
+def _check_margin(margin: object) -> float:
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not (
+        math.isfinite(margin) and margin >= 0
+    ):
+        raise ValueError(f"margin {margin!r} is not allowed: use a finite number of points >= 0")
+    return float(margin)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"),
+                       dtype=float)
+    return array[np.isfinite(array)]
+
+
+def _verdict(low: float, high: float, margin: float) -> str:
+    if high <= margin:
+        return "closed"
+    if low > margin:
+        return "open"
+    return "inconclusive"
+
+
+@contextmanager
+def _quiet_precision() -> Iterator[None]:
+    """Seeds that agree exactly on one side (accuracies are multiples of 100 / test-set
+    size) make scipy warn of precision loss; that variance is 0 up to rounding and the test
+    stays sound, so the warning would only alarm."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        yield
+
+
+def _welch_interval(base: np.ndarray, other: np.ndarray, confidence: float) -> tuple[float, float]:
+    gap = float(base.mean() - other.mean())
+    if np.ptp(base) == 0 and np.ptp(other) == 0:
+        # No spread on either side: Welch's t is undefined (scipy gives NaN), but the gap is
+        # then known exactly.
+        return gap, gap
+    # Imported here: scipy.stats takes most of a second to import, and every study CLI
+    # imports this module at start-up while only the end of a study runs the test.
+    from scipy import stats
+
+    with _quiet_precision():
+        test = stats.ttest_ind(base, other, equal_var=False)
+        interval = test.confidence_interval(confidence)
+    return float(interval.low), float(interval.high)
+
+
+def _seeds_to_decide(
+    gap: float, var_b: float, var_c: float, n_now: int, margin: float, confidence: float
+) -> int | None:
+    """The smallest n in (n_now, MAX_SEEDS_TO_DECIDE] whose Welch interval with n seeds a
+    side, these means and these sample variances, decides; None if none does."""
+    if n_now >= MAX_SEEDS_TO_DECIDE or var_b + var_c == 0:
+        return None
+    from scipy import stats
+
+    n = np.arange(n_now + 1, MAX_SEEDS_TO_DECIDE + 1, dtype=float)
+    se2 = (var_b + var_c) / n
+    # Welch–Satterthwaite with n seeds on both sides: (vb + vc)^2 (n - 1) / (vb^2 + vc^2).
+    df = (var_b + var_c) ** 2 * (n - 1) / (var_b**2 + var_c**2)
+    half = stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(se2)
+    decided = (gap + half <= margin) | (gap - half > margin)
+    hits = np.flatnonzero(decided)
+    return int(n[hits[0]]) if hits.size else None
 
 
 def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
@@ -66,43 +257,41 @@ def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
 
 
 def compute_cells(
-    trials_df: pd.DataFrame, *, tolerance: float | None = None
-) -> tuple[pd.DataFrame, float]:
-    """`(cells, tolerance)`: one row per cell (knob setting) of `trials_df` with its gap to
-    the baseline, and the tolerance in points that decided `closed`.
+    trials_df: pd.DataFrame, *, margin: float = DEFAULT_MARGIN, accuracy: str = "final"
+) -> pd.DataFrame:
+    """One row per cell (knob setting) of `trials_df`: its gap to the baseline and the
+    verdict at `margin` points (see the module docstring and `decide_gap`).
 
-    Baseline: the trials with `is_baseline` True, whatever their knobs; its accuracy is the
-    mean test accuracy over its completed seeds.
-
-    A seed counts towards a cell's accuracy when its outcome is "completed" and its final
-    test accuracy is finite (`n_used`). Outcome "diverged", or a completed trial with a
+    Baseline: the trials with `is_baseline` True, whatever their knobs. `accuracy` picks the
+    accuracy each trial is judged by: "final" (`test_acc`, the last epoch's) or "best"
+    (`best_test_acc`, the best epoch's). A seed is usable when its outcome is "completed"
+    and that accuracy is finite (`n_used`). Outcome "diverged", or a completed trial with a
     non-finite accuracy, counts in `n_diverged`; "error" in `n_error`. A cell with some
     usable seeds is judged on those alone and still reports its `n_diverged` and `n_error`.
 
-    Tolerance rule (points): `closed` = `gap <= tolerance`, where tolerance is
-    - `tolerance` when given;
-    - else the sample standard deviation (ddof=1) of the baseline's test accuracy over its
-      seeds when it has at least 2 usable seeds ("inside the baseline's seed spread");
-    - else 0.5 points (DEFAULT_TOLERANCE).
-    A cell better than the baseline (negative gap) is closed. With 2+ seeds on both sides
-    the cell also gets Welch's test against the baseline (`p_value`, `gap_ci95_low/high`)
-    and `closed_confident` = the upper end of the gap's 95% Welch interval is within the
-    tolerance (see `_seed_statistics`); `test_acc_ci95_low/high` is the cell's own 95%
-    interval over seeds.
-
-    Columns: workload, the knobs (`cell_knobs`), multiplier (resolved), is_baseline
-    (any seed of the cell is a baseline trial), n_seeds, n_used, n_diverged, n_error,
-    test_acc_mean, test_acc_std (NaN for one seed), gap, train_test_gap (mean), updates
-    (mean over used seeds, else over all), closed, the interval columns, closed_confident,
-    status, and the same on every row: tolerance, tolerance_rule, baseline_test_acc,
-    baseline_test_acc_std, baseline_n_seeds. Rows are sorted baseline first, then by the
-    knobs. The same baseline numbers are also in `cells.attrs`.
+    Columns, in order: workload, the knobs (`cell_knobs`), multiplier (resolved),
+    is_baseline (any seed of the cell is a baseline trial), n_seeds, n_used, n_diverged,
+    n_error, test_acc_mean, test_acc_std (NaN for one seed), test_acc_ci95_low/high (the
+    cell's Student-t 95% interval over seeds, clipped to [0, 100]; NaN for one seed), gap,
+    gap_ci90_low/high (Welch's 90% interval of the gap; NaN on the baseline row and with
+    fewer than 2 usable seeds a side), margin, verdict, limiting_side, seeds_to_decide
+    (nullable integer), p_value (one-sided Welch p of H0: gap >= margin), p_value_holm,
+    verdict_holm, train_test_gap (mean), updates (mean over used seeds, else over all),
+    accuracy ("final" or "best"), baseline_test_acc, baseline_test_acc_std,
+    baseline_n_seeds. "test_acc_*" are of the accuracy chosen. Rows are sorted baseline
+    first, then by the knobs. `cells.attrs` holds margin, accuracy, confidence, holm_cells
+    (the size of the Holm family) and the baseline's numbers.
 
     Raises ValueError when there is no baseline trial, when no baseline seed completed with
-    a finite accuracy, when the table mixes workloads, or for a negative tolerance.
+    a finite accuracy, when the table mixes workloads, for a margin that is not a finite
+    number >= 0, or for an unknown accuracy.
     """
+    if accuracy not in ACCURACIES:
+        raise ValueError(f"accuracy {accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}")
+    margin = _check_margin(margin)
+    acc_col = ACCURACIES[accuracy]
     knobs = cell_knobs(trials_df)
-    for col in ("is_baseline", "outcome", "test_acc"):
+    for col in ("is_baseline", "outcome", acc_col):
         if col not in trials_df.columns:
             raise ValueError(f"the trials table has no column {col!r}")
     # Tune lists trials in the order they happened to start, which varies from run to run;
@@ -111,8 +300,6 @@ def compute_cells(
         trials_df = trials_df.sort_values("seed", kind="stable")
     # Positional and label lookups below must agree, whatever index a filtered table has.
     trials_df = trials_df.reset_index(drop=True)
-    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance {tolerance!r} is not allowed: use a finite number >= 0")
     if "workload" in trials_df.columns and trials_df["workload"].nunique() > 1:
         names = ", ".join(sorted(map(str, trials_df["workload"].unique())))
         raise ValueError(
@@ -126,20 +313,14 @@ def compute_cells(
             "no baseline: no trial has is_baseline=True, so there is nothing to measure the "
             "gap against; mark the small-batch trials of the study as the baseline"
         )
-    base_acc = _usable_acc(trials_df[is_base])
+    base_acc = _usable_acc(trials_df[is_base], acc_col)
     if base_acc.empty:
         raise ValueError(
             f"the baseline has {int(is_base.sum())} trial(s) but none completed with a finite "
-            "test accuracy, so the gap cannot be measured"
+            f"{acc_col}, so the gap cannot be measured"
         )
     base_mean = float(base_acc.mean())
     base_std = float(base_acc.std(ddof=1)) if len(base_acc) >= 2 else math.nan
-    if tolerance is not None:
-        tol, rule = float(tolerance), "given"
-    elif len(base_acc) >= 2:
-        tol, rule = base_std, f"baseline seed std over {len(base_acc)} seeds"
-    else:
-        tol, rule = DEFAULT_TOLERANCE, "default (baseline has fewer than 2 seeds)"
 
     groups: dict[tuple[Any, ...], list[int]] = {}
     for pos, key in enumerate(knob_keys(trials_df, knobs)):
@@ -148,101 +329,110 @@ def compute_cells(
     rows = []
     for key, positions in groups.items():
         trials = trials_df.iloc[positions]
-        acc = _usable_acc(trials)
+        acc = _usable_acc(trials, acc_col)
         used = trials.loc[acc.index]
         n_error = int((trials["outcome"] == ERROR).sum())
         n_diverged = len(trials) - len(acc) - n_error
-        if len(acc):
-            mean = float(acc.mean())
-            gap = base_mean - mean
-            status = "closed" if gap <= tol else "open"
+        baseline_row = bool(is_base.iloc[positions].any())
+        decision = GapDecision("inconclusive", math.nan, math.nan, math.nan, None, None)
+        p_value = math.nan
+        if baseline_row:
+            verdict = "baseline"
+            gap = base_mean - float(acc.mean()) if len(acc) else math.nan
+        elif len(acc):
+            decision = decide_gap(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
+            verdict, gap = decision.verdict, decision.gap
+            p_value = closed_p_value(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
         else:
-            mean = gap = math.nan
-            status = "diverged" if n_diverged else "error"
+            verdict, gap = ("diverged" if n_diverged else "error"), math.nan
         updates_from = used if len(used) else trials
         rows.append(
             {
                 "workload": trials["workload"].iloc[0] if "workload" in trials else None,
                 **dict(zip(knobs, key, strict=True)),
                 "multiplier": _mean(trials, "multiplier"),
-                "is_baseline": bool(is_base.iloc[positions].any()),
+                "is_baseline": baseline_row,
                 "n_seeds": len(trials),
                 "n_used": len(acc),
                 "n_diverged": n_diverged,
                 "n_error": n_error,
-                "test_acc_mean": mean,
+                "test_acc_mean": float(acc.mean()) if len(acc) else math.nan,
                 "test_acc_std": float(acc.std(ddof=1)) if len(acc) >= 2 else math.nan,
+                **_accuracy_interval(acc),
                 "gap": gap,
+                "gap_ci90_low": decision.low,
+                "gap_ci90_high": decision.high,
+                "margin": margin,
+                "verdict": verdict,
+                "limiting_side": decision.limiting_side,
+                "seeds_to_decide": decision.seeds_to_decide,
+                "p_value": p_value,
                 "train_test_gap": _mean(used, "train_test_gap"),
                 "updates": _mean(updates_from, "updates"),
-                "closed": status == "closed",
-                **_seed_statistics(acc, base_acc, tol),
-                "status": status,
-                "tolerance": tol,
-                "tolerance_rule": rule,
+                "accuracy": accuracy,
                 "baseline_test_acc": base_mean,
                 "baseline_test_acc_std": base_std,
                 "baseline_n_seeds": len(base_acc),
             }
         )
     cells = pd.DataFrame(rows)
+    cells.insert(cells.columns.get_loc("p_value") + 1, "p_value_holm", holm(cells["p_value"]))
+    cells.insert(
+        cells.columns.get_loc("p_value_holm") + 1,
+        "verdict_holm",
+        [
+            _holm_verdict(v, p)
+            for v, p in zip(cells["verdict"], cells["p_value_holm"], strict=True)
+        ],
+    )
     # Nullable integers, as in the trials table, so a missing ghost size ("BN") stays <NA>.
-    for col in ("ghost_batch_size", "epochs_override"):
+    for col in ("ghost_batch_size", "epochs_override", "seeds_to_decide"):
         if col in cells:
             cells[col] = cells[col].astype("Int64")
     cells = sort_cells(cells, knobs)
     cells.attrs.update(
-        tolerance=tol,
-        tolerance_rule=rule,
+        margin=margin,
+        accuracy=accuracy,
+        confidence=CONFIDENCE,
+        holm_cells=int(cells["p_value"].notna().sum()),
         baseline_test_acc=base_mean,
         baseline_test_acc_std=base_std,
         baseline_n_seeds=len(base_acc),
     )
-    return cells, tol
+    return cells
 
 
-def _seed_statistics(acc: pd.Series, base_acc: pd.Series, tol: float) -> dict[str, Any]:
-    """95% intervals over seeds and Welch's test of the cell against the baseline.
+def verdict_counts(cells: pd.DataFrame, column: str = "verdict") -> dict[str, int]:
+    """How many non-baseline cells of `cells` have each verdict in `column` ("verdict" or
+    "verdict_holm"): {"closed": n, "open": n, "inconclusive": n, "diverged": n, "error": n},
+    zeros included."""
+    values = cells.loc[~cells["is_baseline"].astype(bool), column].tolist()
+    return {v: values.count(v) for v in VERDICTS if v != "baseline"}
 
-    `test_acc_ci95_*`: Student-t interval of the cell's mean accuracy (2+ seeds).
-    `gap_ci95_*`: Welch interval of baseline mean - cell mean (2+ seeds on both sides),
-    `p_value`: Welch's two-sided test of equal means. `closed_confident`: the whole gap
-    interval lies at or below the tolerance, i.e. the gap is closed at 95% confidence.
-    """
-    # Imported here: scipy.stats takes most of a second to import, and every study CLI
-    # imports this module at start-up while only the end of a study runs the test.
-    from scipy import stats
 
-    out: dict[str, Any] = dict.fromkeys(_INTERVAL_COLUMNS, math.nan)
-    out["closed_confident"] = False
-    n, m = len(acc), len(base_acc)
+def _holm_verdict(verdict: str, p_holm: float) -> str:
+    if verdict != "closed":
+        return verdict
+    return "closed" if math.isfinite(p_holm) and p_holm < FAMILY_ALPHA else "inconclusive"
+
+
+def _accuracy_interval(acc: pd.Series) -> dict[str, float]:
+    """Student-t 95% interval of the cell's mean accuracy over its seeds (2+), clipped to
+    [0, 100]: an accuracy cannot leave that range, whatever a t interval says."""
+    out = {"test_acc_ci95_low": math.nan, "test_acc_ci95_high": math.nan}
+    n = len(acc)
     if n >= 2:
+        from scipy import stats
+
         mean = float(acc.mean())
-        half = float(stats.t.ppf(0.975, n - 1)) * float(stats.sem(acc.to_numpy()))
-        out["test_acc_ci95_low"], out["test_acc_ci95_high"] = mean - half, mean + half
-    if n >= 2 and m >= 2:
-        diff = float(base_acc.mean()) - float(acc.mean())
-        if acc.nunique() == 1 and base_acc.nunique() == 1:
-            # No spread on either side: Welch's t is undefined (scipy gives inf or NaN),
-            # but the gap is then known exactly.
-            out["gap_ci95_low"] = out["gap_ci95_high"] = diff
-            out["p_value"] = 1.0 if diff == 0 else 0.0
-        else:
-            with warnings.catch_warnings():
-                # Seeds that agree exactly on one side (accuracies are multiples of
-                # 100 / test-set size) make scipy warn of precision loss; that variance is
-                # 0 up to rounding and the test stays sound, so the warning would only alarm.
-                warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
-                welch = stats.ttest_ind(base_acc.to_numpy(), acc.to_numpy(), equal_var=False)
-                interval = welch.confidence_interval(0.95)
-            out["gap_ci95_low"], out["gap_ci95_high"] = float(interval.low), float(interval.high)
-            out["p_value"] = float(welch.pvalue)
-        out["closed_confident"] = bool(out["gap_ci95_high"] <= tol)
+        half = float(stats.t.ppf(0.975, n - 1)) * float(acc.std(ddof=1)) / math.sqrt(n)
+        out["test_acc_ci95_low"] = min(max(mean - half, 0.0), 100.0)
+        out["test_acc_ci95_high"] = min(max(mean + half, 0.0), 100.0)
     return out
 
 
-def _usable_acc(trials: pd.DataFrame) -> pd.Series:
-    acc = pd.to_numeric(trials["test_acc"], errors="coerce").astype(float)
+def _usable_acc(trials: pd.DataFrame, col: str) -> pd.Series:
+    acc = pd.to_numeric(trials[col], errors="coerce").astype(float)
     ok = (trials["outcome"] == COMPLETED).to_numpy() & np.isfinite(acc.to_numpy())
     return acc[ok]
 

@@ -13,8 +13,9 @@ from tunegap.names import COMPLETED, DIVERGED, ERROR
 class ProgressPrinter(tune.Callback):
     """One line per finished trial: done / total and the key metrics, not Ray's table."""
 
-    def __init__(self, total: int, *, quiet: bool = False) -> None:
-        self.total = total
+    def __init__(self, total: int, *, quiet: bool = False, at_most: bool = False) -> None:
+        # An adaptive search stops when its verdicts are decided: the total is a bound.
+        self.total = f"<={total}" if at_most else str(total)
         self.quiet = quiet
         self.started = time.perf_counter()
         self.done: int | None = None

@@ -29,7 +29,7 @@ from tunegap.runner.progress import ProgressPrinter
 from tunegap.runner.records import JOURNAL_FILE, EpochJournal, collect_records
 from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
-from tunegap.study import RunOptions, Study, StudyError
+from tunegap.study import AUTO, RunOptions, Study, StudyError, total_trials
 
 STATE_FILE = "tunegap_study.json"
 
@@ -73,9 +73,6 @@ def check_storage(root: Path) -> None:
             f"--storage-path {root.parent} is not writable ({err.strerror}): "
             "choose a folder you can write to"
         ) from None
-
-def total_trials(study: Study) -> int:
-    return study.num_samples if study.search == "optuna" else len(study.trial_configs())
 
 def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     """Run (or with `options.resume`, continue) a study; everything is checked first.
@@ -149,7 +146,8 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     callbacks = [
         MlflowTrackingCallback(tracker),
         EpochJournal(run_dir / JOURNAL_FILE),
-        ProgressPrinter(total_trials(study), quiet=options.quiet),
+        ProgressPrinter(total_trials(study), quiet=options.quiet,
+                        at_most=study.seeds == AUTO or study.search == "frontier"),
     ]
     status = "FAILED"
     try:
@@ -184,7 +182,7 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
                               target_test_acc=study.target_test_acc)
     trials_df, epochs_df = tables.build_tables(records, study=study.name)
     files = list(tables.write_tables(trials_df, epochs_df, run_dir).values())
-    cells, tolerance = verdict.compute_cells(trials_df, tolerance=study.tolerance)
+    cells = verdict.compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy)
     table = report.markdown_table(cells)
     try:
         figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
@@ -196,21 +194,21 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     counts = trials_df["outcome"].value_counts().to_dict()
     if study.report is not None:
         table = table + "\n\n" + study.report(cells, trials_df, epochs_df)
-    summary = render_summary(study, table, tolerance, counts, wall_seconds, train_seconds,
+    summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
                              baseline_sentence=report.baseline_summary(cells))
-    summary_path = run_dir / "summary.md"
-    summary_path.write_text(summary)
-    files.append(summary_path)
-    cells_path = run_dir / "cells.csv"
-    cells.to_csv(cells_path, index=False)
-    files.append(cells_path)
+    files.append(write_text_atomically(run_dir / "summary.md", summary))
+    own_tables = study.tables(cells, trials_df, epochs_df) if study.tables else {}
+    for name, frame in {"cells.csv": cells, **own_tables}.items():
+        files.append(write_text_atomically(run_dir / name, frame.to_csv(index=False)))
     tracker.log_parent_artifacts(files)
     tracker.log_parent_metrics({
         "wall_seconds": wall_seconds,
         "train_seconds": train_seconds,
         **{f"trials_{outcome}": counts.get(outcome, 0) for outcome in OUTCOMES},
-        "tolerance": tolerance,
+        "margin": float(study.margin),
+        **{f"cells_{v}": n for v, n in verdict.verdict_counts(cells).items()
+           if v in ("closed", "open", "inconclusive")},
     })
     print(table, flush=True)
     print(f"\n{study.name}: {len(trials_df)} trials, {dict(counts)}; "
@@ -218,17 +216,28 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     return StudyOutcome(run_dir=run_dir, parent_run_id=tracker.parent_run_id, trials=trials_df,
                         epochs=epochs_df, cells=cells, table=table, files=files)
 
-def render_summary(study: Study, table: str, tolerance: float, counts: dict[str, int],
+def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
                    baseline_sentence: str) -> str:
+    from tunegap.analysis.verdict import verdict_counts
+
+    margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
+    which = "best-epoch" if study.accuracy == "best" else "final-epoch"
+    decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
+    per_cell = verdict_counts(cells)
+    holm = verdict_counts(cells, "verdict_holm")
     lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
     if study.question:
         lines += [study.question, ""]
     lines += [
         f"- trials: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
         f"- seeds: {study.seeds}; search: {study.search}",
-        f"- gap = baseline test accuracy (mean over seeds) - cell's; closed when gap <= "
-        f"{tolerance:.2f} points",
+        f"- verdict per cell: Welch 90% interval of gap = baseline - cell against the margin "
+        f"{margin:g} points declared before the run: closed if its upper end <= {margin:g}, "
+        f"open if its lower end > {margin:g}, else inconclusive; {which} test accuracy; "
+        f"Holm over {int(decidable.sum())} cells in verdict_holm",
+        "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
+        + f" (verdict_holm: closed {holm['closed']}, inconclusive {holm['inconclusive']})",
         f"- wall time {wall_seconds:.0f} s; sum of trial training time {train_seconds:.0f} s",
         "",
         table,

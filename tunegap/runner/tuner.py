@@ -10,7 +10,8 @@ from ray import tune
 
 from tunegap.config import TrialConfig
 from tunegap.runner import trainable
-from tunegap.study import RunOptions, Study
+from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
+from tunegap.study import AUTO, RunOptions, Study, is_baseline, total_trials
 
 
 def optuna_search(study: Study) -> tuple[Any, dict[str, Any]]:
@@ -54,6 +55,23 @@ def trainable_with_resources(study: Study, options: RunOptions) -> Any:
     carrying = trainable.with_workload(trainable.GapTrainable, study.workload)
     return tune.with_resources(carrying, resources)
 
+def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
+    """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`)."""
+    baseline = next(c for c in configs if c.seed == 0 and is_baseline(c.to_dict())).to_dict()
+    if study.search == "frontier":
+        first = next(c for c in configs if not is_baseline(c.to_dict())).to_dict()
+        template = {**first, "ghost_batch_size": study.grid.get("ghost_batch_size", (None,))[0]}
+        return FrontierSearch(
+            study.grid["batch_size"], study.workload_def.regime.base_batch_size, template,
+            baseline, margin=study.margin, min_seeds=study.min_seeds,
+            max_seeds=study.max_seeds, accuracy=study.accuracy,
+        )
+    return SeedsUntilDecided(
+        [c.to_dict() for c in sort_longest_first(configs)], baseline,
+        margin=study.margin, max_seeds=study.max_seeds, accuracy=study.accuracy,
+    )
+
+
 def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: list) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -67,6 +85,10 @@ def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: lis
         searcher, space = optuna_search(study)
         param_space = {**defaults, **space}
         num_samples = study.num_samples
+    elif study.search == "frontier" or study.seeds == AUTO:
+        searcher = adaptive_search(study, configs)
+        param_space = dict.fromkeys(defaults)
+        num_samples = total_trials(study)
     else:
         points = [c.to_dict() for c in sort_longest_first(configs)]
         searcher = BasicVariantGenerator(points_to_evaluate=points)

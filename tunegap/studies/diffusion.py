@@ -4,11 +4,17 @@
 
 For several batch sizes, with and without sqrt LR scaling: ||w_t - w_0|| against the number of
 updates on a log axis. The paper finds straight lines (distance ~ log t) whose slopes come
-together once the learning rate is scaled; the fitted slope per trial is in the legend and in
-the table.
+together once the learning rate is scaled; the fitted slopes are in the legend and in the
+table. The small-batch baseline (B0) is one line and one row, the reference of every
+exponent: at B0 every exponent gives the same learning rate.
 """
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
 
 from tunegap.analysis import plots
 from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
@@ -21,24 +27,70 @@ QUESTION = (
 
 
 def figures(cells, trials, epochs) -> dict:
+    # The baseline is one line whatever exponent its trials carry (the same lr at B0).
+    base = trials["is_baseline"].fillna(False).astype(bool)
+    trials = trials.assign(lr_exponent=trials["lr_exponent"].where(~base, 0.0))
     return {"diffusion": plots.diffusion_plot(epochs, trials)}
 
 
-def report(cells, trials, epochs) -> str:
-    """The fitted diffusion slope per batch size, without and with LR scaling."""
+def slope_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The fitted diffusion slope per cell, the small batch once.
+
+    The baseline (B=B0) is one row, the shared reference of every lr exponent: at B0 every
+    exponent gives the same learning rate, so its trials are grouped by seed, never counted
+    once per exponent, and its lr exponent is the one it was run with (0 once
+    `Study.trial_configs` runs B0 once). Other rows are (batch size, lr exponent). `seeds` is
+    the number of distinct seeds of the row with a completed trial and a finite fit; `slope`
+    and `r2` are means over those seeds (a seed run twice, identically, counts once, as the
+    mean of its runs).
+    """
     done = trials[trials["outcome"] == "completed"]
-    table = done.groupby(["batch_size", "lr_exponent"])[["diffusion_slope", "diffusion_r2"]].mean()
+    fitted = done[np.isfinite(pd.to_numeric(done["diffusion_slope"], errors="coerce")
+                              .astype(float))]
+    base = trials["is_baseline"].fillna(False).astype(bool)
+    rows = []
+    groups = [(True, trials[base])] + [
+        (False, g) for _, g in trials[~base].groupby(["batch_size", "lr_exponent"], sort=True)
+    ]
+    for is_base, group in groups:
+        if group.empty:
+            continue
+        ok = fitted[fitted["trial_id"].isin(group["trial_id"])]
+        per_seed = ok.groupby("seed")[["diffusion_slope", "diffusion_r2"]].mean()
+        exponents = sorted(set(group["lr_exponent"].astype(float)))
+        rows.append({
+            "batch_size": int(group["batch_size"].iloc[0]),
+            "lr_exponent": ", ".join(f"{a:g}" for a in exponents),
+            "is_baseline": is_base,
+            "seeds": len(per_seed),
+            "seeds_run": int(group["seed"].nunique()),
+            "slope": float(per_seed["diffusion_slope"].mean()) if len(per_seed) else math.nan,
+            "r2": float(per_seed["diffusion_r2"].mean()) if len(per_seed) else math.nan,
+        })
+    return pd.DataFrame(rows, columns=["batch_size", "lr_exponent", "is_baseline", "seeds",
+                                       "seeds_run", "slope", "r2"])
+
+
+def report(cells, trials, epochs) -> str:
+    """The fitted diffusion slope per batch size and lr exponent; the baseline once."""
     lines = [
         "Slope of ||w_t - w_0|| against ln(updates) over the high-learning-rate phase "
-        "(mean over seeds; R² of the fit):",
+        "(mean over the row's seeds; R² of the fit). The baseline (B=B0) is one row, the "
+        "reference of every lr exponent (at B0 every exponent gives the same learning rate); "
+        "seeds: the distinct seeds with a fit, of those run.",
         "",
-        "| batch | lr exponent | slope | R² |",
-        "|---:|---:|---:|---:|",
+        "| batch | lr exponent | seeds | slope | R² |",
+        "|---:|---:|---:|---:|---:|",
     ]
-    for (batch, alpha), row in table.iterrows():
-        lines.append(f"| {batch} | {alpha:g} | {row['diffusion_slope']:.3f} | "
-                     f"{row['diffusion_r2']:.3f} |")
+    for r in slope_table(trials).itertuples():
+        batch = f"{r.batch_size} (baseline)" if r.is_baseline else str(r.batch_size)
+        lines.append(f"| {batch} | {r.lr_exponent} | {r.seeds}/{r.seeds_run} | "
+                     f"{_number(r.slope, '.3f')} | {_number(r.r2, '.3f')} |")
     return "\n".join(lines)
+
+
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "—"
 
 
 def parser():

@@ -15,6 +15,6 @@ from tunegap.workloads.catalog import (
     register_workload,
     workload_registrations,
 )
-from tunegap.workloads.workload import Workload
+from tunegap.workloads.workload import PaperNumbers, Workload
 
-__all__ = ["WORKLOADS", "Workload", "get_workload", "register_workload", "workload_registrations"]
+__all__ = ["WORKLOADS", "PaperNumbers", "Workload", "get_workload", "register_workload", "workload_registrations"]

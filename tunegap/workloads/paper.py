@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tunegap.regime import Regime
 from tunegap.workloads.catalog import register_workload
-from tunegap.workloads.workload import Workload
+from tunegap.workloads.workload import PaperNumbers, Workload
 
 _BIGBATCH = "github.com/eladhoffer/bigBatch"
 _CODE_COMMON = (
@@ -23,9 +23,32 @@ _CODE_COMMON = (
 )
 _CIFAR_AUGMENT = "augment crop_flip (preprocess.py pad_random_crop: pad 32->40, crop 32, flip)"
 
+_POSTER = (
+    "Hoffer, Hubara & Soudry, NeurIPS 2017 poster (train_longer_poster_nips2017.pdf in "
+    "github.com/eladhoffer/eladhoffer.github.io), Table 1, test accuracy (%); the poster "
+    "gives no batch or ghost sizes for these rows, the paper's text says large batch 4096, "
+    "ghost batches of 128"
+)
+
+
+def paper_row(
+    sb: float, lb: float, lr: float, gbn: float, ra: float, *, note: str = ""
+) -> PaperNumbers:
+    """The paper's Table 1 row SB, LB, +LR, +GBN, +RA (see ../shared/PAPER.md)."""
+    values = dict(zip(("SB", "LB", "+LR", "+GBN", "+RA"), (sb, lb, lr, gbn, ra), strict=True))
+    return PaperNumbers(accuracy=values, source=_POSTER + (f"; {note}" if note else ""))
+
 
 def cifar_workload(
-    name: str, model: str, dataset: str, regime: Regime, *, cpus: float, gpus: float, source: str
+    name: str,
+    model: str,
+    dataset: str,
+    regime: Regime,
+    *,
+    cpus: float,
+    gpus: float,
+    source: str,
+    paper: PaperNumbers | None,
 ) -> Workload:
     """A CIFAR network of Table 1: the code's crop-and-flip augmentation, large batch 4096."""
     return register_workload(
@@ -39,6 +62,7 @@ def cifar_workload(
             cpus_per_trial=cpus,
             gpus_per_trial=gpus,
             source=source,
+            paper_table1=paper,
         )
     )
 
@@ -46,6 +70,7 @@ def cifar_workload(
 register_workload(
     Workload(
         name="mnist-f1",
+        paper_table1=paper_row(98.27, 97.05, 97.55, 97.60, 98.53),
         model="f1",
         dataset="mnist",
         regime=Regime(
@@ -98,6 +123,7 @@ cifar_workload(
     cpus=1.0,
     gpus=0.25,
     source="C1 (Keskar et al. 2017, shallow conv, CIFAR-10) as in " + _SHALLOW_SOURCE,
+    paper=paper_row(87.80, 83.95, 86.15, 86.4, 88.20),
 )
 
 cifar_workload(
@@ -108,6 +134,7 @@ cifar_workload(
     cpus=1.0,
     gpus=0.25,
     source="C3 (Keskar et al. 2017, shallow conv, CIFAR-100) as in " + _SHALLOW_SOURCE,
+    paper=paper_row(61.25, 51.50, 57.38, 57.5, 63.20),
 )
 
 _RESNET_REGIME = Regime(
@@ -137,6 +164,7 @@ cifar_workload(
     cpus=2.0,
     gpus=0.5,
     source=_RESNET_SOURCE,
+    paper=paper_row(92.83, 86.10, 89.30, 90.50, 93.07),
 )
 
 cifar_workload(
@@ -147,6 +175,8 @@ cifar_workload(
     cpus=2.0,
     gpus=0.5,
     source=_RESNET_SOURCE,
+    # The poster has no ResNet-44 row for CIFAR-100: none is made up.
+    paper=None,
 )
 
 cifar_workload(
@@ -172,6 +202,7 @@ cifar_workload(
         "0.9, wd 5e-4, lr x0.2 at epochs 60/120/160; 200 epochs = bigBatch main_*.py "
         f"--epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
     ),
+    paper=paper_row(92.30, 84.1, 88.6, 91.50, 93.03),
 )
 
 cifar_workload(
@@ -196,11 +227,16 @@ cifar_workload(
         "lr 0.1, momentum 0.9, wd 1e-4, lr 2e-2/4e-3/1e-4 at epochs 60/120/140; 200 "
         f"epochs = main_*.py --epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
     ),
+    paper=paper_row(73.70, 68.15, 69.05, 71.20, 73.57),
 )
 
 register_workload(
     Workload(
         name="imagenet-alexnet",
+        # Top-1, the poster's LB 4096 row; its LB 8192 row differs only in +GBN (53.93).
+        paper_table1=paper_row(
+            57.10, 41.23, 53.25, 54.92, 59.5, note="AlexNet top-1, the LB 4096 row"
+        ),
         model="alexnet",
         dataset="imagenet",
         regime=Regime(

@@ -6,11 +6,49 @@ workload's base regime; everything else about the training comes from here.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunegap.data import AUGMENTATIONS, STREAMING_DATASETS
+from tunegap.names import TABLE1_COLUMNS
 from tunegap.regime import Regime
+
+
+@dataclass(frozen=True)
+class PaperNumbers:
+    """One row of the paper's Table 1: test accuracy (%) per column, and where it is from.
+
+    >>> from tunegap import get_workload
+    >>> get_workload("cifar10-resnet44").paper_table1["+RA"]
+    93.07
+    """
+
+    accuracy: Mapping[str, float]
+    source: str
+
+    def __post_init__(self) -> None:
+        if set(self.accuracy) != set(TABLE1_COLUMNS):
+            raise ValueError(
+                f"paper numbers need exactly the columns {', '.join(TABLE1_COLUMNS)}, "
+                f"not {', '.join(self.accuracy)}"
+            )
+        for column, value in self.accuracy.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 100):
+                raise ValueError(f"paper accuracy {column}={value!r}: use a percentage")
+        if not self.source.strip():
+            raise ValueError("paper numbers need their source")
+
+    def __getitem__(self, column: str) -> float:
+        return float(self.accuracy[column])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TABLE1_COLUMNS)
+
+    def gap(self, column: str) -> float:
+        """SB minus `column`, in points (the paper's own generalization gap)."""
+        return self["SB"] - self[column]
 
 
 @dataclass(frozen=True)
@@ -33,6 +71,8 @@ class Workload:
     augment: str | None = None
     # Test accuracy (percent) whose first crossing gives steps_to_target; None: not measured.
     target_test_acc: float | None = None
+    # The paper's Table 1 row for this network and data (None: the paper has none).
+    paper_table1: PaperNumbers | None = None
     # True: the dataset is too big for memory and is read from disk batch by batch by
     # DataLoader workers (`tunegap.data.STREAMING_DATASETS` names those that can, and
     # `dataset_kwargs` go to that reader, e.g. `image_size`); `int(cpus_per_trial)` worker

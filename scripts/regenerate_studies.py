@@ -1,0 +1,397 @@
+"""Regenerate every committed study folder, `studies/<name>/`, from a fresh run.
+
+    python scripts/regenerate_studies.py                  # every study, then the README table
+    python scripts/regenerate_studies.py --only frontier  # one study (the table covers all)
+    python scripts/regenerate_studies.py --dry-run        # print the commands, run nothing
+
+Per study: run its recorded command (`COMMANDS`: `tunegap run NAME` at its defaults, in a new
+temporary folder for `--storage-path` and the MLflow `--tracking-uri`, `--quiet`), then
+`write_folder` copies the run folder's `trials.parquet`, `cells.csv`, figures (`*.png`) and
+any other `*.csv` (e.g. `frontier.csv`) into `studies/<name>/`, after removing the stale
+files of those kinds there, and writes its README.md: a header (the study's question, the
+exact command, hardware, package versions, git commit, wall time measured here), then
+"## Result", the run's own `summary.md` verbatim, the figures beside it. No sentence is
+typed by hand: where a study module defines `interpretation(cells, trials, epochs) -> str`,
+its output follows. Last, `readme_table` rebuilds the root README's study table (between
+`TABLE_START` and `TABLE_END`) from every `studies/*/cells.csv`: the verdict counts at each
+study's margin, and for the frontier the closing multiplier per batch size.
+
+A study whose command fails keeps its old folder; the script then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+STUDIES_ROOT = REPO / "studies"
+README = REPO / "README.md"
+TABLE_START = "<!-- studies:start -->"
+TABLE_END = "<!-- studies:end -->"
+# Each study's options beyond `tunegap run NAME` (its defaults), in the README's order.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "ghost_size": (),
+    "batch_size": (),
+    "lr_scaling": (),
+    "regime_length": (),
+    "table1": (),
+    "diffusion": (),
+    "frontier": ("--batch-sizes", "256,1024", "--margin", "1.0", "--max-seeds", "3",
+                 "--epochs", "4"),
+}
+# Studies whose result column is the closing multiplier per batch size.
+FRONTIER_STUDIES = ("frontier",)
+PACKAGES = ("torch", "ray", "mlflow", "optuna")
+# What a study folder holds from its run; the kinds `write_folder` replaces.
+TABLE_FILES = ("trials.parquet", "cells.csv")
+COPIED_PATTERNS = ("*.png", "*.csv")
+QUESTION_PREFIX = "> **Question:** "
+TMP = "$TMP"  # how the command shows the temporary folder
+IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+Interpretation = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], str]
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What the README of a study folder says about how its result was made."""
+
+    name: str
+    question: str
+    command: str
+    hardware: str
+    versions: dict[str, str] = field(default_factory=dict)
+    commit: str = "unknown"
+    wall_seconds: float = math.nan
+
+
+# ------------------------------------------------------------------- what was run, and where
+
+
+def study_args(name: str, tmp: str = TMP) -> list[str]:
+    """The arguments after `tunegap` of study `name`'s recorded command, with its results
+    and MLflow store in `tmp`."""
+    return ["run", name, *COMMANDS[name], "--storage-path", f"{tmp}/results",
+            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--quiet"]
+
+
+def display_command(name: str) -> str:
+    """The command as the README shows it: `tunegap ...`, the temporary folder as $TMP."""
+    return " ".join(a if TMP in a else shlex.quote(a) for a in ["tunegap", *study_args(name)])
+
+
+def question_of(name: str) -> str:
+    """The module's QUESTION, else the first paragraph of its docstring, on one line."""
+    module = importlib.import_module(f"tunegap.studies.{name}")
+    text = getattr(module, "QUESTION", None) or (module.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(text.split())
+
+
+def hardware() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    gpu = "none"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            gpu = ", ".join(names)
+    except ImportError:
+        pass
+    cpu = f"CPU {model}, {cores} cores" + (f" ({usable} usable here)" if usable != cores else "")
+    return f"{cpu}; GPU: {gpu}"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def git_commit(repo: Path = REPO) -> str:
+    """HEAD, with "+dirty" when the working tree has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("+dirty" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+# ------------------------------------------------------------------------- one study folder
+
+
+def write_folder(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str],
+                 header_info: HeaderInfo, *,
+                 interpretation: Interpretation | None = None) -> list[Path]:
+    """Make `dest` the study folder of the run in `run_dir`; returns the files written.
+
+    Removes `dest`'s trials.parquet, *.csv and *.png, copies the run's trials.parquet,
+    *.csv (cells.csv and any other table) and *.png, and writes README.md: the header from
+    `header_info`, then "## Result" with the run's summary.md verbatim (an image link to a
+    path elsewhere is pointed at the copy beside it), then the output of `interpretation`
+    (default: `tunegap.studies.<name>.interpretation`, where the module defines one).
+    Raises FileNotFoundError when the run folder lacks summary.md, trials.parquet or
+    cells.csv.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    missing = [f for f in ("summary.md", *TABLE_FILES) if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} has no {', '.join(missing)}: not a finished run")
+    copies = sorted({p for pattern in COPIED_PATTERNS for p in run_dir.glob(pattern)}
+                    | {run_dir / "trials.parquet"})
+    dest.mkdir(parents=True, exist_ok=True)
+    for pattern in ("trials.parquet", *COPIED_PATTERNS):
+        for stale in dest.glob(pattern):
+            stale.unlink()
+    written = []
+    for source in copies:
+        shutil.copy2(source, dest / source.name)
+        written.append(dest / source.name)
+    summary = _local_image_links((run_dir / "summary.md").read_text(), {p.name for p in copies})
+    if interpretation is None:
+        interpretation = _module_interpretation(header_info.name)
+    text = header(header_info, sorted(p.name for p in copies)) + "\n## Result\n\n" + summary
+    if interpretation is not None:
+        cells, trials, epochs = _run_tables(run_dir)
+        text = (text.rstrip("\n") + f"\n\n## Interpretation\n\n(generated by "
+                f"`tunegap.studies.{header_info.name}.interpretation` from the tables)\n\n"
+                + interpretation(cells, trials, epochs).strip() + "\n")
+    (dest / "README.md").write_text(text)
+    return [*written, dest / "README.md"]
+
+
+def header(info: HeaderInfo, files: Sequence[str]) -> str:
+    software = ", ".join(f"{k} {v}" for k, v in info.versions.items())
+    figures = [f for f in files if f.endswith(".png")]
+    tables = [f for f in files if not f.endswith(".png")]
+    commit = info.commit.removesuffix("+dirty")
+    dirty = " with uncommitted changes (+dirty)" if info.commit.endswith("+dirty") else ""
+    wall = ("not measured" if not math.isfinite(info.wall_seconds)
+            else f"{info.wall_seconds:.0f} s")
+    return "\n".join([
+        f"# Study `{info.name}`",
+        "",
+        QUESTION_PREFIX + info.question,
+        "",
+        "## How it was made",
+        "",
+        f"Run by `python scripts/regenerate_studies.py` ({TMP}: a new empty temporary folder):",
+        "",
+        "```bash",
+        info.command,
+        "```",
+        "",
+        f"- hardware: {info.hardware}",
+        f"- software: {software}",
+        f"- code: commit `{commit}`{dirty}",
+        f"- wall time of the command: {wall} (measured by the script)",
+        "- in this folder: " + ", ".join(f"`{f}`" for f in tables)
+        + " (tables; schema of trials.parquet in `tunegap/analysis/schema.py`)"
+        + ("; figures " + ", ".join(f"`{f}`" for f in figures) if figures else ""),
+        "",
+    ])
+
+
+def _local_image_links(text: str, present: set[str]) -> str:
+    def local(match: re.Match[str]) -> str:
+        alt, target = match.groups()
+        name = Path(target).name
+        if target not in present and name in present:
+            return f"![{alt}]({name})"
+        if name not in present:
+            print(f"warning: summary.md links {target}, which the run folder lacks",
+                  file=sys.stderr)
+        return match.group(0)
+
+    return IMAGE_LINK.sub(local, text)
+
+
+def _module_interpretation(name: str) -> Interpretation | None:
+    module_name = f"tunegap.studies.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return None
+        raise
+    return getattr(module, "interpretation", None)
+
+
+def _run_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from tunegap.analysis.schema import EPOCHS_SCHEMA
+    from tunegap.analysis.tables import read_tables
+
+    cells = pd.read_csv(run_dir / "cells.csv")
+    if (run_dir / "epochs.parquet").is_file():
+        trials, epochs = read_tables(run_dir)
+    else:
+        trials = pd.read_parquet(run_dir / "trials.parquet")
+        epochs = pd.DataFrame(columns=EPOCHS_SCHEMA.names)
+    return cells, trials, epochs
+
+
+# --------------------------------------------------------------------- the root README table
+
+
+def readme_table(studies_root: str | os.PathLike[str], *, link_root: str = "studies") -> str:
+    """The root README's study table, from every `<studies_root>/<name>/` with a cells.csv:
+    the study, its question (from its README.md, else its module) and, linked to its README.md, the verdict
+    counts of its cells at its margin (for a frontier study: per batch size the smallest
+    closed regime multiplier, or "not closed")."""
+    root = Path(studies_root)
+    names = [n for n in COMMANDS if (root / n / "cells.csv").is_file()]
+    names += sorted(p.parent.name for p in root.glob("*/cells.csv") if p.parent.name not in names)
+    lines = [
+        "| study | question | result (generated from its cells.csv) |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        folder = root / name
+        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=name in FRONTIER_STUDIES)
+        question = _readme_question(folder / "README.md").replace("|", "\\|")
+        lines.append(f"| `{name}` | {question} | [{result}]({link_root}/{name}/README.md) |")
+    return "\n".join(lines)
+
+
+def result_text(cells: pd.DataFrame, *, frontier: bool = False) -> str:
+    """"closed 2, open 5, inconclusive 3 at margin 0.5 (Holm: closed 1)" from a cells table;
+    with `frontier`, the closing multiplier per batch size first."""
+    if "verdict" not in cells.columns or "margin" not in cells.columns:
+        return "no verdicts in its cells.csv: regenerate it"
+    grid = cells[~cells["is_baseline"].astype(bool)]
+    counts = grid["verdict"].value_counts()
+    parts = [f"{v} {int(counts.get(v, 0))}" for v in ("closed", "open", "inconclusive")]
+    parts += [f"{v} {int(counts[v])}" for v in ("diverged", "error") if counts.get(v, 0)]
+    text = ", ".join(parts) + f" at margin {float(cells['margin'].iloc[0]):g}"
+    if "verdict_holm" in grid.columns:
+        text += f" (Holm: closed {int((grid['verdict_holm'] == 'closed').sum())})"
+    if frontier:
+        text = "; ".join(_frontier_parts(grid)) + f". Cells: {text}"
+    return text
+
+
+def _frontier_parts(grid: pd.DataFrame) -> list[str]:
+    parts = []
+    for batch, group in grid.groupby("batch_size", sort=True):
+        closed = group.loc[group["verdict"] == "closed", "multiplier"]
+        if len(closed):
+            parts.append(f"B={batch}: closed at multiplier {float(closed.min()):g}")
+        else:
+            parts.append(f"B={batch}: not closed (probed up to {float(group['multiplier'].max()):g})")
+    return parts
+
+
+def _readme_question(readme: Path) -> str:
+    """The question line `header` wrote, else the study module's question, else "—"."""
+    if readme.is_file():
+        for line in readme.read_text().splitlines():
+            if line.startswith(QUESTION_PREFIX):
+                return line.removeprefix(QUESTION_PREFIX).strip()
+    try:
+        return question_of(readme.parent.name)
+    except ModuleNotFoundError:
+        return "—"
+
+
+def replace_table(readme_text: str, table: str) -> str:
+    """`readme_text` with everything between TABLE_START and TABLE_END replaced by `table`."""
+    start, end = readme_text.find(TABLE_START), readme_text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {TABLE_START} ... {TABLE_END} region")
+    head = readme_text[: start + len(TABLE_START)]
+    return head + "\n" + table.strip("\n") + "\n" + readme_text[end:]
+
+
+# ----------------------------------------------------------------------------------- driver
+
+
+def run_study(name: str, dest: Path, common: dict[str, object]) -> bool:
+    """Run study `name`'s command in a new temporary folder and rewrite `dest` from it."""
+    launcher = Path(sys.executable).with_name("tunegap")
+    prefix = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "tunegap"]
+    with tempfile.TemporaryDirectory(prefix=f"tunegap-{name}-") as tmp:
+        argv = prefix + study_args(name, tmp)
+        print(f"== {name}: {display_command(name)}", flush=True)
+        started = time.perf_counter()
+        rc = subprocess.run(argv, cwd=REPO).returncode
+        wall = time.perf_counter() - started
+        if rc != 0:
+            print(f"== {name}: failed with exit status {rc} after {wall:.0f} s; "
+                  f"{dest} left as it was", file=sys.stderr, flush=True)
+            return False
+        runs = sorted(p.parent for p in Path(tmp, "results", name).glob("*/summary.md"))
+        if len(runs) != 1:
+            print(f"== {name}: expected one finished run folder, found {len(runs)}",
+                  file=sys.stderr)
+            return False
+        info = HeaderInfo(name=name, question=question_of(name), command=display_command(name),
+                          wall_seconds=wall, **common)
+        write_folder(runs[0], dest, info)
+    print(f"== {name}: {wall:.0f} s, written to {dest}", flush=True)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(COMMANDS), metavar="NAME",
+                   help=f"regenerate only these studies (of {', '.join(COMMANDS)})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each command and the README table; run and write nothing")
+    p.add_argument("--studies-root", type=Path, default=STUDIES_ROOT, help=argparse.SUPPRESS)
+    p.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    names = args.only or list(COMMANDS)
+    if args.dry_run:
+        for name in names:
+            print(f"{name}: {display_command(name)}  ->  {args.studies_root / name}")
+        print(readme_table(args.studies_root))
+        return 0
+    # Taken once, before any study folder is rewritten (which would make the tree dirty).
+    common = {"hardware": hardware(), "versions": versions(), "commit": git_commit()}
+    failed = [n for n in names if not run_study(n, args.studies_root / n, common)]
+    args.readme.write_text(replace_table(args.readme.read_text(),
+                                         readme_table(args.studies_root)))
+    print(f"README table rewritten in {args.readme}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

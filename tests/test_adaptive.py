@@ -1,0 +1,205 @@
+"""The adaptive searchers, driven as Tune drives them: suggest, results, completion.
+
+Each trial's accuracy is drawn from a normal distribution per cell (seeded), so whether a
+cell is decided depends on real Welch intervals (`decide_gap`), not on a stub.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from ray.tune.search import Searcher
+
+from tunegap.analysis.verdict import decide_gap
+from tunegap.runner.adaptive import (
+    FrontierSearch,
+    SeedsUntilDecided,
+    cell_key,
+    probe_config,
+)
+from tunegap.study import check_seed_budget, frontier_budget
+
+BASE = {"workload": "w", "batch_size": 32, "ghost_batch_size": None, "regime_multiplier": 1.0}
+
+
+def cell(batch_size: int, multiplier: float = 1.0) -> dict:
+    return {**BASE, "batch_size": batch_size, "ghost_batch_size": 32,
+            "regime_multiplier": float(multiplier)}
+
+
+def drive(searcher: Searcher, accuracy, *, concurrency: int = 2, limit: int = 500) -> list[dict]:
+    """Run the searcher to FINISHED with `concurrency` trials at once; `accuracy(config)`
+    gives a finished trial's test accuracy. Returns every config it suggested, in order."""
+    rng = random.Random(0)
+    running: dict[str, dict] = {}
+    suggested: list[dict] = []
+    n = 0
+    while True:
+        finished = False
+        while len(running) < concurrency:
+            n += 1
+            out = searcher.suggest(f"t{n}")
+            if out == Searcher.FINISHED:
+                finished = True
+                break
+            if out is None:
+                break
+            running[f"t{n}"] = out
+            suggested.append(out)
+        if not running:
+            assert finished, "the searcher waits with nothing running"
+            return suggested
+        trial_id = rng.choice(sorted(running))
+        config = running.pop(trial_id)
+        acc = accuracy(config)
+        searcher.on_trial_result(trial_id, {"test_acc": acc + 1.0})
+        searcher.on_trial_complete(trial_id, {"test_acc": acc, "diverged": False})
+        assert len(suggested) < limit
+
+
+def normal_accuracy(means: dict[int, float], sd: float):
+    def accuracy(config: dict) -> float:
+        rng = random.Random(json.dumps(config, sort_keys=True))
+        return rng.gauss(means[config["batch_size"]], sd)
+
+    return accuracy
+
+
+def seeds_by_cell(suggested: list[dict]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for config in suggested:
+        out.setdefault(cell_key(config), []).append(config["seed"])
+    return out
+
+
+def test_seeds_until_decided_stops_each_cell_once_decided_and_respects_the_budget():
+    cells = [cell(256), cell(512), cell(1024)]
+    means = {32: 97.0, 256: 96.9, 512: 92.0, 1024: 96.5}  # closed, open, hard to decide
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, *cells]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=8)
+    suggested = drive(searcher, normal_accuracy(means, 0.6))
+    seeds = seeds_by_cell(suggested)
+    accuracy = normal_accuracy(means, 0.6)
+    base = [accuracy({**BASE, "seed": s}) for s in seeds[cell_key(BASE)]]
+    for c in cells:
+        got = seeds[cell_key(c)]
+        assert got == list(range(len(got))), "seeds are 0, 1, 2, ... without gaps or repeats"
+        assert 3 <= len(got) <= 8
+        decision = decide_gap(base, [accuracy({**c, "seed": s}) for s in got], margin=1.0)
+        # Either decided, or the budget is spent: nothing else stops a cell.
+        assert decision.verdict != "inconclusive" or len(got) == 8 or len(base) == 8
+    assert len(seeds[cell_key(cell(512))]) == 3  # open at once: no seed wasted on it
+    assert len(seeds[cell_key(cell(1024))]) > 3  # the hard one got more
+
+
+def test_a_noisy_baseline_gets_the_extra_seeds():
+    # The baseline spreads far more than the cell: its seeds are what narrows the interval.
+    def accuracy(config: dict) -> float:
+        rng = random.Random(json.dumps(config, sort_keys=True))
+        sd = 2.0 if config["batch_size"] == 32 else 0.05
+        return rng.gauss(97.0 if config["batch_size"] == 32 else 96.2, sd)
+
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(256)]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=6)
+    suggested = drive(searcher, accuracy)
+    extra = suggested[len(first):]
+    assert extra, "an inconclusive cell got no more seeds"
+    # The baseline's seeds come first, until its budget is spent; only then the cell's.
+    kinds = [c["batch_size"] for c in extra]
+    assert kinds[0] == 32
+    assert kinds == sorted(kinds), kinds
+    assert len(seeds_by_cell(suggested)[cell_key(BASE)]) == 6
+
+
+def test_state_survives_save_and_restore_midway(tmp_path):
+    means = {32: 97.0, 256: 96.5}
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(256)]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=8)
+    accuracy = normal_accuracy(means, 0.8)
+    for n in range(4):
+        config = searcher.suggest(f"t{n}")
+        searcher.on_trial_complete(f"t{n}", {"test_acc": accuracy(config)})
+    running = searcher.suggest("t4")
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    again = SeedsUntilDecided([], {**BASE, "seed": 0}, margin=1.0, max_seeds=8)
+    again.restore(str(path))
+    # The trial that was running when the driver died completes after the restore.
+    again.on_trial_complete("t4", {"test_acc": accuracy(running)})
+    rest = drive(again, accuracy)
+    seeds = seeds_by_cell([*[{**c} for c in first[:5]], *rest])
+    for got in seeds.values():
+        assert sorted(got) == list(range(len(got)))
+
+
+def test_a_diverging_cell_stops_and_errors_count_as_unusable():
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(2048)]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=0.5, max_seeds=8)
+    n, suggested = 0, []
+    while (out := searcher.suggest(f"t{n}")) not in (None, Searcher.FINISHED):
+        suggested.append(out)
+        diverged = out["batch_size"] == 2048
+        searcher.on_trial_complete(f"t{n}", {"test_acc": math.nan if diverged else 97.0 + n / 100,
+                                              "diverged": diverged})
+        n += 1
+    assert out == Searcher.FINISHED
+    assert len(seeds_by_cell(suggested)[cell_key(cell(2048))]) == 3
+
+
+def test_frontier_bisects_to_the_smallest_closed_multiplier():
+    # The gap closes from multiplier 5 on at B=256 (matched 8); never at B=1024 (matched 32).
+    def accuracy(config: dict) -> float:
+        rng = random.Random(json.dumps(config, sort_keys=True))
+        if config["batch_size"] == 32:
+            return rng.gauss(97.0, 0.2)
+        m = config["regime_multiplier"]
+        closes = config["batch_size"] == 256 and m >= 5
+        return rng.gauss(97.0 if closes else 94.0, 0.2)
+
+    template = {**BASE, "ghost_batch_size": 32, "lr_exponent": 0.5}
+    searcher = FrontierSearch([256, 1024], 32, template, {**BASE, "seed": 0},
+                              margin=1.0, min_seeds=3, max_seeds=5)
+    suggested = drive(searcher, accuracy)
+    probed = {b: sorted({c["regime_multiplier"] for c in suggested if c["batch_size"] == b})
+              for b in (256, 1024)}
+    assert probed[256][0] == 1.0 and 8.0 in probed[256]
+    assert 5.0 in probed[256] and 4.0 in probed[256]  # the two sides of the frontier
+    assert len(probed[256]) <= 5  # bisection, not the whole grid of 8
+    assert probed[1024] == [32.0]  # matched is not closed: nothing below is tried
+    line = {ln.batch_size: ln for ln in searcher.lines}
+    assert line[256].hi == 5 and line[256].lo == 4 and line[1024].hi is None
+    assert len(suggested) <= frontier_budget([256, 1024], 32, 5)
+
+
+def test_probe_config_and_seed_budget_checks():
+    template = {**BASE, "ghost_batch_size": 256, "lr_exponent": 0.5}
+    assert probe_config(template, 256, 3)["ghost_batch_size"] is None  # ghost >= batch: BN
+    assert probe_config(template, 1024, 3)["regime_multiplier"] == 3.0
+    check_seed_budget(3, 8)
+    with pytest.raises(ValueError, match="--min-seeds"):
+        check_seed_budget(1, 8)
+    with pytest.raises(ValueError, match="--max-seeds"):
+        check_seed_budget(3, 2)
+
+
+@pytest.mark.slow
+def test_seeds_auto_through_a_real_study(tmp_path, data_dir, ray_session):
+    from tunegap import RunOptions, Study, run_study
+
+    study = Study(name="auto_seeds", workload="mnist1d-cnn", epochs=1, seeds="auto",
+                  min_seeds=2, max_seeds=3, margin=1.0,
+                  grid={"batch_size": (256, 2048), "lr_exponent": (0.5,)})
+    outcome = run_study(study, RunOptions(
+        storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
+        device="cpu", data_dir=str(data_dir), quiet=True))
+    trials, cells = outcome.trials, outcome.cells
+    assert trials.groupby(["batch_size", "ghost_batch_size", "lr_exponent"], dropna=False)[
+        "seed"].apply(lambda s: sorted(s) == list(range(len(s)))).all()
+    for row in cells[~cells["is_baseline"]].itertuples():
+        assert 2 <= row.n_seeds <= 3
+        # A cell stops short of the budget only once it is decided.
+        assert row.verdict != "inconclusive" or row.n_seeds == 3 or row.baseline_n_seeds == 3
+    assert cells.loc[cells["batch_size"] == 2048, "verdict"].item() == "open"
