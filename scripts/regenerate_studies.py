@@ -343,7 +343,7 @@ def run_study(name: str, dest: Path, common: dict[str, object]) -> bool:
     """Run study `name`'s command in a new temporary folder and rewrite `dest` from it."""
     launcher = Path(sys.executable).with_name("tunegap")
     prefix = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "tunegap"]
-    with tempfile.TemporaryDirectory(prefix=f"tunegap-{name}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"tunegap-{name}-", ignore_cleanup_errors=True) as tmp:
         argv = prefix + study_args(name, tmp)
         print(f"== {name}: {display_command(name)}", flush=True)
         started = time.perf_counter()
@@ -368,7 +368,7 @@ def run_study(name: str, dest: Path, common: dict[str, object]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=list(COMMANDS), metavar="NAME",
+    p.add_argument("--only", nargs="+", action="extend", choices=list(COMMANDS), metavar="NAME",
                    help=f"regenerate only these studies (of {', '.join(COMMANDS)})")
     p.add_argument("--dry-run", action="store_true",
                    help="print each command and the README table; run and write nothing")

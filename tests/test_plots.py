@@ -7,9 +7,10 @@ from gap_records import study_records
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from tunegap.analysis.plots import curves, diffusion_plot, error_vs_batch, gap_heatmap, save_figures
+from tunegap.analysis.cells import compute_cells
+from tunegap.analysis.figure_files import save_figures
+from tunegap.analysis.plots import curves, diffusion_plot, error_vs_batch, gap_heatmap
 from tunegap.analysis.tables import build_tables
-from tunegap.analysis.verdict import compute_cells
 
 
 @pytest.fixture(scope="module")

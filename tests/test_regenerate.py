@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from gap_records import study_records
 
+from tunegap.analysis.cells import compute_cells
 from tunegap.analysis.tables import build_tables, write_tables
-from tunegap.analysis.verdict import compute_cells
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "regenerate_studies.py"
 spec = importlib.util.spec_from_file_location("regenerate_studies", SCRIPT)
@@ -112,7 +112,7 @@ def test_write_folder_appends_a_generated_interpretation(run_dir, tmp_path):
 def test_write_folder_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "trials.parquet").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="summary.md, cells.csv"):
+    with pytest.raises(FileNotFoundError, match=r"summary\.md, cells\.csv"):
         regen.write_folder(tmp_path / "run", tmp_path / "dest", info())
     assert not (tmp_path / "dest").exists()
 

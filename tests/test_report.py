@@ -1,9 +1,9 @@
 import pytest
 from gap_records import study_records
 
+from tunegap.analysis.cells import compute_cells
 from tunegap.analysis.report import baseline_summary, describe, format_value, markdown_table
 from tunegap.analysis.tables import build_tables
-from tunegap.analysis.verdict import compute_cells
 
 
 @pytest.fixture(scope="module")

@@ -43,19 +43,38 @@ def test_table1_runs_the_five_columns_per_seed():
 
 
 def test_table1_markdown_puts_each_cell_in_its_column():
-    cells = pd.DataFrame({
+    knobs = {
         "batch_size": [32, 2048, 2048, 2048, 2048],
         "ghost_batch_size": [None, None, None, 32, 32],
         "lr_exponent": [0.0, 0.0, 0.5, 0.5, 0.5],
         "regime_multiplier": ["1.0", "1.0", "1.0", "1.0", "matched"],
+    }
+    cells = pd.DataFrame({
+        **knobs,
         "test_acc_mean": [98.0, 70.0, 80.0, 85.0, 97.5],
         "test_acc_std": [0.1, 1.0, 2.0, 3.0, 0.2],
         "verdict": ["baseline", "open", "open", "open", "diverged"],
+        "margin": [0.5] * 5,
     })
-    text = table1.table1_markdown(cells, "mnist1d-cnn")
-    row = text.splitlines()[2]
-    assert row == ("| mnist1d-cnn (tunegap) | 98.00 ± 0.10 | 70.00 ± 1.00 | 80.00 ± 2.00 | "
-                   "85.00 ± 3.00 | diverged |")
+    trials = pd.DataFrame({**knobs, "outcome": ["completed"] * 4 + ["diverged"],
+                           "best_test_acc": [98.2, 71.0, 81.0, 86.0, 50.0]})
+    lines = table1.table1_markdown(cells, trials, "mnist1d-cnn").splitlines()
+    assert lines[2] == ("| tunegap, final epoch (mean ± std) | 98.00 ± 0.10 | 70.00 ± 1.00 | "
+                        "80.00 ± 2.00 | 85.00 ± 3.00 | diverged |")
+    assert lines[3] == "| tunegap, best epoch (mean) | 98.20 | 71.00 | 81.00 | 86.00 | - |"
+    assert lines[4] == ("| tunegap, verdict vs SB at margin 0.5 | (reference) | open | open | "
+                        "open | diverged |")
+    assert lines[-1] == "Paper: no Table 1 row exists for mnist1d-cnn; none is shown."
+
+
+def test_table1_markdown_shows_the_paper_row_of_a_paper_workload():
+    cells = pd.DataFrame({"batch_size": [128], "ghost_batch_size": [None], "lr_exponent": [0.0],
+                          "regime_multiplier": ["1.0"], "test_acc_mean": [92.0],
+                          "test_acc_std": [0.3], "verdict": ["baseline"], "margin": [0.5]})
+    trials = cells[["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier"]].assign(
+        outcome="completed", best_test_acc=92.4)
+    lines = table1.table1_markdown(cells, trials, "cifar10-resnet44").splitlines()
+    assert "| paper | 92.83 | 86.10 | 89.30 | 90.50 | 93.07 |" in lines
 
 
 def test_batch_size_study_has_three_remedies_per_large_batch():
@@ -200,7 +219,7 @@ def test_batch_size_critical_batch_says_where_it_falls_back_to():
 
 
 def test_batch_size_figure_draws_with_partial_and_missing_steps():
-    from tunegap.analysis.verdict import compute_cells
+    from tunegap.analysis.cells import compute_cells
 
     trials, epochs = batch_size_tables()
     figs = batch_size.figures(compute_cells(trials), trials, epochs)

@@ -7,6 +7,7 @@ import pytest
 from gap_records import study_records, trial
 from scipy import stats
 
+from tunegap.analysis.cells import compute_cells, verdict_counts
 from tunegap.analysis.report import baseline_summary
 from tunegap.analysis.tables import build_tables, read_tables, write_tables
 from tunegap.analysis.verdict import (
@@ -14,10 +15,8 @@ from tunegap.analysis.verdict import (
     VERDICTS,
     GapDecision,
     closed_p_value,
-    compute_cells,
     decide_gap,
     holm,
-    verdict_counts,
 )
 
 CELL_COLUMNS = [

@@ -60,6 +60,15 @@ class TrialConfig:
 
     `epochs` and `base_lr` override the workload's base regime (decay epochs move in
     proportion to `epochs`), for quick looks and for searches over the base learning rate.
+
+    >>> cfg = TrialConfig(workload="mnist1d-cnn", batch_size=2048, ghost_batch_size=32,
+    ...                   lr_exponent=0.5, regime_multiplier="matched")
+    >>> cfg.regime().resolve(cfg.batch_size).epochs
+    1280
+    >>> TrialConfig(workload="mnist1d-cnn", batch_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size 0 is not allowed: use a positive integer
     """
 
     workload: str

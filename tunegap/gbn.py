@@ -354,11 +354,23 @@ class GhostBatchNorm(_BatchNorm):
 
 
 class GhostBatchNorm1d(GhostBatchNorm, nn.BatchNorm1d):
-    """Ghost BatchNorm for [N, C] or [N, C, L] inputs; a drop-in for `nn.BatchNorm1d`."""
+    """Ghost BatchNorm for [N, C] or [N, C, L] inputs; a drop-in for `nn.BatchNorm1d`.
+
+    >>> import torch
+    >>> gbn = GhostBatchNorm1d(8, ghost_batch_size=32)
+    >>> gbn(torch.randn(128, 8, 40)).shape     # statistics over 4 ghost batches of 32
+    torch.Size([128, 8, 40])
+    """
 
 
 class GhostBatchNorm2d(GhostBatchNorm, nn.BatchNorm2d):
-    """Ghost BatchNorm for [N, C, H, W] inputs; a drop-in for `nn.BatchNorm2d`."""
+    """Ghost BatchNorm for [N, C, H, W] inputs; a drop-in for `nn.BatchNorm2d`.
+
+    >>> import torch
+    >>> gbn = GhostBatchNorm2d(3, ghost_batch_size=16)
+    >>> gbn(torch.randn(64, 3, 8, 8)).shape
+    torch.Size([64, 3, 8, 8])
+    """
 
 
 _TO_GHOST: dict[type[nn.Module], type[GhostBatchNorm]] = {
@@ -408,6 +420,11 @@ def _replace(
 
 def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int | None) -> nn.Module:
     """Turn every `nn.BatchNorm1d` / `nn.BatchNorm2d` in `model` into its ghost version.
+
+    >>> from torch import nn
+    >>> net = convert_to_ghost_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), 32)
+    >>> type(net[1]).__name__, net[1].ghost_batch_size
+    ('GhostBatchNorm2d', 32)
 
     Layers that already are Ghost BatchNorm get the new ghost size. Parameters and buffers
     (running statistics, `num_batches_tracked`) are carried over as the same tensors, with

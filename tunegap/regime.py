@@ -172,7 +172,17 @@ class ResolvedRegime:
 
 @dataclass(frozen=True)
 class Regime:
-    """A base training regime defined at `base_batch_size`, plus the two scaling rules."""
+    """A base training regime defined at `base_batch_size`, plus the two scaling rules.
+
+    lr = base_lr * (B / B0) ** lr_exponent; epochs and decay epochs times the regime
+    multiplier ("matched" = ceil(B / B0): as many updates as the small batch).
+
+    >>> r = Regime(base_lr=0.05, base_batch_size=32, epochs=20, decay_epochs=(10, 15),
+    ...            lr_exponent=0.5, regime_multiplier="matched")
+    >>> resolved = r.resolve(2048)
+    >>> round(resolved.lr, 3), resolved.epochs, resolved.decay_epochs
+    (0.4, 1280, (640, 960))
+    """
 
     base_lr: float
     base_batch_size: int

@@ -40,7 +40,13 @@ FigureBuilder = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, A
 
 
 class StudyError(ValueError):
-    """Bad study input: reported as one line with exit status 2, before Ray starts."""
+    """Bad study input: reported as one line with exit status 2, before Ray starts.
+
+    >>> Study(name="typo", workload="mnist1d-cnn", grid={"batch_sise": (512,)})
+    Traceback (most recent call last):
+    ...
+    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr
+    """
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class Study:
 
     `seeds="auto"` gives every cell and the baseline `min_seeds` seeds, then adds seeds
     where a verdict is inconclusive, up to `max_seeds` a cell (`SeedsUntilDecided`).
+    >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", seeds=2, margin=1.0,
+    ...               grid={"batch_size": (512,), "ghost_batch_size": (None, 32)})
+    >>> [(c.batch_size, c.ghost_batch_size, c.seed) for c in study.trial_configs()][:3]
+    [(32, None, 0), (512, None, 0), (512, 32, 0)]
+
     `search="frontier"` bisects, per batch size of the grid, the regime multiplier in
     [1, matched] for the smallest closed cell (`FrontierSearch`; the grid's other knobs take
     one value each and seeds are "auto"). `tables` adds CSV files of the study's own
@@ -293,7 +304,16 @@ def is_baseline(config: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Where and how a study runs: options common to every study's CLI."""
+    """Where and how a study runs: options common to every study's CLI.
+
+    >>> RunOptions(storage_path="/tmp/results", tracking_uri="sqlite:////tmp/mlflow.db",
+    ...            device="cpu", max_concurrent=2).checkpoint_every
+    5
+    >>> RunOptions(address="nowhere")
+    Traceback (most recent call last):
+    ...
+    tunegap.study.StudyError: --address 'nowhere' is not allowed: use auto, local, host:port or ray://host:port, e.g. 10.0.0.5:6379
+    """
 
     address: str | None = None
     storage_path: str = DEFAULT_STORAGE

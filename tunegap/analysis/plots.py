@@ -2,18 +2,13 @@
 
 Figures are built on `matplotlib.figure.Figure` objects without pyplot, so drawing them
 needs no display, never changes the global backend and leaves no figure registered in
-pyplot; `save_figures` writes them as PNGs.
+pyplot; `tunegap.analysis.figure_files.save_figures` writes them as PNGs.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,20 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.transforms import blended_transform_factory
 
+from tunegap.analysis.cells import cell_knobs, knob_keys, plain_value, sorted_keys, value_order
 from tunegap.analysis.fits import fit_diffusion, fit_diffusion_phase
 from tunegap.analysis.report import describe, format_value
-from tunegap.analysis.verdict import (
-    OPTIONAL_KNOBS,
-    cell_knobs,
-    knob_keys,
-    plain_value,
-    sorted_keys,
-    value_order,
-)
-from tunegap.atomic import write_atomically
+from tunegap.analysis.verdict import OPTIONAL_KNOBS
 from tunegap.names import CELL_KNOBS, COMPLETED
 
-__all__ = ["curves", "diffusion_plot", "error_vs_batch", "gap_heatmap", "save_figures"]
+__all__ = ["curves", "diffusion_plot", "error_vs_batch", "gap_heatmap"]
 
 _AXIS_LABEL = {
     "batch_size": "batch size",
@@ -437,41 +425,3 @@ def error_vs_batch(
 
 
 # ------------------------------------------------------------------------------- files
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def save_figures(
-    figs: Mapping[str, Figure], out_dir: str | os.PathLike[str], *, dpi: int = 120
-) -> list[Path]:
-    """Write each figure as `<name>.png` under `out_dir` (created if needed) and close it.
-
-    Each PNG is written atomically (`tunegap.atomic`), so a reader never sees half an
-    image. Names must be plain file stems (letters, digits, `_`, `.`, `-`). Every
-    figure is closed even when one fails to save.
-    """
-    bad = [name for name in figs if not _NAME.match(name)]
-    if bad:
-        raise ValueError(
-            f"figure name(s) {bad} are not plain file names: use letters, digits, _ . -"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    try:
-        for name, fig in figs.items():
-            png = partial(fig.savefig, dpi=dpi, format="png", bbox_inches="tight")
-            paths.append(write_atomically(out / f"{name}.png", png))
-    finally:
-        _close(figs.values())
-    return paths
-
-
-def _close(figs: Iterable[Figure]) -> None:
-    # Figures made here are not registered with pyplot; ones a caller made with pyplot are,
-    # and only pyplot can release them. Import it only if the caller already did.
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    for fig in figs:
-        if pyplot is not None:
-            pyplot.close(fig)
-        fig.clear()

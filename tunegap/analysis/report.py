@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from tunegap.analysis.verdict import OPTIONAL_KNOBS, plain_value, sort_cells
+from tunegap.analysis.cells import plain_value, sort_cells
+from tunegap.analysis.verdict import OPTIONAL_KNOBS
 from tunegap.names import CELL_KNOBS
 
 __all__ = [

@@ -21,7 +21,15 @@ from tunegap.registry import Registry
 
 @dataclass(frozen=True)
 class TensorData:
-    """A train/test split as tensors; `x_*` are float32 with a channel axis."""
+    """A train/test split as tensors; `x_*` are float32 with a channel axis.
+
+    >>> import torch
+    >>> data = TensorData(name="toy", x_train=torch.randn(100, 1, 40),
+    ...                   y_train=torch.randint(0, 3, (100,)), x_test=torch.randn(20, 1, 40),
+    ...                   y_test=torch.randint(0, 3, (20,)), num_classes=3)
+    >>> data.train_size, data.input_shape
+    (100, (1, 40))
+    """
 
     name: str
     x_train: torch.Tensor

@@ -43,6 +43,10 @@ class StudyOutcome:
     same as markdown, `files` everything written to `run_dir` (and logged on the MLflow
     parent run `parent_run_id`), and `result_grid` what `tune.Tuner.fit()` returned: Tune's
     own `ResultGrid` (`.get_dataframe()`, `[i].metrics`, `[i].checkpoint`, ...).
+
+    >>> outcome = run_study(study, options)  # doctest: +SKIP
+    >>> outcome.cells[["batch_size", "gap", "verdict"]]  # doctest: +SKIP
+    >>> outcome.result_grid.get_best_result("test_acc", "max").config  # doctest: +SKIP
     """
 
     run_dir: Path
@@ -81,10 +85,10 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     tables, the cells of the map and Tune's `ResultGrid` (`StudyOutcome`).
 
     >>> from tunegap import RunOptions, Study, run_study  # doctest: +SKIP
-    >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", epochs=2,
+    >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", epochs=2,  # doctest: +SKIP
     ...               grid={"batch_size": (512,), "ghost_batch_size": (None, 32)})
-    >>> outcome = run_study(study, RunOptions(storage_path="/tmp/results", quiet=True))
-    >>> outcome.cells[["batch_size", "ghost_batch_size", "gap"]]
+    >>> outcome = run_study(study, RunOptions(storage_path="/tmp/results"))  # doctest: +SKIP
+    >>> outcome.cells[["batch_size", "ghost_batch_size", "gap", "verdict"]]  # doctest: +SKIP
     """
     from tunegap.tracking import MlflowTrackingCallback, StudyTracker, check_tracking_uri
 
@@ -176,17 +180,19 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
 
 def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float) -> StudyOutcome:
     """Tables, map, summary: written into the run folder and logged on the parent run."""
-    from tunegap.analysis import plots, report, tables, verdict
+    from tunegap.analysis import report, tables
+    from tunegap.analysis.cells import compute_cells, verdict_counts
+    from tunegap.analysis.figure_files import save_figures
 
     records = collect_records(run_dir, tracker.mlflow_run_ids(),
                               target_test_acc=study.target_test_acc)
     trials_df, epochs_df = tables.build_tables(records, study=study.name)
     files = list(tables.write_tables(trials_df, epochs_df, run_dir).values())
-    cells = verdict.compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy)
+    cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy)
     table = report.markdown_table(cells)
     try:
         figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
-        files += plots.save_figures(figures, run_dir)
+        files += save_figures(figures, run_dir)
     except Exception as err:  # a figure must never cost the study its results
         print(f"warning: the figures of {study.name} failed: {err}", file=sys.stderr)
         tracker.log_parent_metrics({"figure_errors": 1})
@@ -207,7 +213,7 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
         "train_seconds": train_seconds,
         **{f"trials_{outcome}": counts.get(outcome, 0) for outcome in OUTCOMES},
         "margin": float(study.margin),
-        **{f"cells_{v}": n for v, n in verdict.verdict_counts(cells).items()
+        **{f"cells_{v}": n for v, n in verdict_counts(cells).items()
            if v in ("closed", "open", "inconclusive")},
     })
     print(table, flush=True)
@@ -219,7 +225,7 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
 def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
                    baseline_sentence: str) -> str:
-    from tunegap.analysis.verdict import verdict_counts
+    from tunegap.analysis.cells import verdict_counts
 
     margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
     which = "best-epoch" if study.accuracy == "best" else "final-epoch"

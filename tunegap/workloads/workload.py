@@ -53,7 +53,16 @@ class PaperNumbers:
 
 @dataclass(frozen=True)
 class Workload:
-    """Everything fixed about a trial except the knobs a study searches over."""
+    """Everything fixed about a trial except the knobs a study searches over: a model and a
+    dataset (registered names), the base regime at B0, and where each number came from.
+
+    >>> from tunegap import Regime
+    >>> w = Workload(name="mnist1d-long", model="cnn1d", dataset="mnist1d",
+    ...              regime=Regime(base_lr=0.05, base_batch_size=32, epochs=40,
+    ...                            decay_epochs=(20, 30)), large_batch_size=2048)
+    >>> w.regime.resolve(w.large_batch_size).updates_per_epoch is None
+    True
+    """
 
     name: str
     model: str
