@@ -14,7 +14,7 @@ def cells():
 def test_markdown_table_rows(cells):
     table = markdown_table(cells)
     assert table.splitlines()[0].endswith(
-        "| gap (pts) | gap 90% interval | verdict | verdict (Holm) |"
+        "| gap (pts) | gap 90% interval | verdict | verdict (Holm) | seeds to decide |"
     )
     assert "| seeds used |" in table.splitlines()[0]
     columns = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "seeds",

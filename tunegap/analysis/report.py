@@ -36,6 +36,7 @@ DEFAULT_TABLE_COLUMNS: tuple[str, ...] = (
     "gap_ci90",
     "verdict",
     "verdict_holm",
+    "seeds_to_decide",
 )
 
 _HEADERS = {
