@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -77,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS.get(args[0])
     if command is None:
         fail(PROG, f"unknown command {args[0]!r}: use one of {', '.join(COMMANDS)}")
-    return command(args[1:])
+    try:
+        return command(args[1:])
+    except BrokenPipeError:
+        # `tunegap list | head`: the reader left; stop quietly, as other commands do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
 
 
 if __name__ == "__main__":
