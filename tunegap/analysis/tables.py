@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tunegap.analysis.fits import fit_diffusion_phase, steps_to_target
 from tunegap.analysis.schema import EPOCH_METRICS, EPOCHS_SCHEMA, TRIALS_SCHEMA
 from tunegap.atomic import write_atomically
-from tunegap.names import DIVERGED, OUTCOMES
+from tunegap.names import DIVERGED, METRIC_NAMES, OPTIONAL_METRICS, OUTCOMES
 
 __all__ = [
     "EPOCHS_FILE",
@@ -37,13 +37,10 @@ TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 
 _INT_METRICS = ("epoch", "updates", DIVERGED)
-_FINAL_METRICS = (
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "train_test_gap",
-    "weight_distance",
+# The last epoch's value of every metric that describes the trained model (not the counters,
+# the timing, or the optional probes, which the trials table summarises its own way).
+_FINAL_METRICS = tuple(
+    m for m in METRIC_NAMES if m not in ("epoch", "updates", "lr", "seconds", *OPTIONAL_METRICS)
 )
 
 
