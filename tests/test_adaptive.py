@@ -17,10 +17,9 @@ from tunegap.analysis.verdict import decide_gap
 from tunegap.runner.adaptive import (
     FrontierSearch,
     SeedsUntilDecided,
-    cell_key,
     probe_config,
 )
-from tunegap.study import check_seed_budget, frontier_budget
+from tunegap.study import cell_key, check_seed_budget, frontier_budget
 
 BASE = {"workload": "w", "batch_size": 32, "ghost_batch_size": None, "regime_multiplier": 1.0}
 

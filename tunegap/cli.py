@@ -132,11 +132,10 @@ def multiplier_list(text: str) -> tuple[float | str, ...]:
 
 
 def positive_int(flag: str) -> Callable[[str], int]:
+    as_int = integer(flag)
+
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
+        value = as_int(text)
         if value < 1:
             raise argparse.ArgumentTypeError(f"{flag} {value} is not allowed: use an integer >= 1")
         return value
@@ -145,11 +144,10 @@ def positive_int(flag: str) -> Callable[[str], int]:
 
 
 def non_negative(flag: str) -> Callable[[str], float]:
+    as_number = number(flag)
+
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
+        value = as_number(text)
         if not math.isfinite(value) or value < 0:
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: use a finite number >= 0")
         return value

@@ -52,6 +52,7 @@ from tunegap.regime import ResolvedRegime
 # Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
 SHARPNESS_SAMPLES = 1024
 
+
 def pick_device(name: str) -> torch.device:
     """ "auto" means CUDA where present, else CPU."""
     if name == "auto":
@@ -59,6 +60,7 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available: use cpu or auto")
     return torch.device(name)
+
 
 def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
     """The workload's dataset: in memory, or opened for streaming where the workload streams."""
@@ -73,6 +75,7 @@ def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
         kwargs["data_dir"] = config.data_dir
     return load_dataset(workload.dataset, **kwargs)
 
+
 def accepts_keyword(function: Any, name: str) -> bool:
     """Whether `function(name=...)` is a valid call: a parameter `name`, or **kwargs."""
     try:
@@ -85,6 +88,7 @@ def accepts_keyword(function: Any, name: str) -> bool:
 def default_workers(cpus_per_trial: float) -> int:
     """DataLoader worker processes for a streaming workload: one per CPU of the trial."""
     return max(0, int(cpus_per_trial))
+
 
 class Engine:
     """Trains one `TrialConfig` epoch by epoch.

@@ -255,6 +255,11 @@ class Study:
         }
 
 
+def cell_key(config: dict[str, Any]) -> str:
+    """A cell's identity: its trial config without the seed."""
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+
+
 def total_trials(study: Study) -> int:
     """How many trials the study runs; for adaptive seeds and the frontier, at most."""
     if study.search == "optuna":
@@ -263,8 +268,7 @@ def total_trials(study: Study) -> int:
         b0 = study.workload_def.regime.base_batch_size
         return frontier_budget(study.grid["batch_size"], b0, study.max_seeds)
     if study.seeds == AUTO:
-        cells = {json.dumps({k: v for k, v in c.to_dict().items() if k != "seed"}, sort_keys=True)
-                 for c in study.trial_configs()}
+        cells = {cell_key(c.to_dict()) for c in study.trial_configs()}
         return len(cells) * study.max_seeds
     return len(study.trial_configs())
 

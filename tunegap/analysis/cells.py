@@ -54,6 +54,7 @@ def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
         k for k in OPTIONAL_KNOBS if k in trials_df.columns and trials_df[k].notna().any()
     ]
 
+
 def compute_cells(
     trials_df: pd.DataFrame, *, margin: float = DEFAULT_MARGIN, accuracy: str = "final"
 ) -> pd.DataFrame:
@@ -199,6 +200,7 @@ def compute_cells(
     )
     return cells
 
+
 def verdict_counts(cells: pd.DataFrame, column: str = "verdict") -> dict[str, int]:
     """How many non-baseline cells of `cells` have each verdict in `column` ("verdict" or
     "verdict_holm"): {"closed": n, "open": n, "inconclusive": n, "diverged": n, "error": n},
@@ -206,10 +208,12 @@ def verdict_counts(cells: pd.DataFrame, column: str = "verdict") -> dict[str, in
     values = cells.loc[~cells["is_baseline"].astype(bool), column].tolist()
     return {v: values.count(v) for v in VERDICTS if v != "baseline"}
 
+
 def _holm_verdict(verdict: str, p_holm: float) -> str:
     if verdict != "closed":
         return verdict
     return "closed" if math.isfinite(p_holm) and p_holm < FAMILY_ALPHA else "inconclusive"
+
 
 def _accuracy_interval(acc: pd.Series) -> dict[str, float]:
     """Student-t 95% interval of the cell's mean accuracy over its seeds (2+), clipped to
@@ -225,10 +229,12 @@ def _accuracy_interval(acc: pd.Series) -> dict[str, float]:
         out["test_acc_ci95_high"] = min(max(mean + half, 0.0), 100.0)
     return out
 
+
 def _usable_acc(trials: pd.DataFrame, col: str) -> pd.Series:
     acc = pd.to_numeric(trials[col], errors="coerce").astype(float)
     ok = (trials["outcome"] == COMPLETED).to_numpy() & np.isfinite(acc.to_numpy())
     return acc[ok]
+
 
 def _mean(trials: pd.DataFrame, col: str) -> float:
     if col not in trials or trials.empty:
@@ -236,6 +242,7 @@ def _mean(trials: pd.DataFrame, col: str) -> float:
     values = pd.to_numeric(trials[col], errors="coerce").astype(float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else math.nan
+
 
 def plain_value(value: Any) -> Any:
     """A hashable plain-Python knob value; every kind of missing becomes None."""
@@ -251,12 +258,14 @@ def plain_value(value: Any) -> Any:
         return bool(value)
     return value
 
+
 def knob_keys(df: pd.DataFrame, cols: Sequence[str]) -> list[tuple[Any, ...]]:
     """Each row's values of `cols` as a tuple of `plain_value`s, in row order."""
     # Plain tuples rather than groupby: missing ghost sizes (NA) are a real group, and
     # pandas versions disagree on how groupby treats NA keys.
     columns = [df[c].tolist() for c in cols]
     return [tuple(plain_value(v) for v in values) for values in zip(*columns, strict=True)]
+
 
 def value_order(value: Any) -> tuple[int, float, str]:
     """Sort key of one knob value: numbers ascending, then words ("matched"), then missing
@@ -269,9 +278,11 @@ def value_order(value: Any) -> tuple[int, float, str]:
     except (TypeError, ValueError):
         return (1, 0.0, str(value))
 
+
 def sorted_keys(keys: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The distinct `knob_keys` tuples, ordered value by value with `value_order`."""
     return sorted(set(keys), key=lambda key: [value_order(v) for v in key])
+
 
 def sort_cells(cells: pd.DataFrame, knobs: Sequence[str]) -> pd.DataFrame:
     """`cells` baseline first, then ordered by `knobs` (`value_order`), with a fresh index."""

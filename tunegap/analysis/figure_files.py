@@ -18,6 +18,7 @@ __all__ = ["save_figures"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+
 def save_figures(
     figs: Mapping[str, Figure], out_dir: str | os.PathLike[str], *, dpi: int = 120
 ) -> list[Path]:
@@ -42,6 +43,7 @@ def save_figures(
     finally:
         _close(figs.values())
     return paths
+
 
 def _close(figs: Iterable[Figure]) -> None:
     # Figures made here are not registered with pyplot; ones a caller made with pyplot are,

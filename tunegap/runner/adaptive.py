@@ -20,7 +20,6 @@ Tune saves their state with the experiment, so `--resume` continues where they s
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections.abc import Iterable, Sequence
@@ -31,14 +30,10 @@ from ray.tune.search import Searcher
 
 from tunegap.analysis.verdict import GapDecision, decide_gap
 from tunegap.names import DIVERGED
+from tunegap.study import cell_key
 
 CLOSED, OPEN, INCONCLUSIVE = "closed", "open", "inconclusive"
 BASELINE = "baseline"
-
-
-def cell_key(config: dict[str, Any]) -> str:
-    """A cell's identity: its trial config without the seed."""
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
 @dataclass

@@ -37,6 +37,7 @@ class EpochJournal(tune.Callback):
         with open(self.path, "a") as journal:
             journal.write(json.dumps(row) + "\n")
 
+
 def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
     """The journal's rows per trial id, in the order the driver received them."""
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -48,6 +49,7 @@ def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
                 continue  # a line cut short when the driver was killed mid-write
             rows.setdefault(row.pop("trial_id"), []).append(row)
     return rows
+
 
 def collect_records(
     run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None
@@ -96,6 +98,7 @@ def collect_records(
             "target_test_acc": target_test_acc,
         })
     return records
+
 
 def _error_text(trial: Any) -> str:
     path = getattr(trial, "error_file", None)

@@ -32,6 +32,7 @@ def init_ray(options: RunOptions) -> None:
         # "local" starts a fresh Ray owned by this process, even where `ray start` left one.
         ray.init(address="local", include_dashboard=False, log_to_driver=False, **runtime_env)
 
+
 def local_gpu_count() -> int:
     """GPUs a local Ray offers trials: the running Ray's own count where this process has
     one already (a notebook, a test session), else the machine's."""
@@ -43,6 +44,7 @@ def local_gpu_count() -> int:
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
+
 def plan_trial_hardware(study: Study, options: RunOptions) -> RunOptions:
     """`options` with the planned GPUs per trial, and `--device auto` made "cpu" where a
     trial gets no GPU share: Ray leaves a GPU visible to an actor that reserved none, so
@@ -50,6 +52,7 @@ def plan_trial_hardware(study: Study, options: RunOptions) -> RunOptions:
     gpus = plan_gpus_per_trial(get_workload(study.workload), options, local_gpu_count())
     device = "cpu" if gpus == 0 and options.device == "auto" else options.device
     return replace(options, gpus_per_trial=gpus, device=device)
+
 
 def plan_gpus_per_trial(workload: Workload, options: RunOptions, local_gpus: int) -> float:
     """The GPUs each trial asks Ray for, checked before any trial starts.

@@ -58,13 +58,16 @@ class StudyOutcome:
     files: list[Path]
     result_grid: Any = None
 
+
 def study_root(options: RunOptions, study: Study) -> Path:
     return Path(options.storage_path).expanduser().resolve() / study.name
+
 
 def latest_run_dir(root: Path) -> Path | None:
     """The newest execution of a study that has Tune state to restore."""
     runs = sorted(p for p in root.glob("*/" + STATE_FILE)) if root.exists() else []
     return runs[-1].parent if runs else None
+
 
 def check_storage(root: Path) -> None:
     try:
@@ -77,6 +80,7 @@ def check_storage(root: Path) -> None:
             f"--storage-path {root.parent} is not writable ({err.strerror}): "
             "choose a folder you can write to"
         ) from None
+
 
 def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     """Run (or with `options.resume`, continue) a study; everything is checked first.
@@ -178,6 +182,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     finally:
         tracker.finish_parent(status)
 
+
 def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float) -> StudyOutcome:
     """Tables, map, summary: written into the run folder and logged on the parent run."""
     from tunegap.analysis import report, tables
@@ -221,6 +226,7 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
           f"tables and map in {run_dir}", flush=True)
     return StudyOutcome(run_dir=run_dir, parent_run_id=tracker.parent_run_id, trials=trials_df,
                         epochs=epochs_df, cells=cells, table=table, files=files)
+
 
 def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],

@@ -38,6 +38,7 @@ def optuna_search(study: Study) -> tuple[Any, dict[str, Any]]:
                             points_to_evaluate=[point] if study.include_baseline else None)
     return searcher, space
 
+
 def sort_longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
     # Start the most expensive trials first so they do not run alone at the end.
     def cost(c: TrialConfig) -> float:
@@ -45,6 +46,7 @@ def sort_longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
         return r.epochs * (1 + 2000 / c.batch_size)
 
     return sorted(configs, key=cost, reverse=True)
+
 
 def trainable_with_resources(study: Study, options: RunOptions) -> Any:
     """GapTrainable with the study's workload on board and the CPUs and (planned) GPUs each
@@ -54,6 +56,7 @@ def trainable_with_resources(study: Study, options: RunOptions) -> Any:
     # Looked up at call time, so a test can hand in a subclass that fails on purpose.
     carrying = trainable.with_workload(trainable.GapTrainable, study.workload)
     return tune.with_resources(carrying, resources)
+
 
 def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
     """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`)."""

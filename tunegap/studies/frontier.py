@@ -132,6 +132,10 @@ def figures(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> 
                                       critical_batch=b_crit)}
 
 
+def number_or_dash(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:g}"
+
+
 def report(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> str:
     table = frontier_table(cells, trials, epochs)
     b_crit, how = critical_batch(trials, epochs)
@@ -142,11 +146,8 @@ def report(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> s
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
-        def num(x: float) -> str:
-            return "-" if math.isnan(x) else f"{x:g}"
-
-        lines.append(f"| {r.batch_size} | {r.matched_multiplier} | {num(r.closing_multiplier)} | "
-                     f"{num(r.closing_updates)} | {num(r.closing_epochs)} | {r.seeds} | "
+        lines.append(f"| {r.batch_size} | {r.matched_multiplier} | {number_or_dash(r.closing_multiplier)} | "
+                     f"{number_or_dash(r.closing_updates)} | {number_or_dash(r.closing_epochs)} | {r.seeds} | "
                      f"{r.verdict} | {r.multipliers_probed} |")
     lines += [
         "",
