@@ -205,6 +205,7 @@ def test_resumed_tracker_refed_results_adds_nothing(uri: str, tmp_path: Path) ->
     callback.on_trial_start(0, [], trial)
     for epoch in (1, 2):
         callback.on_trial_result(0, [], trial, _result(epoch))
+    callback.flush()  # the logging thread has written both epochs before the driver dies
     # The driver dies here: the run stays RUNNING, with two epochs logged.
 
     resumed = StudyTracker(uri, "refeed", parent_run_id=parent)
@@ -217,6 +218,8 @@ def test_resumed_tracker_refed_results_adds_nothing(uri: str, tmp_path: Path) ->
     for epoch in (1, 2, 3):
         callback.on_trial_result(0, [], trial, _result(epoch))
     callback.on_trial_complete(0, [], trial)
+    # What Tune calls when fit() ends; it waits for the logging thread, as every study does.
+    callback.on_experiment_end([trial])
     resumed.log_parent_metrics({"closed_cells": 2})
     note = tmp_path / "table.csv"
     note.write_text("a,b\n1,2\n")
