@@ -24,7 +24,9 @@ def ray_session() -> Iterator[None]:
     if started:
         # Workers must import the repo's tunegap, not a stale copy elsewhere.
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from tunegap.runner.resources import start_local_ray
+
+        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

@@ -416,3 +416,48 @@ def test_unknown_cpu_malloc_mode_stops_the_study_at_start(tmp_path, no_ray, monk
     code, lines, text = run_cli("ghost_size", ["--storage-path", str(tmp_path / "results")])
     assert_one_line(code, lines, text, "TUNEGAP_CPU_MALLOC='tcmalloc' is not allowed")
     assert not list((tmp_path / "results").glob("ghost_size/2*"))
+
+
+def test_resume_against_another_tracking_store_is_refused(tmp_path, no_ray):
+    """The run's parent lives in the store it started with: name it, do not traceback."""
+    run_dir = tmp_path / "results" / "ghost_size" / "20250101-000000"
+    run_dir.mkdir(parents=True)
+    module = importlib.import_module("tunegap.studies.ghost_size")
+    study = module.build(module.parser().parse_args([]))
+    original = f"sqlite:///{tmp_path}/first.db"
+    (run_dir / run_module.STATE_FILE).write_text(json.dumps({
+        "study": study.describe(), "parent_run_id": "0" * 32,
+        "hardware": {"gpus_per_trial": 0.0, "device": "cpu"}, "tracking_uri": original,
+    }))
+    code, lines, text = run_cli("ghost_size", [
+        "--resume", "--device", "cpu", "--storage-path", str(tmp_path / "results"),
+        "--tracking-uri", f"sqlite:///{tmp_path}/other.db",
+    ])
+    assert_one_line(code, lines, text, "--resume")
+    assert original in lines[0] and "--tracking-uri" in lines[0]
+
+
+REFUSED_LATE = [
+    ["--tracking-uri", "http://127.0.0.1:{port}"],
+    ["--address", "127.0.0.1:{port}"],
+    ["--workload", "cifar10-resnet44", "--data-dir", "{tmp}/no-data"],
+]
+
+
+@pytest.mark.parametrize("argv", REFUSED_LATE, ids=[a[0] for a in REFUSED_LATE])
+def test_a_refusal_leaves_nothing_behind(argv, tmp_path, no_ray):
+    """Refused after the cheap checks passed: still no results folder and no MLflow run."""
+    port = closed_port()
+    argv = [a.format(port=port, tmp=tmp_path) for a in argv]
+    if "--tracking-uri" not in argv:
+        argv += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    storage = tmp_path / "new" / "results"
+    started = time.monotonic()
+    code, lines, text = run_cli("ghost_size", [*argv, "--storage-path", str(storage)])
+    assert code == 2 and len(lines) == 1 and "Traceback" not in text, text
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "new").exists()
+    db = tmp_path / "mlflow.db"
+    if db.exists():
+        client = mlflow.MlflowClient(f"sqlite:///{db}")
+        assert not [e for e in client.search_experiments() if e.name.startswith("tunegap/")]

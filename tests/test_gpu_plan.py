@@ -68,7 +68,8 @@ def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, 
 
     if torch.cuda.is_available():
         pytest.skip("checks the machine without a GPU (CI's kind)")
-    write_mnist(tmp_path / "data", gz=False, n_train=64, n_test=32)
+    # Enough examples for the baseline's batch (B0 = 128): a larger batch is refused.
+    write_mnist(tmp_path / "data", gz=False, n_train=128, n_test=32)
     study = Study(name="table1", workload="mnist-f1", epochs=1, grid={"batch_size": (32,)}, seeds=1)
     assert get_workload("mnist-f1").gpus_per_trial > 0
     options = RunOptions(

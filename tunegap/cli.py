@@ -27,6 +27,7 @@ from tunegap.study import (
     RunOptions,
     Study,
     StudyError,
+    StudyInterrupted,
     default_storage_path,
     default_tracking_uri,
 )
@@ -42,10 +43,30 @@ class OneLineParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
-def fail(prog: str, message: object) -> NoReturn:
-    """Print `prog: error: message` (its first line) and exit with status 2."""
+INTERRUPTED_STATUS = 130  # what a shell reports for a command ended by SIGINT
+
+
+def fail(prog: str, message: object, *, status: int = 2) -> NoReturn:
+    """Print `prog: error: message` (its first line) and exit with `status` (2: bad input)."""
     sys.stderr.write(f"{prog}: error: {str(message).splitlines()[0] if str(message) else ''}\n")
-    raise SystemExit(2)
+    raise SystemExit(status)
+
+
+def interrupted(prog: str, message: str, resume_command: str | None = None) -> NoReturn:
+    """Print one line for a Ctrl-C and exit with status 130."""
+    how = f"; continue it with: {resume_command}" if resume_command else ""
+    sys.stderr.write(f"{prog}: interrupted: {message}{how}\n")
+    raise SystemExit(INTERRUPTED_STATUS)
+
+
+def resume_command(prog: str, argv: Sequence[str]) -> str:
+    """The command line that continues a study: the same arguments, with --resume."""
+    import shlex
+
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join([prog, *(shlex.quote(a) for a in args)])
 
 
 def add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -270,16 +291,21 @@ def study_main(
     """
     if prog is not None:
         parser.prog = prog
-    args = parser.parse_args(argv)
-    import_plugins(parser.prog, args)
-    from tunegap.runner.run import run_study  # Ray and MLflow load only once input is good
-
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = parser.parse_args(argv)
+        import_plugins(parser.prog, args)
+        from tunegap.runner.run import run_study  # Ray and MLflow load only once input is good
+
         study = build(args)
         options = options_from_args(args)
         return run_study(study, options)
     except StudyError as err:
-        fail(parser.prog, err)
+        fail(parser.prog, err, status=err.exit_status)
+    except StudyInterrupted as stop:
+        interrupted(parser.prog, str(stop), resume_command(parser.prog, argv))
+    except KeyboardInterrupt:
+        interrupted(parser.prog, "before the study started; nothing was run")
 
 
 def study_command(

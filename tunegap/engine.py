@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -357,30 +360,80 @@ class Engine:
         return history
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where training stopped."""
-        return {
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "loader": self.loader.state_dict(),
-            "initial_params": [p.cpu() for p in self.initial_params],
-            "epoch": self.epoch,
-            "updates": self.updates,
-            "diverged": self.diverged,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
+        """Everything needed to continue exactly where training stopped.
+
+        Only tensors and plain Python values (int, float, str, bool, None, lists, tuples,
+        dicts), so `torch.load(..., weights_only=True)` reads it: a checkpoint on shared
+        storage must never be able to run code on the node that loads it.
+        """
+        return plain_state(
+            {
+                "config": self.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(),
+                "initial_params": [p.cpu() for p in self.initial_params],
+                "epoch": self.epoch,
+                "updates": self.updates,
+                "diverged": self.diverged,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": (
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+                ),
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.config.to_dict():
+        """Continue from `state` (a `state_dict()`, possibly read back with weights_only).
+
+        A checkpoint of another trial config raises ValueError before anything changes."""
+        if state["config"] != plain_state(self.config.to_dict()):
             raise ValueError("checkpoint belongs to a different trial config")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
         self.initial_params = [p.to(self.device) for p in state["initial_params"]]
-        self.epoch = state["epoch"]
-        self.updates = state["updates"]
-        self.diverged = state["diverged"]
+        self.epoch = int(state["epoch"])
+        self.updates = int(state["updates"])
+        self.diverged = bool(state["diverged"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def plain_state(value: Any) -> Any:
+    """`value` with every leaf a tensor or a plain Python value, what weights_only loads.
+
+    numpy scalars become Python numbers and numpy arrays tensors (a plugin's regime or a
+    Tune search may hand them in), paths become strings. A dict or list that needs no change
+    is returned as it is, so a module's state keeps its `_metadata` (BatchNorm versions)."""
+    if isinstance(value, np.generic):  # before the plain types: np.float64 is a float
+        return value.item()
+    if isinstance(value, torch.Tensor | str | int | float | None):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return _plain_mapping(value)
+    if isinstance(value, list | tuple):
+        items = [plain_state(v) for v in value]
+        if type(value) in (list, tuple) and all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(
+        f"checkpoint state holds a {type(value).__name__}: only tensors and plain Python "
+        "values load with weights_only=True"
+    )
+
+
+def _plain_mapping(value: dict) -> dict:
+    pairs = [(plain_state(k), plain_state(v)) for k, v in value.items()]
+    same = all(k2 is k and v2 is v for (k2, v2), (k, v) in zip(pairs, value.items(), strict=True))
+    if same and type(value) in (dict, OrderedDict):
+        return value
+    plain: dict = OrderedDict(pairs) if isinstance(value, OrderedDict) else dict(pairs)
+    if isinstance(value, OrderedDict):
+        plain.__dict__.update(vars(value))  # torch's `_metadata` rides on the OrderedDict
+    return plain

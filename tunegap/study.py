@@ -14,6 +14,7 @@ import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -47,6 +48,24 @@ class StudyError(ValueError):
     ...
     tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr
     """
+
+    exit_status = 2
+
+
+class StudyStopped(StudyError):
+    """A fault stopped a running study (storage turned read-only, ...): one line, exit status
+    1. The trials that finished are kept, and `--resume` continues once the fault is fixed."""
+
+    exit_status = 1
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """The study was interrupted (Ctrl-C): its parent run is KILLED, nothing was computed
+    from unfinished trials, and `--resume` continues it. `run_dir` holds what finished."""
+
+    def __init__(self, message: str, run_dir: Path | None = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
 
 
 @dataclass(frozen=True)

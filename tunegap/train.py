@@ -88,10 +88,22 @@ def format_epoch(m: dict[str, Any]) -> str:
     )
 
 
+def check_data(config: TrialConfig) -> None:
+    """Refuse missing data, and a batch larger than a training set the dataset declares,
+    before anything is loaded: a reader that would download never gets to try."""
+    from tunegap.data.catalog import dataset_hooks
+    from tunegap.workloads import check_workload_data
+
+    # A dataset without a declared size is counted once loaded (see main), not loaded twice.
+    declared = dataset_hooks(config.get_workload().dataset).train_size is not None
+    check_workload_data(config.workload, config.data_dir, [config.batch_size] if declared else ())
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     import_plugins(prog, args)
-    from tunegap.engine import Engine, pick_device
+    from tunegap.engine import Engine, load_workload_data, pick_device
+    from tunegap.workloads import check_batch_sizes
 
     try:
         config = TrialConfig(
@@ -114,7 +126,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         fail(prog, err)
     if args.workers is not None and args.workers < 0:
         fail(prog, f"--workers {args.workers} is below 0")
-    engine = Engine(config, num_workers=args.workers)
+    try:
+        check_data(config)
+        data = load_workload_data(config)
+        # The files' own count: a subset, or a dataset sized only by loading it.
+        check_batch_sizes(config.workload, data.train_size, [config.batch_size])
+    except (OSError, ValueError) as err:
+        fail(prog, err)
+    engine = Engine(config, data=data, num_workers=args.workers)
     r = engine.resolved
     print(
         f"# {config.workload} B={config.batch_size} ghost={config.ghost_batch_size} "

@@ -24,6 +24,26 @@ def data_root(data_dir: str | os.PathLike[str] | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DATA_DIR
 
 
+def searched(data_dir: str | os.PathLike[str] | None) -> str:
+    """The folder a missing-data message names, as the user gave it: `--data-dir X`, or the
+    default folder where they gave none."""
+    if data_dir is None:
+        return f"{DEFAULT_DATA_DIR} (the default --data-dir)"
+    missing = "" if data_root(data_dir).is_dir() else ", no such folder"
+    return f"--data-dir {os.fspath(data_dir)}{missing}"
+
+
+def unreadable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file ("No such file or directory", "Permission
+    denied", ...), or None where it can: one byte read, so the check stays cheap."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
+
+
 def file_lock(path: Path) -> FileLock:
     """An exclusive lock on `path` (a `with` block), so parallel trials download or extract
     one copy, not several."""

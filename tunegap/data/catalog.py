@@ -2,7 +2,9 @@
 
 The built-in readers (`tunegap.data.mnist1d`, `.mnist`, `.cifar`, `.imagenet`) register
 themselves here when `tunegap.data` is imported; a user registers their own the same way.
-`DATASET_INFO` says what a model needs to know about a built-in dataset without loading it.
+`DATASET_INFO` says what a model needs to know about a built-in dataset without loading it;
+`dataset_hooks` what a dataset registered with `check=` or `train_size=` says about its files
+and its size, also without loading it (`tunegap.workloads.check_workload_data` asks).
 """
 
 from __future__ import annotations
@@ -47,9 +49,32 @@ DATASETS: Registry[DatasetFunction] = Registry("dataset")
 
 _SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
+# A check raises a one-line FileNotFoundError or ValueError where the files are not there; a
+# train size is a number, or a function giving it. Both get the workload's `dataset_kwargs`
+# and `data_dir` (None: the default folder), as keywords.
+DatasetCheck = Callable[..., None]
+TrainSize = int | Callable[..., int]
+
+
+@dataclass(frozen=True)
+class DatasetHooks:
+    """What a dataset says about its data before it is loaded (see `register_dataset`)."""
+
+    function: DatasetFunction | None = None
+    check: DatasetCheck | None = None
+    train_size: TrainSize | None = None
+
+
+# Per name; only valid while `function` is the one registered under that name.
+_HOOKS: dict[str, DatasetHooks] = {}
+
 
 def register_dataset(
-    name: str, *, replace: bool = False
+    name: str,
+    *,
+    replace: bool = False,
+    check: DatasetCheck | None = None,
+    train_size: TrainSize | None = None,
 ) -> Callable[[DatasetFunction], DatasetFunction]:
     """Decorator: register a function that loads a dataset under `name`.
 
@@ -59,6 +84,12 @@ def register_dataset(
     into a `TensorData` named after the dataset: labels become int64, inputs stay as given
     if floating point and become float32 otherwise. A second function under the same name
     needs `replace=True`.
+
+    Optional, for refusing bad input before a study starts (`check_workload_data`):
+    `check(data_dir=..., **dataset_kwargs)` looks cheaply whether the files are there and
+    raises a one-line FileNotFoundError or ValueError if not (without one, nothing is
+    checked); `train_size` is the number of training examples, or a function of the same
+    keywords giving it cheaply (without one, the dataset is loaded to count them).
 
     >>> import torch
     >>> @register_dataset("two-blobs")
@@ -70,7 +101,22 @@ def register_dataset(
     >>> data.name, data.train_size, data.input_shape, data.y_train.dtype
     ('two-blobs', 8, (1, 2), torch.int64)
     """
-    return DATASETS.decorator(name, replace=replace)
+
+    def add(function: DatasetFunction) -> DatasetFunction:
+        DATASETS.add(name, function, replace=replace)
+        _HOOKS[name] = DatasetHooks(function, check, train_size)
+        return function
+
+    return add
+
+
+def dataset_hooks(name: str) -> DatasetHooks:
+    """The `check` and `train_size` registered with the dataset called `name`; empty hooks
+    where it has none, or where another function has replaced it since."""
+    hooks = _HOOKS.get(name)
+    if hooks is None or name not in DATASETS or DATASETS.get(name) is not hooks.function:
+        return DatasetHooks()
+    return hooks
 
 
 def load_dataset(name: str, **kwargs: object) -> TensorData:

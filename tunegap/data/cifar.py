@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from tunegap.data.cache import data_root, download_or_raise, file_lock
+from tunegap.data.cache import data_root, download_or_raise, file_lock, searched, unreadable
 from tunegap.data.catalog import DATASET_INFO, register_dataset
 from tunegap.data.tensors import TensorData, normalize_images
 
@@ -30,6 +30,9 @@ class _CifarLayout:
     test: tuple[str, ...]
     label_key: bytes
     archive: str
+    # The files of `folder`, as a missing-data message lists them.
+    contents: str
+    train_size: int
 
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -41,6 +44,8 @@ _CIFAR = {
         test=("test_batch",),
         label_key=b"labels",
         archive="cifar-10-python.tar.gz",
+        contents="data_batch_1..5 and test_batch",
+        train_size=50_000,
     ),
     "cifar100": _CifarLayout(
         title="CIFAR-100",
@@ -49,6 +54,8 @@ _CIFAR = {
         test=("test",),
         label_key=b"fine_labels",
         archive="cifar-100-python.tar.gz",
+        contents="train and test",
+        train_size=50_000,
     ),
 }
 
@@ -141,7 +148,39 @@ def _load_cifar(dataset: str, data_dir: str | Path | None, download: bool) -> Te
     )
 
 
-@register_dataset("cifar10")
+def check_cifar(dataset: str, data_dir: str | Path | None) -> None:
+    """A one-line FileNotFoundError unless `dataset`'s batch files (or its archive alone, which
+    the reader extracts) are there and readable; nothing is unpickled."""
+    layout = _CIFAR[dataset]
+    root = data_root(data_dir)
+    problems = [
+        f"{layout.folder}/{name}: {why}"
+        for name in layout.train + layout.test
+        if (why := unreadable(root / layout.folder / name)) is not None
+    ]
+    archive = root / layout.archive
+    if not problems or (unreadable(archive) is None and tarfile.is_tarfile(archive)):
+        return
+    if not (root / layout.folder).is_dir():
+        found = f"there is no {layout.folder}/ nor {layout.archive}"
+    else:
+        found = "; ".join(problems[:2]) + ("; ..." if len(problems) > 2 else "")
+    raise FileNotFoundError(
+        f"{layout.title} is not in {searched(data_dir)}: expected {layout.folder}/ with "
+        f"{layout.contents}, or the archive {layout.archive} ({found}); download "
+        f"{CIFAR_URL}{layout.archive} on a machine with internet and extract it there"
+    )
+
+
+def _check_cifar10(*, data_dir: str | Path | None = None, **_: object) -> None:
+    check_cifar("cifar10", data_dir)
+
+
+def _check_cifar100(*, data_dir: str | Path | None = None, **_: object) -> None:
+    check_cifar("cifar100", data_dir)
+
+
+@register_dataset("cifar10", check=_check_cifar10, train_size=_CIFAR["cifar10"].train_size)
 def load_cifar10(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
     """CIFAR-10, 50,000 train / 10,000 test 3x32x32 images.
 
@@ -151,7 +190,9 @@ def load_cifar10(*, data_dir: str | Path | None = None, download: bool = True) -
     return _load_cifar("cifar10", data_dir, download)
 
 
-@register_dataset("cifar100")
+@register_dataset(
+    "cifar100", check=_check_cifar100, train_size=_CIFAR["cifar100"].train_size
+)
 def load_cifar100(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
     """CIFAR-100 with its 100 fine labels, 50,000 train / 10,000 test 3x32x32 images.
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunegap.data.cache import data_root, save_npz
+from tunegap.data.cache import data_root, save_npz, searched
 from tunegap.data.catalog import DATASET_INFO, register_dataset
 from tunegap.data.tensors import TensorData, normalize_images
 
@@ -39,19 +39,89 @@ def pil_image() -> Any:
     return Image
 
 
+def _candidates(root: Path) -> list[Path]:
+    return [root, root / "imagenet", root / "ILSVRC2012"]
+
+
+def _imagenet_folder(root: Path) -> Path | None:
+    for folder in _candidates(root):
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            return folder
+    return None
+
+
 def find_imagenet(data_dir: str | Path | None = None) -> Path:
     """The folder holding `train/` and `val/` class folders, or one clear FileNotFoundError."""
     root = data_root(data_dir)
-    candidates = [root, root / "imagenet", root / "ILSVRC2012"]
-    for folder in candidates:
-        if (folder / "train").is_dir() and (folder / "val").is_dir():
-            return folder
+    folder = _imagenet_folder(root)
+    if folder is not None:
+        return folder
+    candidates = _candidates(root)
     raise FileNotFoundError(
         "ImageNet not found: looked for train/<class>/*.JPEG and val/<class>/* in "
         f"{', '.join(str(c) for c in candidates)}; get ILSVRC2012 from {IMAGENET_URL} "
         "(registration required), arrange train/ and val/ as one folder per class (the "
         "ImageFolder layout; torchvision cannot download it), and pass --data-dir"
     )
+
+
+def _is_image(entry: os.DirEntry[str]) -> bool:
+    return entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_folders(split_dir: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(split_dir) as entries:
+        return [e for e in entries if e.is_dir()]
+
+
+def _count_images(split_dir: Path, max_per_class: int | None = None, stop: int = 0) -> int:
+    """Images in `split_dir/<class>/`, at most `max_per_class` a class, as `list_image_folder`
+    finds them but without sorting or building paths; `stop` > 0 ends the count there."""
+    total = 0
+    for folder in _class_folders(split_dir):
+        with os.scandir(folder.path) as entries:
+            count = sum(1 for e in entries if _is_image(e))
+        total += count if max_per_class is None else min(count, max_per_class)
+        if 0 < stop <= total:
+            break
+    return total
+
+
+def check_imagenet(*, data_dir: str | Path | None = None, **_: object) -> None:
+    """A one-line FileNotFoundError unless an ImageFolder tree with images in both splits is
+    where `find_imagenet` looks, or ValueError where validation has classes training lacks;
+    folders are listed, no image is opened."""
+    root = data_root(data_dir)
+    folder = _imagenet_folder(root)
+    if folder is None:
+        raise FileNotFoundError(
+            f"ImageNet is not in {searched(data_dir)}: expected train/<class>/*.JPEG and "
+            "val/<class>/* in that folder, its imagenet/ or its ILSVRC2012/; get "
+            f"ILSVRC2012 from {IMAGENET_URL} (registration required) on a machine with "
+            "internet and arrange train/ and val/ as one folder per class"
+        )
+    for split in ("train", "val"):
+        if not _count_images(folder / split, stop=1):
+            raise FileNotFoundError(
+                f"ImageNet in {folder} has no images in {split}/<class>/ with extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)}: both splits need images"
+            )
+    train = {e.name for e in _class_folders(folder / "train")}
+    unknown = sorted({e.name for e in _class_folders(folder / "val")} - train)
+    if unknown:
+        raise ValueError(
+            f"{folder / 'val'} has class folders the training split lacks: {unknown[:5]}"
+        )
+
+
+def imagenet_train_size(
+    *, data_dir: str | Path | None = None, max_per_class: int | None = None, **_: object
+) -> int:
+    """The number of training images `load_imagenet` or the streaming reader would use, by
+    listing the class folders (about a second for the full 1.28M); call `check_imagenet`
+    first."""
+    folder = _imagenet_folder(data_root(data_dir))
+    return 0 if folder is None else _count_images(folder / "train", max_per_class)
 
 
 def list_image_folder(
@@ -126,7 +196,7 @@ def _decode_split(
     return out
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", check=check_imagenet, train_size=imagenet_train_size)
 def load_imagenet(
     *,
     data_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunegap.data.cache import data_root, download_or_raise
+from tunegap.data.cache import data_root, download_or_raise, searched
 from tunegap.data.catalog import DATASET_INFO, register_dataset
 from tunegap.data.tensors import TensorData, normalize_images
 
@@ -67,7 +67,62 @@ def _find_mnist(root: Path) -> dict[str, Path] | None:
     return None
 
 
-@register_dataset("mnist")
+def idx_length(path: str | Path) -> int:
+    """The first dimension of an idx file (the number of images or labels), from its header
+    alone; a one-line ValueError where the header is not an idx one or, for a plain file,
+    disagrees with the file's size (a truncated download)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES:
+                raise ValueError(f"{path} is not an idx file: magic number {magic.hex()}")
+            dims = struct.unpack(f">{magic[3]}I", f.read(4 * magic[3]))
+    except (OSError, EOFError, struct.error) as err:
+        raise ValueError(f"{path} cannot be read as an idx file: {err}") from None
+    if not dims:
+        raise ValueError(f"{path} is an idx file without dimensions")
+    if path.suffix != ".gz":
+        expected = 4 + 4 * len(dims) + math.prod(dims) * np.dtype(_IDX_TYPES[magic[2]]).itemsize
+        if path.stat().st_size != expected:
+            raise ValueError(
+                f"{path}: the header says shape {dims} ({expected} bytes) but the file holds "
+                f"{path.stat().st_size} bytes"
+            )
+    return dims[0]
+
+
+def check_mnist(*, data_dir: str | Path | None = None, **_: object) -> None:
+    """A one-line FileNotFoundError unless the four idx files are in one of the folders
+    `load_mnist` reads, or ValueError where their headers are broken or disagree; only the
+    headers are read."""
+    root = data_root(data_dir)
+    files = _find_mnist(root)
+    if files is None:
+        raise FileNotFoundError(
+            f"MNIST is not in {searched(data_dir)}: expected {', '.join(MNIST_FILES.values())} "
+            f"(each may end in .gz) in that folder, its MNIST/raw/ or its mnist/; download "
+            f"them from {MNIST_URL} on a machine with internet"
+        )
+    counts = {key: idx_length(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        if counts[f"x_{split}"] != counts[f"y_{split}"]:
+            raise ValueError(
+                f"MNIST {split} files do not match: {counts[f'x_{split}']} images in "
+                f"{files[f'x_{split}']} but {counts[f'y_{split}']} labels in "
+                f"{files[f'y_{split}']}"
+            )
+
+
+def mnist_train_size(*, data_dir: str | Path | None = None, **_: object) -> int:
+    """The number of training images, from the header of train-images-idx3-ubyte (60,000
+    for the real files); call `check_mnist` first."""
+    files = _find_mnist(data_root(data_dir))
+    return 60_000 if files is None else idx_length(files["x_train"])
+
+
+@register_dataset("mnist", check=check_mnist, train_size=mnist_train_size)
 def load_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
     """MNIST, 60,000 train / 10,000 test 1x28x28 images, from the four idx files.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,27 @@ from tunegap.data.catalog import register_dataset
 from tunegap.data.tensors import TensorData
 
 _KEYS = ("x", "y", "x_test", "y_test")
+# The package's defaults (mnist1d.data.get_dataset_args, make_dataset), which load_mnist1d
+# keeps: num_samples // 10 samples of each of 10 templates, the first 80% of them to train.
+_CLASSES = 10
+_TRAIN_SPLIT = 0.8
 
 
-@register_dataset("mnist1d")
+def mnist1d_train_size(*, num_samples: int = 10_000, **_: object) -> int:
+    """The number of training samples `load_mnist1d(num_samples=...)` gives, without
+    generating them (8,000 for the default 10,000)."""
+    return int(num_samples // _CLASSES * _CLASSES * _TRAIN_SPLIT)
+
+
+def check_mnist1d(**_: object) -> None:
+    """MNIST-1D is generated, not read: only the generator package must be there."""
+    if importlib.util.find_spec("mnist1d") is None:
+        raise FileNotFoundError(
+            "MNIST-1D needs the mnist1d package to generate it: pip install mnist1d"
+        )
+
+
+@register_dataset("mnist1d", check=check_mnist1d, train_size=mnist1d_train_size)
 def load_mnist1d(
     *, num_samples: int = 10_000, seed: int = 42, data_dir: str | Path | None = None
 ) -> TensorData:

@@ -24,8 +24,21 @@ JOURNAL_FILE = "epochs_journal.jsonl"
 JOURNAL_KEYS = frozenset((*METRIC_NAMES, DIVERGED))
 
 
+class StorageUnwritable(RuntimeError):
+    """The run folder could not be written during the study (read-only, full, gone)."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(f"{path}: {error.strerror or error}")
+        self.path = path
+        self.reason = error.strerror or str(error)
+
+
 class EpochJournal(tune.Callback):
-    """Every epoch result the driver receives, appended to a JSON-lines file in the run folder."""
+    """Every epoch result the driver receives, appended to a JSON-lines file in the run folder.
+
+    A write that fails stops the study (`StorageUnwritable`): Tune's own state would fail to
+    save next, and a study that goes on without its records loses what it trains.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -34,8 +47,11 @@ class EpochJournal(tune.Callback):
                         **info: Any) -> None:
         row = {k: v for k, v in result.items() if k in JOURNAL_KEYS or k.startswith(RESOLVED_PREFIX)}
         row["trial_id"] = trial.trial_id
-        with open(self.path, "a") as journal:
-            journal.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as journal:
+                journal.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise StorageUnwritable(self.path, err) from err
 
 
 def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,15 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from ray import tune
 
 from tunegap.atomic import write_text_atomically
 from tunegap.names import OUTCOMES
+from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinished_trials
 from tunegap.runner.progress import ProgressPrinter
-from tunegap.runner.records import JOURNAL_FILE, EpochJournal, collect_records
+from tunegap.runner.records import JOURNAL_FILE, EpochJournal, StorageUnwritable, collect_records
 from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
-from tunegap.study import AUTO, RunOptions, Study, StudyError, total_trials
+from tunegap.study import (
+    AUTO,
+    RunOptions,
+    Study,
+    StudyError,
+    StudyInterrupted,
+    StudyStopped,
+    total_trials,
+)
+from tunegap.tracking.text import one_line
 
 STATE_FILE = "tunegap_study.json"
 
@@ -70,11 +82,14 @@ def latest_run_dir(root: Path) -> Path | None:
 
 
 def check_storage(root: Path) -> None:
+    """`root` can be made and written, checked without making anything: a refusal leaves no
+    empty folder behind."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tunegap-probe-"):
+            pass
     except OSError as err:
         raise StudyError(
             f"--storage-path {root.parent} is not writable ({err.strerror}): "
@@ -82,11 +97,95 @@ def check_storage(root: Path) -> None:
         ) from None
 
 
+def study_batch_sizes(study: Study) -> set[int]:
+    """Every batch size a study may train with (its grid's, and its configs')."""
+    sizes = {int(b) for b in study.grid.get("batch_size", ())}
+    return sizes | {c.batch_size for c in study.trial_configs()}
+
+
+def check_inputs(study: Study, options: RunOptions) -> None:
+    """The checks that need no Ray and create nothing: data, tracking store, Ray address."""
+    from tunegap.runner.resources import check_ray_address
+    from tunegap.tracking import check_tracking_uri
+    from tunegap.workloads import check_workload_data
+
+    try:
+        check_workload_data(study.workload, options.data_dir, sorted(study_batch_sizes(study)))
+    except ValueError as err:
+        raise StudyError(str(err).splitlines()[0]) from None
+    check_ray_address(options.address)
+    try:
+        # Last: with a new sqlite file this creates MLflow's tables.
+        check_tracking_uri(options.tracking_uri)
+    except ValueError as err:
+        raise StudyError(str(err).splitlines()[0]) from None
+
+
+def read_resume_state(root: Path, study: Study, options: RunOptions,
+                      hardware: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The run folder and saved state that `--resume` continues, checked against this call."""
+    run_dir = latest_run_dir(root)
+    if run_dir is None:
+        raise StudyError(
+            f"--resume found no previous run of study {study.name} under {root}: "
+            "run it once without --resume"
+        )
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        saved_study = state["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StudyError(
+            f"--resume: {run_dir / STATE_FILE} cannot be read: start the study again "
+            "without --resume"
+        ) from None
+    if saved_study != study.describe():
+        raise StudyError(
+            f"--resume: the study in {run_dir} was run with other options: "
+            "repeat the original command with --resume"
+        )
+    # Restored trials keep the resources and device they were created with: a resume that
+    # would plan others (another machine, other flags) could never run them.
+    saved = state.get("hardware", hardware)
+    if saved != hardware:
+        raise StudyError(
+            f"--resume: the study in {run_dir} gave each trial {saved['gpus_per_trial']:g} "
+            f"GPU(s) on device {saved['device']}, but here it would be "
+            f"{hardware['gpus_per_trial']:g} on {hardware['device']}: resume where it "
+            "started, with the same --device and --gpus-per-trial"
+        )
+    store = store_name(options.tracking_uri)
+    if state.get("tracking_uri") not in (None, store):
+        raise StudyError(
+            f"--resume: the study in {run_dir} is tracked in {state['tracking_uri']}, not "
+            f"{store}: pass --tracking-uri {state['tracking_uri']}"
+        )
+    return run_dir, state
+
+
+def store_name(tracking_uri: str) -> str:
+    """The tracking store as state files and messages name it: absolute, no credentials."""
+    from tunegap.tracking import redact_uri
+    from tunegap.tracking.uri import normalize_tracking_uri, safe_tracking_uri
+
+    return redact_uri(safe_tracking_uri(normalize_tracking_uri(tracking_uri)))
+
+
+def new_run_dir(root: Path) -> Path:
+    run_dir = root / time.strftime("%Y%m%d-%H%M%S")
+    while run_dir.exists():
+        run_dir = run_dir.with_name(run_dir.name + "x")
+    return run_dir
+
+
 def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     """Run (or with `options.resume`, continue) a study; everything is checked first.
 
-    Bad input raises `StudyError` (one line) before Ray or MLflow start. Returns the
-    tables, the cells of the map and Tune's `ResultGrid` (`StudyOutcome`).
+    Bad input raises `StudyError` (one line) before Ray or MLflow start, and leaves nothing
+    behind. Ctrl-C raises `StudyInterrupted` (the parent run is KILLED, `--resume`
+    continues); a fault that stops a running study (its storage turning read-only) raises
+    `StudyStopped`. A tracking server that dies mid-study costs no result: the tables come
+    from Ray's records, and the end of the study (or a later `--resume`) logs to MLflow
+    what it missed. Returns the tables, the cells of the map and Tune's `ResultGrid`.
 
     >>> from tunegap import RunOptions, Study, run_study  # doctest: +SKIP
     >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", epochs=2,  # doctest: +SKIP
@@ -94,113 +193,196 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     >>> outcome = run_study(study, RunOptions(storage_path="/tmp/results"))  # doctest: +SKIP
     >>> outcome.cells[["batch_size", "ghost_batch_size", "gap", "verdict"]]  # doctest: +SKIP
     """
-    from tunegap.tracking import MlflowTrackingCallback, StudyTracker, check_tracking_uri
+    from tunegap.tracking import StudyTracker
+    from tunegap.tracking.health import bounded_http_retries
 
     root = study_root(options, study)
     check_storage(root)
     options = plan_trial_hardware(study, options)
     hardware = {"gpus_per_trial": options.gpus_per_trial, "device": options.device}
     if options.resume:
-        run_dir = latest_run_dir(root)
-        if run_dir is None:
-            raise StudyError(
-                f"--resume found no previous run of study {study.name} under {root}: "
-                "run it once without --resume"
-            )
-        state = json.loads((run_dir / STATE_FILE).read_text())
-        if state["study"] != study.describe():
-            raise StudyError(
-                f"--resume: the study in {run_dir} was run with other options: "
-                "repeat the original command with --resume"
-            )
-        # Restored trials keep the resources and device they were created with: a resume
-        # that would plan others (another machine, other flags) could never run them.
-        saved = state.get("hardware", hardware)
-        if saved != hardware:
-            raise StudyError(
-                f"--resume: the study in {run_dir} gave each trial {saved['gpus_per_trial']:g} "
-                f"GPU(s) on device {saved['device']}, but here it would be "
-                f"{hardware['gpus_per_trial']:g} on {hardware['device']}: resume where it "
-                "started, with the same --device and --gpus-per-trial"
-            )
+        run_dir, state = read_resume_state(root, study, options, hardware)
         parent_run_id = state["parent_run_id"]
     else:
-        run_dir = root / time.strftime("%Y%m%d-%H%M%S")
-        while run_dir.exists():
-            run_dir = run_dir.with_name(run_dir.name + "x")
-        parent_run_id = None
-    try:
-        check_tracking_uri(options.tracking_uri)
-    except ValueError as err:
-        raise StudyError(str(err).splitlines()[0]) from None
+        run_dir, parent_run_id = new_run_dir(root), None
+    check_inputs(study, options)
 
-    tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
-    parent_run_id = tracker.start_parent(
-        params={
-            **{k: v if isinstance(v, str | int | float) else json.dumps(v)
-               for k, v in study.describe().items() if v is not None},
-            "run_dir": str(run_dir),
-            "total_trials": total_trials(study),
-        },
-        tags={"tunegap.question": study.question[:5000]},
-    )
-    if not options.resume:
-        run_dir.mkdir(parents=True)
-        state = {"study": study.describe(), "parent_run_id": parent_run_id,
-                 "hardware": hardware}
-        write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
+    with bounded_http_retries():
+        init_ray(options)
+        tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
+        try:
+            parent_run_id = tracker.start_parent(
+                params={
+                    **{k: v if isinstance(v, str | int | float) else json.dumps(v)
+                       for k, v in study.describe().items() if v is not None},
+                    "run_dir": str(run_dir),
+                    "total_trials": total_trials(study),
+                },
+                tags={"tunegap.question": study.question[:5000]},
+            )
+        except (ValueError, MlflowException) as err:
+            raise StudyError(f"MLflow: {str(err).splitlines()[0]}") from None
+        status = "FAILED"
+        try:
+            if not options.resume:
+                run_dir.mkdir(parents=True)
+                state = {"study": study.describe(), "parent_run_id": parent_run_id,
+                         "hardware": hardware,
+                         "tracking_uri": store_name(options.tracking_uri)}
+                write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
+            outcome = fit_and_finish(study, options, run_dir, tracker)
+            status = "FINISHED"
+            return outcome
+        except KeyboardInterrupt as stop:
+            status = "KILLED"
+            if isinstance(stop, StudyInterrupted):
+                raise
+            raise StudyInterrupted(interrupted_message(run_dir, None), run_dir) from None
+        except Exception as err:
+            storage = storage_fault(err)
+            if storage is None:
+                raise
+            raise StudyStopped(
+                f"the storage path {storage.path} cannot be written any more "
+                f"({storage.reason}): the finished trials are kept in {run_dir}; make it "
+                "writable and run the same command with --resume"
+            ) from None
+        finally:
+            close_parent(tracker, status)
 
-    init_ray(options)
+
+def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: Any) -> StudyOutcome:
+    from tunegap.tracking import MlflowTrackingCallback
+
+    callback = MlflowTrackingCallback(tracker)
     callbacks = [
-        MlflowTrackingCallback(tracker),
+        callback,
         EpochJournal(run_dir / JOURNAL_FILE),
         ProgressPrinter(total_trials(study), quiet=options.quiet,
                         at_most=study.seeds == AUTO or study.search == "frontier"),
     ]
-    status = "FAILED"
-    try:
-        if options.resume and tune.Tuner.can_restore(str(run_dir)):
-            tuner = tune.Tuner.restore(
-                str(run_dir),
-                trainable=trainable_with_resources(study, options),
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            tuner = build_tuner(study, options, run_dir, callbacks)
-        started = time.perf_counter()
+    if options.resume and tune.Tuner.can_restore(str(run_dir)):
+        tuner = tune.Tuner.restore(
+            str(run_dir),
+            trainable=trainable_with_resources(study, options),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        tuner = build_tuner(study, options, run_dir, callbacks)
+    started = time.perf_counter()
+    with InterruptWatch() as watch:
         result_grid = tuner.fit()
-        wall = time.perf_counter() - started
-        outcome = finish_study(study, run_dir, tracker, wall_seconds=wall)
-        outcome.result_grid = result_grid
-        status = "FINISHED"
-        return outcome
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
+    if watch.interrupted or unfinished_trials(result_grid):
+        raise StudyInterrupted(interrupted_message(run_dir, finished_trials(result_grid)),
+                               run_dir)
+    wall = time.perf_counter() - started
+    # A restored Tuner logs through the callback pickled with it, whose failures this
+    # process never sees: a resume always checks MLflow against the records.
+    must_backfill = options.resume or bool(callback.errors or callback.unlogged)
+    outcome = finish_study(study, run_dir, tracker, wall_seconds=wall, backfill=must_backfill)
+    outcome.result_grid = result_grid
+    return outcome
+
+
+def interrupted_message(run_dir: Path, finished: int | None) -> str:
+    kept = "the finished trials are" if finished is None else f"{finished} finished trial(s) are"
+    return (f"the study was interrupted; {kept} kept in {run_dir} and nothing was computed "
+            "from the unfinished ones")
+
+
+def storage_fault(err: BaseException) -> StorageUnwritable | None:
+    """The `StorageUnwritable` behind `err` (Tune wraps a callback's error in its own)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, StorageUnwritable):
+            return current
+        todo += [current.__cause__, current.__context__]
+    return None
+
+
+def close_parent(tracker: Any, status: str) -> None:
+    """End the parent run; a tracking server that went away must not cost the study."""
+    try:
         tracker.finish_parent(status)
+    except Exception as err:
+        print(f"warning: MLflow: the parent run could not be marked {status} "
+              f"({one_line(err)}); --resume marks it", file=sys.stderr)
 
 
-def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float) -> StudyOutcome:
-    """Tables, map, summary: written into the run folder and logged on the parent run."""
-    from tunegap.analysis import report, tables
-    from tunegap.analysis.cells import compute_cells, verdict_counts
-    from tunegap.analysis.figure_files import save_figures
+def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float,
+                 backfill: bool = False) -> StudyOutcome:
+    """Tables, map, summary: written into the run folder from Ray's own records, then
+    logged on the parent run. MLflow is only told: with `backfill`, each child run gets what
+    it misses first (`tunegap.tracking.backfill`); a server that does not answer is
+    reported, never waited for."""
+    from tunegap.analysis import tables
+    from tunegap.analysis.cells import compute_cells
+    from tunegap.tracking.health import store_reachable
 
-    records = collect_records(run_dir, tracker.mlflow_run_ids(),
-                              target_test_acc=study.target_test_acc)
+    records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc)
+    reachable = store_reachable(tracker.tracking_uri)
+    unlogged = sync_trials(tracker, records) if backfill and reachable else {}
+    run_ids = safe_run_ids(tracker) if reachable else {}
+    for record in records:
+        record["mlflow_run_id"] = run_ids.get(record["trial_id"])
     trials_df, epochs_df = tables.build_tables(records, study=study.name)
     files = list(tables.write_tables(trials_df, epochs_df, run_dir).values())
     cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy)
+    outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
+                                           wall_seconds)
+    outcome.parent_run_id = tracker.parent_run_id
+    logged = reachable and publish(tracker, study, outcome, wall_seconds, figure_errors)
+    if not reachable or not logged or unlogged:
+        missing = sorted(unlogged) if reachable and logged else sorted(trials_df["trial_id"])
+        print(f"warning: MLflow at {tracker.tracking_uri} could not be reached: "
+              f"{len(missing)} trial run(s) and the parent's results are not (fully) logged "
+              f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); the Parquet "
+              f"tables in {run_dir} are complete. Once MLflow is back, run the same command "
+              "with --resume to log them.", file=sys.stderr, flush=True)
+    return outcome
+
+
+def sync_trials(tracker: Any, records: list[dict[str, Any]]) -> dict[str, str]:
+    """Backfill MLflow from the records; the trials it could not log, with why."""
+    from tunegap.tracking.backfill import backfill_study
+
+    report = backfill_study(tracker, records)
+    if report.updated:
+        print(f"MLflow: logged what {len(report.updated)} trial run(s) missed "
+              f"({report.steps_logged} epoch(s))", flush=True)
+    return report.failed
+
+
+def safe_run_ids(tracker: Any) -> dict[str, str]:
+    try:
+        return tracker.mlflow_run_ids()
+    except Exception:
+        return {}
+
+
+def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_df: pd.DataFrame,
+                  cells: pd.DataFrame, files: list[Path],
+                  wall_seconds: float) -> tuple[StudyOutcome, int]:
+    """Figures, summary.md and the study's own tables, beside the Parquet tables; and
+    whether the figures failed (1) or not (0)."""
+    from tunegap.analysis import report
+    from tunegap.analysis.figure_files import save_figures
+
     table = report.markdown_table(cells)
+    figure_errors = 0
     try:
         figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
         files += save_figures(figures, run_dir)
     except Exception as err:  # a figure must never cost the study its results
         print(f"warning: the figures of {study.name} failed: {err}", file=sys.stderr)
-        tracker.log_parent_metrics({"figure_errors": 1})
+        figure_errors = 1
     train_seconds = float(trials_df["train_seconds"].fillna(0).sum())
     counts = trials_df["outcome"].value_counts().to_dict()
     if study.report is not None:
@@ -212,20 +394,37 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     own_tables = study.tables(cells, trials_df, epochs_df) if study.tables else {}
     for name, frame in {"cells.csv": cells, **own_tables}.items():
         files.append(write_text_atomically(run_dir / name, frame.to_csv(index=False)))
-    tracker.log_parent_artifacts(files)
-    tracker.log_parent_metrics({
-        "wall_seconds": wall_seconds,
-        "train_seconds": train_seconds,
-        **{f"trials_{outcome}": counts.get(outcome, 0) for outcome in OUTCOMES},
-        "margin": float(study.margin),
-        **{f"cells_{v}": n for v, n in verdict_counts(cells).items()
-           if v in ("closed", "open", "inconclusive")},
-    })
     print(table, flush=True)
     print(f"\n{study.name}: {len(trials_df)} trials, {dict(counts)}; "
           f"tables and map in {run_dir}", flush=True)
-    return StudyOutcome(run_dir=run_dir, parent_run_id=tracker.parent_run_id, trials=trials_df,
-                        epochs=epochs_df, cells=cells, table=table, files=files)
+    outcome = StudyOutcome(run_dir=run_dir, parent_run_id="", trials=trials_df,
+                           epochs=epochs_df, cells=cells, table=table, files=files)
+    return outcome, figure_errors
+
+
+def publish(tracker: Any, study: Study, outcome: StudyOutcome, wall_seconds: float,
+            figure_errors: int) -> bool:
+    """The study's files and summary numbers on the parent run; False where MLflow failed."""
+    from tunegap.analysis.cells import verdict_counts
+
+    trials_df = outcome.trials
+    counts = trials_df["outcome"].value_counts().to_dict()
+    try:
+        tracker.log_parent_artifacts(outcome.files)
+        tracker.log_parent_metrics({
+            "wall_seconds": wall_seconds,
+            "train_seconds": float(trials_df["train_seconds"].fillna(0).sum()),
+            **{f"trials_{o}": counts.get(o, 0) for o in OUTCOMES},
+            "margin": float(study.margin),
+            **{f"cells_{v}": n for v, n in verdict_counts(outcome.cells).items()
+               if v in ("closed", "open", "inconclusive")},
+            **({"figure_errors": figure_errors} if figure_errors else {}),
+        })
+    except Exception as err:
+        print(f"warning: MLflow: the study's results could not be logged on the parent run "
+              f"({one_line(err)})", file=sys.stderr)
+        return False
+    return True
 
 
 def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],

@@ -7,15 +7,26 @@ so a trial restored after a fault reports the same metrics an uninterrupted one 
 A study's workload may live only in the user's script or plugin, which Ray's worker processes
 never import: the trainable is handed the workload's registrations (`with_workload`) and
 installs them before the first trial config is read.
+
+Checkpoints are read with `torch.load(..., weights_only=True)`: the storage path may be a
+shared bucket, and a pickle there would run code on every node that resumes from it. A
+resumed trial whose checkpoint is gone (Tune's retention deleted the one a killed driver's
+experiment state still names) or cut short falls back on the newest sibling
+`checkpoint_*` folder of the trial that loads, or starts over; it never ends as an error.
 """
 
 from __future__ import annotations
 
+import logging
+import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray import tune
+from ray.train._internal.checkpoint_manager import _TrainingResult
 
 from tunegap import registry
 from tunegap.config import TrialConfig
@@ -23,6 +34,9 @@ from tunegap.cpu_memory import applied_mode, release_freed_memory
 from tunegap.engine import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
+# Tune's name for a trial's checkpoint folders (ray.train._internal.storage).
+CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")
+logger = logging.getLogger(__name__)
 OUT_OF_MEMORY_HINT = (
     "out of GPU memory: use a smaller batch (--batch-size/--batch-sizes), a smaller ghost "
     "batch size, or fewer trials per GPU (a larger --gpus-per-trial)"
@@ -98,9 +112,92 @@ class GapTrainable(tune.Trainable):
         torch.save(self.engine.state_dict(), Path(checkpoint_dir) / CHECKPOINT_FILE)
 
     def load_checkpoint(self, checkpoint: str | dict) -> None:
-        path = Path(checkpoint) / CHECKPOINT_FILE
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.engine.load_state_dict(state)
+        self.engine.load_state_dict(read_engine_state(Path(checkpoint)))
+
+    def restore(self, checkpoint_path: str | tune.Checkpoint | _TrainingResult) -> None:
+        """Tune's restore, made to survive a checkpoint that is missing or does not load.
+
+        Tune names the checkpoint to restore from its experiment state, which a killed
+        driver may leave naming one that retention (`num_to_keep`) already deleted, or one
+        whose copy to storage was cut short. Then the newest other `checkpoint_*` folder of
+        the trial that loads is used, or the trial starts over from scratch; either way one
+        warning line says so in the trial's log.
+        """
+        named = as_training_result(checkpoint_path)
+        try:
+            super().restore(named)
+            return
+        except Exception as err:
+            # Missing (Ray's ValueError), cut short (torch's), another trial's (ours), a
+            # planted pickle (UnpicklingError): whatever it is, this checkpoint is unusable.
+            failure = f"{type(err).__name__}: {err}"
+        # A failed load may have changed part of the engine (the model but not the
+        # optimizer): every attempt starts from a fresh one.
+        self._restart_engine()
+        for candidate in sibling_checkpoints(named.checkpoint):
+            try:
+                super().restore(_TrainingResult(checkpoint=candidate, metrics=named.metrics))
+            except Exception:  # this one is unusable too: the next older one may do
+                self._restart_engine()
+                continue
+            # Tune's iteration count came from the named checkpoint's metrics: one step
+            # is one epoch, so the engine's own count is the true one.
+            self._iteration = self.engine.epoch
+            logger.warning(
+                "checkpoint %s could not be restored (%s): resumed from %s at epoch %d instead",
+                named.checkpoint.path, one_line(failure), candidate.path, self.engine.epoch,
+            )
+            return
+        self._iteration = 0
+        logger.warning(
+            "checkpoint %s could not be restored (%s) and no other checkpoint of the trial "
+            "loads: the trial starts over from epoch 0",
+            named.checkpoint.path, one_line(failure),
+        )
+
+    def _restart_engine(self) -> None:
+        self.engine = None
+        self._start(self.trial_config.to_dict())
+
+
+def read_engine_state(checkpoint_dir: Path) -> dict[str, Any]:
+    """The `Engine.state_dict()` saved in `checkpoint_dir`, read with weights_only=True:
+    tensors and plain values only, so a planted pickle raises instead of running."""
+    return torch.load(checkpoint_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def as_training_result(checkpoint: str | tune.Checkpoint | _TrainingResult) -> _TrainingResult:
+    """What `Trainable.restore` accepts (a path, a Checkpoint, Tune's checkpoint result),
+    as Tune's checkpoint result."""
+    if isinstance(checkpoint, str):
+        checkpoint = tune.Checkpoint.from_directory(checkpoint)
+    if isinstance(checkpoint, tune.Checkpoint):
+        return _TrainingResult(checkpoint=checkpoint, metrics={})
+    return checkpoint
+
+
+def sibling_checkpoints(named: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The other `checkpoint_<index>` folders next to `named` (the trial's storage folder),
+    newest first, on `named`'s own filesystem (local, a shared mount, or a bucket)."""
+    fs, parent = named.filesystem, posixpath.dirname(named.path.rstrip("/"))
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        match = CHECKPOINT_FOLDER.fullmatch(entry.base_name)
+        same = posixpath.normpath(entry.path) == posixpath.normpath(named.path)
+        if match and entry.type == pyarrow.fs.FileType.Directory and not same:
+            found.append((int(match.group(1)), entry.path))
+    found.sort(reverse=True)
+    return [tune.Checkpoint(path, filesystem=fs) for _, path in found]
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` on one line, cut to `limit` characters (a log line, not a traceback)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def with_workload(trainable: type[tune.Trainable], workload: str) -> Any:

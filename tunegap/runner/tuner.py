@@ -84,6 +84,7 @@ def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: lis
     ]
     defaults = configs[0].to_dict()
     runnable = trainable_with_resources(study, options)
+    concurrency = options.max_concurrent
     if study.search == "optuna":
         searcher, space = optuna_search(study)
         param_space = {**defaults, **space}
@@ -94,7 +95,10 @@ def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: lis
         num_samples = total_trials(study)
     else:
         points = [c.to_dict() for c in sort_longest_first(configs)]
-        searcher = BasicVariantGenerator(points_to_evaluate=points)
+        # Tune ignores max_concurrent_trials for a generator handed in: it must be told itself.
+        searcher = BasicVariantGenerator(points_to_evaluate=points,
+                                         max_concurrent=options.max_concurrent or 0)
+        concurrency = None
         # Every point sets every key; None placeholders keep Tune from warning that a
         # point differs from the "search space" (there is none beyond the points).
         param_space = dict.fromkeys(defaults)
@@ -105,7 +109,7 @@ def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: lis
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=num_samples,
-            max_concurrent_trials=options.max_concurrent,
+            max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

@@ -51,6 +51,7 @@ from tunegap.names import (
     OPTIONAL_METRICS,
     RESOLVED_PREFIX,
 )
+from tunegap.tracking.health import store_reachable
 from tunegap.tracking.runs import (
     TAG_ERROR,
     TAG_FAILURES,
@@ -93,8 +94,11 @@ class MlflowTrackingCallback(Callback):
     One ``log_batch`` per result (per epoch), from one logging thread in the driver (so
     Tune never waits on MLflow); nothing runs inside trials. `flush` waits for it.
     A tracking failure is logged as a warning and kept in `errors` instead of stopping the
-    study (`raise_errors=True` re-raises, for tests). See the module docstring for
-    outcomes and statuses, and `tunegap.tracking.runs` for tags.
+    study (`raise_errors=True` re-raises, for tests). When the tracking server stops
+    answering, the callback stops calling it (each call would wait out MLflow's retries) and
+    keeps the trials it could not log in `unlogged`; the study's end logs them from its own
+    records (`tunegap.tracking.backfill`). See the module docstring for outcomes and
+    statuses, and `tunegap.tracking.runs` for tags.
     """
 
     def __init__(
@@ -108,6 +112,8 @@ class MlflowTrackingCallback(Callback):
         self.metric_names = tuple(metric_names)
         self.raise_errors = raise_errors
         self.errors: list[str] = []
+        self.unlogged: set[str] = set()
+        self.store_down = False
         self._trials: dict[str, _TrialLog] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
@@ -118,6 +124,7 @@ class MlflowTrackingCallback(Callback):
         state["_trials"] = {}
         state["_pool"] = None
         state["_pending"] = []
+        state["errors"], state["unlogged"], state["store_down"] = [], set(), False
         return state
 
     # -- Tune hooks ----------------------------------------------------------------
@@ -202,23 +209,10 @@ class MlflowTrackingCallback(Callback):
 
     def _log_result(self, trial: Any, result: Mapping[str, Any]) -> None:
         log = self._open(trial)
-        step = _step_of(result)
+        step = step_of(result)
         if step <= log.last_step:
             return  # re-reported after a restore from an older checkpoint: already logged
-        now = now_ms()
-        metrics = [
-            Metric(key, value, now, step)
-            for key in self.metric_names
-            if key in result
-            and (value := metric_value(result[key])) is not None
-            # Probes that did not run this epoch report NaN: no point, not a NaN point.
-            and not (key in OPTIONAL_METRICS and not math.isfinite(value))
-        ]
-        params = [
-            Param(key, param_value(value))
-            for key, value in result.items()
-            if key.startswith(RESOLVED_PREFIX) and key not in log.params
-        ]
+        metrics, params = result_batch(result, self.metric_names, log.params)
         self._client.log_batch(log.run_id, metrics=metrics, params=params)
         log.params.update(p.key for p in params)
         log.last_step = step
@@ -229,7 +223,7 @@ class MlflowTrackingCallback(Callback):
         if not known and self.tracker.find_child_run(trial.trial_id) is None:
             # Stopped before it ever started (e.g. a pending trial at the end of a budget).
             return
-        self._close(self._open(trial), _outcome(last), "FINISHED")
+        self._close(self._open(trial), trial_outcome(last), "FINISHED")
 
     def _recover(self, trial: Any) -> None:
         log = self._open(trial)
@@ -277,15 +271,25 @@ class MlflowTrackingCallback(Callback):
             future.result()
 
     def _run_safely(self, what: str, trial: Any, work: Any, *args: Any) -> None:
+        trial_id = str(getattr(trial, "trial_id", trial))
+        if self.store_down:
+            self.unlogged.add(trial_id)
+            return
         try:
             work(*args)
         except Exception as exc:
             if self.raise_errors:
                 raise
-            trial_id = getattr(trial, "trial_id", trial)
+            self.unlogged.add(trial_id)
             message = f"MLflow tracking ({what}) for trial {trial_id} failed: {one_line(exc)}"
             self.errors.append(message)
             logger.warning(message)
+            if not store_reachable(self.tracker.tracking_uri):
+                self.store_down = True
+                logger.warning(
+                    "MLflow at %s does not answer: no more logging until the study ends",
+                    self.tracker.tracking_uri,
+                )
 
 
 @dataclass(frozen=True)
@@ -323,7 +327,8 @@ def trial_error_text(trial: Any) -> str:
     return text.strip() or "the trial failed; Tune left no error file"
 
 
-def _step_of(result: Mapping[str, Any]) -> int:
+def step_of(result: Mapping[str, Any]) -> int:
+    """The MLflow step of a result: its weight updates so far (`updates`)."""
     updates = metric_value(result.get(_PROGRESS_METRIC))
     if updates is not None and math.isfinite(updates):
         return int(updates)
@@ -331,7 +336,28 @@ def _step_of(result: Mapping[str, Any]) -> int:
     return int(result.get("training_iteration", 0))
 
 
-def _outcome(last: Mapping[str, Any]) -> str:
+def result_batch(
+    result: Mapping[str, Any], metric_names: Sequence[str], logged_params: set[str]
+) -> tuple[list[Metric], list[Param]]:
+    """One result as the metrics (at its step) and the resolved params not logged yet."""
+    now, step = now_ms(), step_of(result)
+    metrics = [
+        Metric(key, value, now, step)
+        for key in metric_names
+        if key in result
+        and (value := metric_value(result[key])) is not None
+        # Probes that did not run this epoch report NaN: no point, not a NaN point.
+        and not (key in OPTIONAL_METRICS and not math.isfinite(value))
+    ]
+    params = [
+        Param(key, param_value(value))
+        for key, value in result.items()
+        if key.startswith(RESOLVED_PREFIX) and key not in logged_params
+    ]
+    return metrics, params
+
+
+def trial_outcome(last: Mapping[str, Any]) -> str:
     if last.get(DIVERGED):
         return DIVERGED
     epoch = metric_value(last.get("epoch"))

@@ -61,7 +61,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from tunegap.tracking.text import one_line
-from tunegap.tracking.uri import default_artifact_location, normalize_tracking_uri
+from tunegap.tracking.uri import default_artifact_location, safe_tracking_uri, tracking_client
 
 # The tags of tracking's runs, the parent's and the children's, named here and nowhere else.
 TAG_STUDY = "tunegap.study"
@@ -210,10 +210,15 @@ class StudyTracker:
     Made by the study runner in the driver. Picklable (Tune pickles its callbacks): the
     client is made again on first use, and an unpickled tracker looks its child runs up in
     MLflow before it creates any, so a restored Tuner never duplicates them.
+
+    `tracking_uri` keeps no credentials (`safe_tracking_uri`): those of an http(s) URI go to
+    MLflow's environment variables in this process, so the tracker Tune pickles holds none,
+    and an unpickled one in the same driver (or one whose driver made a tracker from the full
+    URI first, as a resume does) still authenticates.
     """
 
     def __init__(self, tracking_uri: str, study: str, *, parent_run_id: str | None = None):
-        self.tracking_uri = normalize_tracking_uri(tracking_uri)
+        self.tracking_uri = safe_tracking_uri(tracking_uri)
         self.study = study
         self.experiment_name = experiment_name(study)
         self.parent_run_id = parent_run_id
@@ -231,8 +236,10 @@ class StudyTracker:
 
     @property
     def client(self) -> mlflow.MlflowClient:
+        """The MLflow client, made on first use (a new sqlite store's schema is created
+        under a file lock then: `tracking_client`)."""
         if self._client is None:
-            self._client = mlflow.MlflowClient(self.tracking_uri)
+            self._client = tracking_client(self.tracking_uri)
         return self._client
 
     @property

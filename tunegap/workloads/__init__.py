@@ -1,7 +1,8 @@
 """Named workloads: a model, a dataset and the base regime it is trained with at B0.
 
 `mnist1d` holds the CPU-sized default, `paper` the networks of the paper's Table 1; a user
-adds their own with `register_workload(Workload(...))`.
+adds their own with `register_workload(Workload(...))`. `check_workload_data` refuses missing
+data and batches larger than the training set before anything starts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from tunegap.workloads.catalog import (
     register_workload,
     workload_registrations,
 )
+from tunegap.workloads.checks import check_batch_sizes, check_workload_data
 from tunegap.workloads.workload import PaperNumbers, Workload
 
-__all__ = ["WORKLOADS", "PaperNumbers", "Workload", "get_workload", "register_workload", "workload_registrations"]
+__all__ = [
+    "WORKLOADS",
+    "PaperNumbers",
+    "Workload",
+    "check_batch_sizes",
+    "check_workload_data",
+    "get_workload",
+    "register_workload",
+    "workload_registrations",
+]

@@ -1,0 +1,158 @@
+"""Faults injected into running studies with real processes and signals: Ctrl-C, the MLflow
+server SIGKILLed, the storage turned read-only. Each fault must cost no finished trial, and a
+`--resume` must finish the study with every trial once in Parquet and in MLflow, no epoch
+logged twice."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow_checks import trial_runs_logged_once
+from study_procs import (
+    MlflowServer,
+    kill_group,
+    regime_study,
+    run_dirs,
+    signal_group,
+    start,
+    wait_for_epochs,
+)
+
+from tunegap.analysis.tables import read_tables
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "tunegap/regime_length"
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise AssertionError(f"the study did not end within {timeout_s} s") from None
+
+
+def error_lines(log: Path) -> list[str]:
+    """The lines a user reads as tunegap's verdict on the run (not Ray's or MLflow's logs)."""
+    return [ln for ln in log.read_text().splitlines() if "tunegap.studies.regime_length:" in ln]
+
+
+def assert_complete(storage: Path, tracking_uri: str) -> None:
+    (run_dir,) = run_dirs(storage)
+    trials, epochs = read_tables(run_dir)
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["outcome"]) == {"completed"}
+    assert sorted(trials["epochs_done"]) == [2, 2, 80]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert trials["mlflow_run_id"].notna().all()
+    children = trial_runs_logged_once(tracking_uri, EXPERIMENT, trials["trial_id"])
+    client = mlflow.MlflowClient(tracking_uri)
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed"
+        steps = client.get_metric_history(run.info.run_id, "test_acc")
+        assert len(steps) == int(run.data.params["resolved_epochs"])
+
+
+def test_ctrl_c_stops_in_one_line_marks_the_parent_killed_and_resumes(tmp_path, data_dir):
+    storage, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    proc = start(command, tmp_path / "first.log")
+    wait_for_epochs(proc, storage, 15)
+    signal_group(proc, signal.SIGINT)
+    assert finish(proc) == 130
+    text = (tmp_path / "first.log").read_text()
+    assert "Traceback" not in text
+    (line,) = error_lines(tmp_path / "first.log")
+    assert "interrupted" in line and "--resume" in line
+    (run_dir,) = run_dirs(storage)
+    # Nothing was computed from the unfinished trials.
+    assert not (run_dir / "trials.parquet").exists() and not (run_dir / "summary.md").exists()
+    client = mlflow.MlflowClient(uri)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+        "tags.`tunegap.role` = 'parent'",
+    )
+    assert parent.info.status == "KILLED"
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_complete(storage, uri)
+
+
+def test_tracking_server_killed_mid_study_loses_nothing(tmp_path, data_dir):
+    server = MlflowServer(tmp_path).start()
+    storage = tmp_path / "results"
+    command = regime_study(storage, server.uri, data_dir)
+    try:
+        proc = start(command, tmp_path / "study.log")
+        wait_for_epochs(proc, storage, 15)
+        server.kill()
+        started = time.monotonic()
+        assert finish(proc) == 0, (tmp_path / "study.log").read_text()[-3000:]
+        # It finished the training left, then told the user, without waiting out MLflow.
+        assert time.monotonic() - started < 240
+        text = (tmp_path / "study.log").read_text()
+        assert "Traceback" not in text
+        assert "could not be reached" in text and "--resume" in text
+        (run_dir,) = run_dirs(storage)
+        trials, _ = read_tables(run_dir)  # Parquet from Ray's own records
+        assert len(trials) == 3 and set(trials["outcome"]) == {"completed"}
+        assert sorted(trials["epochs_done"]) == [2, 2, 80]
+
+        server.start()
+        resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert_complete(storage, server.uri)
+        # Once up to date, another resume logs nothing more.
+        again = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                               timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "logged what" not in again.stdout
+        assert_complete(storage, server.uri)
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A tmpfs of our own that can be remounted read-only (root only: tests run as root
+    here and in CI; elsewhere the fault cannot be made and the test says so)."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to make read-only here: {made.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(where: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)
+
+
+def test_storage_turned_read_only_stops_in_one_line_and_resumes(tmp_path, data_dir,
+                                                                small_mount):
+    storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    proc = start(command, tmp_path / "first.log")
+    wait_for_epochs(proc, storage, 15)
+    remount(small_mount, "ro")
+    assert finish(proc) == 1
+    text = (tmp_path / "first.log").read_text()
+    assert "Traceback" not in text
+    (line,) = error_lines(tmp_path / "first.log")
+    assert str(storage) in line and "--resume" in line
+
+    remount(small_mount, "rw")
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_complete(storage, uri)

@@ -1,0 +1,54 @@
+"""Whether the tracking store answers now, and MLflow's HTTP retries kept short during a study.
+
+MLflow's client retries a refused connection 7 times with exponential back-off (minutes in
+all) before it gives up. During a study the Parquet tables, not MLflow, hold the results, so
+a dead server must cost seconds, not minutes: the study bounds the retries, and after the
+first failure asks `store_reachable` whether to go on logging at all.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Environment variables MLflow reads at each request (mlflow.environment_variables); a value
+# the user set wins.
+STUDY_HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def store_reachable(uri: str, *, timeout_s: float = 3.0) -> bool:
+    """True unless `uri` is an MLflow server that does not answer within `timeout_s`.
+
+    Local stores (sqlite, files) are always "reachable": their failures are errors of the
+    call that failed, not of a server that went away.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme not in ("http", "https"):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return True
+    except urllib.error.HTTPError:
+        return True  # something answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@contextmanager
+def bounded_http_retries() -> Iterator[None]:
+    """MLflow's HTTP retries bounded to about ten seconds while the block runs."""
+    added = [key for key in STUDY_HTTP_SETTINGS if key not in os.environ]
+    os.environ.update({key: STUDY_HTTP_SETTINGS[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
