@@ -50,6 +50,20 @@ CASES = [
     ("batch_size", ["--batch-sizes", "32,-64"], "--batch-sizes"),
     ("table1", ["--large-batch-size", "0"], "--large-batch-size 0"),
     ("diffusion", ["--exponents", "inf"], "--exponents"),
+    ("ghost_size", ["--margin", "200"], "--margin 200"),
+    ("ghost_size", ["--seeds", "100000"], "--seeds 100000"),
+    ("ghost_size", ["--seeds", "auto", "--max-seeds", "5000"], "--max-seeds 5000"),
+    ("ghost_size", ["--batch-sizes", "512,16384"], "batch size 16384"),
+    ("ghost_size", ["--tracking-uri", ""], "--tracking-uri '' is empty"),
+    ("ghost_size", ["--data-dir", ""], "--data-dir '' is empty"),
+    ("ghost_size", ["--data-dir", "{tmp}/notes.txt"], "is a file"),
+    ("ghost_size", ["--address", "127.0.0.1:1"], "--address 127.0.0.1:1"),
+    ("ghost_size", ["--workload", "cifar10-resnet44", "--data-dir", "{tmp}/empty"], "CIFAR-10"),
+    ("ghost_size", ["--workload", "mnist-f1", "--data-dir", "{tmp}/empty"], "MNIST"),
+    ("ghost_size", ["--tracking-uri", "sqlite:///{tmp}/notes.txt"], "not an SQLite database"),
+    ("ghost_size", ["--tracking-uri", "sqlite:///{tmp}/empty"], "is a folder"),
+    ("ghost_size", ["--tracking-uri", "sqlite:////proc/tunegap-test.db"], "/proc/tunegap-test.db"),
+    ("ghost_size", ["--tracking-uri", "http://user:secret@127.0.0.1:9"], "127.0.0.1:9"),
 ]
 
 
@@ -65,6 +79,9 @@ def no_ray(monkeypatch):
                          ids=[f"{n}:{' '.join(a)}" for n, a, _ in CASES])
 def test_bad_study_input(name, argv, named, tmp_path, no_ray, capsys):
     module = importlib.import_module(f"tunegap.studies.{name}")
+    (tmp_path / "notes.txt").write_text("my notes, not a database\n")
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(tmp=tmp_path) for a in argv]
     argv = [*argv, "--storage-path", str(tmp_path / "results")]
     if not any(a.startswith("--tracking-uri") for a in argv):
         argv += ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
@@ -75,10 +92,10 @@ def test_bad_study_input(name, argv, named, tmp_path, no_ray, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert named in lines[0]
-    assert "Traceback" not in err
-    # Nothing trained: no trial folders were made.
-    results = tmp_path / "results" / name
-    assert not results.exists() or not any(results.glob("*/GapTrainable_*"))
+    assert "Traceback" not in err and "secret" not in err
+    # A refusal leaves nothing behind: not even an empty results folder.
+    assert not (tmp_path / "results").exists()
+    assert (tmp_path / "notes.txt").read_text() == "my notes, not a database\n"
 
 
 def test_unwritable_storage_path_is_refused(tmp_path, no_ray, capsys):

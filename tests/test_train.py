@@ -114,6 +114,10 @@ BAD_ARGS = [
     (["--batch-size", "64", "--workload", "cifar10-vit"], "unknown workload 'cifar10-vit'"),
     (["--batch-size", "64", "--seed", "-1"], "seed -1"),
     (["--batch-size", "64", "--device", "tpu"], "'tpu'"),
+    (["--batch-size", "64", "--ghost-batch-size", "64"], "--ghost-batch-size 64 is not smaller"),
+    (["--batch-size", "16384"], "batch size 16384 is larger than the 8000 training examples"),
+    (["--batch-size", "64", "--workload", "mnist-f1", "--data-dir", "/nonexistent/tunegap"],
+     "MNIST"),
 ]
 
 

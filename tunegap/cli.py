@@ -266,7 +266,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         address=args.address,
         storage_path=default_storage_path() if args.storage_path is None else args.storage_path,
-        tracking_uri=args.tracking_uri or default_tracking_uri(),
+        tracking_uri=default_tracking_uri() if args.tracking_uri is None else args.tracking_uri,
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         gpus_per_trial=args.gpus_per_trial,

@@ -117,6 +117,10 @@ class Engine:
         self.workload = config.get_workload()
         self.device = pick_device(config.device) if device is None else torch.device(device)
         data = data if data is not None else load_workload_data(config)
+        from tunegap.workloads import check_batch_sizes
+
+        # The study checked the workload's declared size; this is the data actually read.
+        check_batch_sizes(config.workload, data.train_size, [config.batch_size])
         self.streaming = isinstance(data, StreamingData)
         self.data: Any = data if self.streaming else data.to(self.device)
         self.regime = config.regime()

@@ -36,6 +36,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # cluster of cluster.yaml the head exports both, so studies need no extra flags there.
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 STORAGE_ENV = "TUNEGAP_STORAGE"
+# Bounds that only a typo exceeds; each is checked before any trial config is built.
+MAX_SEEDS = 1000
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 100_000
 
 FigureBuilder = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, Any]]
 
@@ -145,9 +149,10 @@ class Study:
             if len(values) == 0:
                 raise StudyError(f"the grid for {knob} is empty: give at least one value")
         if self.seeds != AUTO:
-            _check_count("--seeds", self.seeds)
+            _check_count("--seeds", self.seeds, MAX_SEEDS)
         check_seed_budget(self.min_seeds, self.max_seeds)
-        _check_count("--num-samples", self.num_samples)
+        _check_count("--max-seeds", self.max_seeds, MAX_SEEDS)
+        _check_count("--num-samples", self.num_samples, MAX_TRIALS)
         if self.search not in SEARCHES:
             raise StudyError(f"--search {self.search!r} is not allowed: use {', '.join(SEARCHES)}")
         if self.search == "frontier":
@@ -169,17 +174,19 @@ class Study:
             if self.seeds != 1:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
         if self.epochs is not None:
-            _check_count("--epochs", self.epochs)
+            _check_count("--epochs", self.epochs, MAX_EPOCHS)
         if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
-            math.isfinite(self.margin) and self.margin >= 0
+            math.isfinite(self.margin) and 0 <= self.margin <= 100
         ):
             raise StudyError(
-                f"--margin {self.margin!r} is not allowed: use a finite number of points >= 0"
+                f"--margin {self.margin!r} is not allowed: use points of test accuracy from 0 "
+                "to 100"
             )
         if self.accuracy not in ACCURACIES:
             raise StudyError(
                 f"--accuracy {self.accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}"
             )
+        _check_trial_count(self)
         # Validating each point builds every TrialConfig once, so bad values fail here.
         self.trial_configs()
         batches = self.grid.get("batch_size", ())
@@ -308,9 +315,22 @@ def frontier_budget(batch_sizes: Iterable[int], base_batch_size: int, max_seeds:
     return (1 + probes) * max_seeds
 
 
-def _check_count(flag: str, value: object) -> None:
+def _check_count(flag: str, value: object, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer >= 1")
+    if most is not None and value > most:
+        raise StudyError(f"{flag} {value!r} is not allowed: use an integer from 1 to {most}")
+
+
+def _check_trial_count(study: Study) -> None:
+    """Refuse, before building any, more trials than a study can hold (a typo in --seeds)."""
+    planned = math.prod(len(v) for v in study.grid.values()) + len(study.points)
+    seeds = study.max_seeds if study.seeds == AUTO else int(study.seeds)
+    if planned * seeds > MAX_TRIALS:
+        raise StudyError(
+            f"the study would run {planned * seeds} trials ({planned} grid point(s) x {seeds} "
+            f"seed(s)): at most {MAX_TRIALS} are allowed; use fewer values or seeds"
+        )
 
 
 def is_baseline(config: dict[str, Any]) -> bool:
@@ -383,6 +403,14 @@ class RunOptions:
                 "folder every node can reach (on the cluster of cluster.yaml: the S3 bucket "
                 "mounted at /mnt/tunegap, see CLUSTER.md)"
             )
+        for flag, value, example in (("--storage-path", self.storage_path, "./tunegap_results"),
+                                     ("--tracking-uri", self.tracking_uri, "sqlite:///mlflow.db"),
+                                     ("--data-dir", self.data_dir, "~/data")):
+            if value is not None and not str(value).strip():
+                raise StudyError(f"{flag} {value!r} is empty: name one, e.g. {example}")
+        if self.data_dir is not None and Path(self.data_dir).expanduser().is_file():
+            raise StudyError(f"--data-dir {self.data_dir} is a file: name the folder that "
+                             "holds (or will cache) the data set")
 
 
 def _check_address(address: str | None) -> None:

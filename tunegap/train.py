@@ -13,7 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from tunegap.cli import OneLineParser, add_plugin_option, fail, import_plugins, integer, number
+from tunegap.cli import (
+    OneLineParser,
+    add_plugin_option,
+    fail,
+    import_plugins,
+    integer,
+    interrupted,
+    number,
+)
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import cpu_malloc_mode
 
@@ -124,6 +132,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         cpu_malloc_mode()
     except ValueError as err:
         fail(prog, err)
+    ghost = config.ghost_batch_size
+    if ghost is not None and ghost >= config.batch_size:
+        # One ghost batch would be the whole batch: plain BatchNorm under another name.
+        fail(prog, f"--ghost-batch-size {ghost} is not smaller than --batch-size "
+                   f"{config.batch_size}: use a smaller ghost size, or 'none' for BatchNorm")
     if args.workers is not None and args.workers < 0:
         fail(prog, f"--workers {args.workers} is below 0")
     try:
@@ -141,7 +154,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         f"updates={r.total_updates} device={engine.device}",
         flush=True,
     )
-    history = engine.run(on_epoch=lambda m: print(format_epoch(m), flush=True))
+    try:
+        history = engine.run(on_epoch=lambda m: print(format_epoch(m), flush=True))
+    except KeyboardInterrupt:
+        interrupted(prog, f"training stopped after {engine.epoch} epoch(s); nothing was saved")
     last = history[-1]
     outcome = "diverged" if engine.diverged else "completed"
     print(

@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,8 +280,8 @@ def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: An
     wall = time.perf_counter() - started
     # A restored Tuner logs through the callback pickled with it, whose failures this
     # process never sees: a resume always checks MLflow against the records.
-    must_backfill = options.resume or bool(callback.errors or callback.unlogged)
-    outcome = finish_study(study, run_dir, tracker, wall_seconds=wall, backfill=must_backfill)
+    missed = None if options.resume else set(callback.unlogged)
+    outcome = finish_study(study, run_dir, tracker, wall_seconds=wall, missed=missed)
     outcome.result_grid = result_grid
     return outcome
 
@@ -309,6 +309,12 @@ def storage_fault(err: BaseException) -> StorageUnwritable | None:
 
 def close_parent(tracker: Any, status: str) -> None:
     """End the parent run; a tracking server that went away must not cost the study."""
+    from tunegap.tracking.health import store_reachable
+
+    if not store_reachable(tracker.tracking_uri):
+        print(f"warning: MLflow at {tracker.tracking_uri} does not answer: the parent run "
+              f"stays RUNNING until --resume marks it {status}", file=sys.stderr)
+        return
     try:
         tracker.finish_parent(status)
     except Exception as err:
@@ -317,18 +323,24 @@ def close_parent(tracker: Any, status: str) -> None:
 
 
 def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float,
-                 backfill: bool = False) -> StudyOutcome:
+                 missed: Iterable[str] | None = ()) -> StudyOutcome:
     """Tables, map, summary: written into the run folder from Ray's own records, then
-    logged on the parent run. MLflow is only told: with `backfill`, each child run gets what
-    it misses first (`tunegap.tracking.backfill`); a server that does not answer is
-    reported, never waited for."""
+    logged on the parent run.
+
+    `missed` names the trials whose child runs the callback could not (fully) log, None
+    where it is not known (a resume): those get what they miss first
+    (`tunegap.tracking.backfill`). MLflow is only told: a server that does not answer is
+    reported, never waited for.
+    """
     from tunegap.analysis import tables
     from tunegap.analysis.cells import compute_cells
     from tunegap.tracking.health import store_reachable
 
     records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc)
     reachable = store_reachable(tracker.tracking_uri)
-    unlogged = sync_trials(tracker, records) if backfill and reachable else {}
+    unlogged = {str(r["trial_id"]) for r in records} if missed is None else set(missed)
+    if reachable and unlogged:
+        unlogged = set(sync_trials(tracker, [r for r in records if r["trial_id"] in unlogged]))
     run_ids = safe_run_ids(tracker) if reachable else {}
     for record in records:
         record["mlflow_run_id"] = run_ids.get(record["trial_id"])
@@ -339,13 +351,15 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
     logged = reachable and publish(tracker, study, outcome, wall_seconds, figure_errors)
-    if not reachable or not logged or unlogged:
-        missing = sorted(unlogged) if reachable and logged else sorted(trials_df["trial_id"])
+    if not logged or unlogged:
+        missing = sorted(unlogged)
+        parts = [f"{len(missing)} trial run(s) ({', '.join(missing[:10])}"
+                 f"{' ...' if len(missing) > 10 else ''})"] if missing else []
+        parts += [] if logged else ["the study's results on the parent run"]
         print(f"warning: MLflow at {tracker.tracking_uri} could not be reached: "
-              f"{len(missing)} trial run(s) and the parent's results are not (fully) logged "
-              f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}); the Parquet "
-              f"tables in {run_dir} are complete. Once MLflow is back, run the same command "
-              "with --resume to log them.", file=sys.stderr, flush=True)
+              f"{' and '.join(parts)} are not (fully) logged; the Parquet tables in {run_dir} "
+              "are complete. Once MLflow is back, run the same command with --resume to log "
+              "them.", file=sys.stderr, flush=True)
     return outcome
 
 

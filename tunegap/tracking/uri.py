@@ -248,10 +248,24 @@ def _check_sqlite(path: Path, shown: str, timeout_s: float) -> None:
             f"{where}: {path} is a folder, not a database file; name a file in it, "
             f"e.g. sqlite:///{(path / 'mlflow.db').absolute().as_posix()}"
         )
+    if path.is_file() and path.stat().st_size and not _has_sqlite_header(path):
+        # sqlite would take a file shorter than its header for an empty database and write
+        # MLflow's tables over the user's file.
+        raise TrackingUnavailable(
+            f"{where}: {path} is not an SQLite database; name a new file or an MLflow database"
+        )
     try:
         _probe_sqlite(path, timeout_s)
     except sqlite3.Error as exc:
         raise TrackingUnavailable(f"{where}: {_sqlite_problem(path, exc)}") from None
+
+
+def _has_sqlite_header(path: Path) -> bool:
+    try:
+        with open(path, "rb") as db:
+            return db.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return True  # unreadable: sqlite's own probe says why
 
 
 def _probe_sqlite(path: Path, timeout_s: float) -> None:
