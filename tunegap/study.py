@@ -148,6 +148,11 @@ class Study:
         for knob, values in self.grid.items():
             if len(values) == 0:
                 raise StudyError(f"the grid for {knob} is empty: give at least one value")
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                # A repeated value would run the same trials twice under one cell.
+                raise StudyError(f"the grid for {knob} repeats {', '.join(repeated)}: give "
+                                 "each value once")
         if self.seeds != AUTO:
             _check_count("--seeds", self.seeds, MAX_SEEDS)
         check_seed_budget(self.min_seeds, self.max_seeds)
@@ -188,7 +193,7 @@ class Study:
             )
         _check_trial_count(self)
         # Validating each point builds every TrialConfig once, so bad values fail here.
-        self.trial_configs()
+        _check_trial_length(self.trial_configs())
         batches = self.grid.get("batch_size", ())
         ghosts = [g for g in self.grid.get("ghost_batch_size", ()) if g is not None]
         if batches and ghosts and min(ghosts) >= max(batches):
@@ -320,6 +325,22 @@ def _check_count(flag: str, value: object, most: int | None = None) -> None:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer >= 1")
     if most is not None and value > most:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer from 1 to {most}")
+
+
+def _check_trial_length(configs: Iterable[TrialConfig]) -> None:
+    """Refuse a regime no trial could finish (a multiplier typed with extra zeros)."""
+    seen = set()
+    for config in configs:
+        key = (config.workload, config.batch_size, config.epochs, config.regime_multiplier)
+        if key in seen:
+            continue
+        seen.add(key)
+        epochs = config.regime().resolve(config.batch_size, train_size=1).epochs
+        if epochs > MAX_EPOCHS:
+            raise StudyError(
+                f"regime multiplier {config.regime_multiplier} gives {epochs} epochs at batch "
+                f"size {config.batch_size}: at most {MAX_EPOCHS} are allowed"
+            )
 
 
 def _check_trial_count(study: Study) -> None:
