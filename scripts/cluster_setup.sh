@@ -80,25 +80,24 @@ check_storage() {
         die "TUNEGAP_STORAGE=$dir is not a folder that $(id -un) can write on $(hostname): create or mount it there (a folder every node sees at this path where there are workers)"
 }
 
-# A Python >= 3.11 with venv and ensurepip (Debian and Ubuntu ship venv separately).
-usable_python() {
-    "$1" -c 'import ensurepip, sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
-}
-
-find_python() {
+# The Pythons to make ~/venv with: $TUNEGAP_PYTHON alone where set, else each python3.1x and
+# python3 on PATH that is 3.11 or newer, newest first.
+candidate_pythons() {
     if [ -n "${TUNEGAP_PYTHON:-}" ]; then
-        usable_python "$TUNEGAP_PYTHON" || die "TUNEGAP_PYTHON=$TUNEGAP_PYTHON is not Python 3.11+ with venv"
         echo "$TUNEGAP_PYTHON"
         return
     fi
-    local candidate
-    for candidate in python3.13 python3.12 python3.11 python3; do
-        if command -v "$candidate" >/dev/null && usable_python "$(command -v "$candidate")"; then
-            command -v "$candidate"
-            return
-        fi
+    local name path
+    for name in python3.13 python3.12 python3.11 python3; do
+        path="$(command -v "$name")" || continue
+        "$path" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo "$path"
     done
-    # None here (Ubuntu 22.04, AWS's Deep Learning AMI, has 3.10): uv brings its own.
+    return 0
+}
+
+# Python 3.11 from uv, where no Python here will do (Ubuntu 22.04, AWS's Deep Learning AMI, has
+# 3.10); prints its path.
+uv_python() {
     local uv
     uv="$(command -v uv || echo "$HOME/.local/bin/uv")"
     if [ ! -x "$uv" ]; then
@@ -109,8 +108,20 @@ find_python() {
     "$uv" python find 3.11
 }
 
+make_venv() {
+    local python
+    for python in $(candidate_pythons); do
+        # Debian and Ubuntu ship venv's pip separately (python3.x-venv): without it this fails.
+        "$python" -m venv "$VENV" && return
+        rm -rf "$VENV"
+    done
+    [ -z "${TUNEGAP_PYTHON:-}" ] || die "TUNEGAP_PYTHON=$TUNEGAP_PYTHON cannot make a virtual environment"
+    python="$(uv_python)"
+    "$python" -m venv "$VENV"
+}
+
 install() {
-    [ -x "$VENV/bin/python" ] || "$(find_python)" -m venv "$VENV"
+    [ -x "$VENV/bin/python" ] || make_venv
     local target="$CHECKOUT"
     [ -z "${TUNEGAP_EXTRAS-vision}" ] || target="$CHECKOUT[${TUNEGAP_EXTRAS-vision}]"
     local args=(-e "$target" "ray[default,tune]==$RAY_VERSION")

@@ -3,10 +3,11 @@
 # one-epoch ghost_size study submitted to it with `ray job submit`, its results checked on the
 # head, and everything torn down again. .ci/run runs it after the tests; by hand:
 #
-#   sudo scripts/ray_up_smoke.sh      # from a checkout, with the Python that has Ray on PATH
-#                                     # (pip install -c constraints.txt -e ".[cluster]")
+#   scripts/ray_up_smoke.sh    # from a checkout, with the Python that has Ray first on PATH
+#                              # (pip install -c constraints.txt -e ".[cluster]")
 #
-# What it does (as root: it installs packages, adds a user and runs an sshd):
+# It runs as root (it installs packages, adds a user and runs an sshd); started by another user
+# with passwordless sudo, it runs itself again with sudo, keeping PATH. What it does:
 #   1. installs what is missing of openssh-server, rsync and netcat-openbsd (Debian), without
 #      letting the package start the system's own sshd;
 #   2. adds a throwaway user ($TUNEGAP_SMOKE_USER, default tunegap-smoke) and starts an sshd
@@ -44,9 +45,17 @@ TRIALS=6  # (2 cells + the small-batch baseline) x 2 seeds
 WORK=""
 USER_HOME=""
 SSHD_PID=""
+CHILD=""
 CLUSTER_UP=0
+RAY_UP_RAN=0
+MADE_USER=0
+OWNS_CACHE=0
 MADE_POLICY=0
 MADE_RUN_SSHD=0
+# ssh makes ~/.ssh (of the account running it) on its first run; removed again if it was ours.
+DOT_SSH="$(getent passwd "$(id -un)" | cut -d: -f6)/.ssh"
+MADE_DOT_SSH=0
+[ -e "$DOT_SSH" ] || MADE_DOT_SSH=1
 
 log() { echo "ray_up_smoke: $*"; }
 die() {
@@ -63,16 +72,30 @@ step() {
 }
 
 # `ray_cli SECONDS ARGS...`: the launcher's `ray ARGS...`, killed after SECONDS, with a temp
-# dir (Ray's, and its cluster config cache) of its own.
+# dir (Ray's, and its cluster config cache) of its own. Waited for in the background, so that
+# Ctrl-C or a TERM from CI runs the trap at once (it stops this command first).
 ray_cli() {
-    local limit=$1
+    local limit=$1 status=0
     shift
     RAY_TMPDIR="$WORK/launcher" TMPDIR="$WORK/launcher" RAY_USAGE_STATS_ENABLED=0 \
-        timeout "$limit" ray "$@"
+        timeout "$limit" ray "$@" &
+    CHILD=$!
+    wait "$CHILD" || status=$?
+    CHILD=""
+    return "$status"
+}
+
+stop_child() {
+    [ -n "$CHILD" ] || return 0
+    # timeout passes the signal on to ray and everything ray started.
+    kill -TERM "$CHILD" 2>/dev/null
+    wait "$CHILD" 2>/dev/null
+    CHILD=""
 }
 
 check_prerequisites() {
-    [ "$(id -u)" -eq 0 ] || die "run it as root (it installs packages, adds a user and starts an sshd)"
+    [ "$(id -u)" -eq 0 ] ||
+        die "run it as root, or as a user with passwordless sudo (it installs packages, adds a user and starts an sshd)"
     command -v ray >/dev/null || die "no ray on PATH: pip install -c constraints.txt -e \".[cluster]\""
     "$PY" -c 'import ray, yaml' 2>/dev/null || die "$PY cannot import ray and yaml: set PYTHON to the Python that has Ray"
     command -v apt-get >/dev/null || command -v sshd >/dev/null || die "no apt-get to install openssh-server"
@@ -120,6 +143,7 @@ make_user() {
         userdel -r "$SMOKE_USER" 2>/dev/null || true
     fi
     useradd --create-home --shell /bin/bash "$SMOKE_USER"
+    MADE_USER=1  # only now may the trap sweep this user's processes and remove it
     # '*': no password will do, and the account is not locked ('!'), which sshd refuses.
     usermod -p '*' "$SMOKE_USER"
     USER_HOME="$(getent passwd "$SMOKE_USER" | cut -d: -f6)"
@@ -135,6 +159,7 @@ make_user() {
     if [ -n "$PIP_CACHE" ]; then
         mkdir -p "$PIP_CACHE"
         chown -R "$SMOKE_USER:$SMOKE_USER" "$PIP_CACHE"
+        OWNS_CACHE=1
         cache_env=(PIP_CACHE_DIR="$PIP_CACHE")
     fi
     env "${cache_env[@]}" "$PY" scripts/ray_up_smoke_config.py pip-conf >"$USER_HOME/.config/pip/pip.conf"
@@ -186,6 +211,12 @@ EOF
 write_config() {
     local ray_version
     ray_version="$("$PY" -c 'import ray; print(ray.__version__)')"
+    # Every other port Ray would take at a fixed default, and a small object store: this
+    # machine is shared (another Ray may hold the defaults).
+    local ray_args=(--node-manager-port="$NODE_MANAGER_PORT" --ray-client-server-port="$CLIENT_PORT"
+        --dashboard-agent-listen-port="$AGENT_PORT" --dashboard-agent-grpc-port="$AGENT_GRPC_PORT"
+        --metrics-export-port="$METRICS_PORT" --runtime-env-agent-port="$RUNTIME_ENV_PORT"
+        --object-store-memory=300000000)
     "$PY" scripts/ray_up_smoke_config.py config --out "$CFG" --cluster-name "$CLUSTER" \
         --ssh-user "$SMOKE_USER" --ssh-key "$WORK/user_key" --ssh-port "$SSH_PORT" \
         --env "TUNEGAP_STORAGE=$USER_HOME/tunegap_results" \
@@ -195,7 +226,7 @@ write_config() {
         --env "TUNEGAP_OBJECT_MANAGER_PORT=$OBJECT_MANAGER_PORT" \
         --env "TUNEGAP_DASHBOARD_PORT=$DASHBOARD_PORT" \
         --env "TUNEGAP_MLFLOW_PORT=$MLFLOW_PORT" \
-        --env "TUNEGAP_RAY_START_ARGS=--node-manager-port=$NODE_MANAGER_PORT --ray-client-server-port=$CLIENT_PORT --dashboard-agent-listen-port=$AGENT_PORT --dashboard-agent-grpc-port=$AGENT_GRPC_PORT --metrics-export-port=$METRICS_PORT --runtime-env-agent-port=$RUNTIME_ENV_PORT --object-store-memory=300000000" \
+        --env "TUNEGAP_RAY_START_ARGS=${ray_args[*]}" \
         --env "RAY_TMPDIR=$USER_HOME/rt" \
         --env "RAY_USAGE_STATS_ENABLED=0"
     log "cluster file: $CFG (cluster-local.yaml, head 127.0.0.1 through port $SSH_PORT, Ray $ray_version)"
@@ -203,6 +234,7 @@ write_config() {
 
 ray_up() {
     CLUSTER_UP=1  # from here on the trap runs `ray down`, even after a partial `ray up`
+    RAY_UP_RAN=1
     log "the head's \`ray stop\` runs as $SMOKE_USER: the \"Could not terminate\" lines it may print"
     log "are other users' Ray processes on this machine, which it cannot stop (as intended)"
     ray_cli 1500 up -y --no-config-cache --disable-usage-stats --log-style record "$CFG"
@@ -265,7 +297,7 @@ stop_sshd() {
 # Every process of the throwaway user was started by this run; after `ray down` and stop-mlflow
 # there must be none (the SSH sessions closing may take a few seconds).
 sweep_user_processes() {
-    id "$SMOKE_USER" >/dev/null 2>&1 || return 0
+    [ "$MADE_USER" = 1 ] || return 0
     local waited=0 left
     while pgrep -u "$SMOKE_USER" >/dev/null && [ "$waited" -lt 30 ]; do
         sleep 1
@@ -280,9 +312,8 @@ sweep_user_processes() {
 }
 
 show_logs() {
-    [ -n "$USER_HOME" ] && [ -d "$USER_HOME" ] || return 0
     local f
-    for f in "$USER_HOME/mlflow/server.log" "$WORK/sshd.log"; do
+    for f in "${USER_HOME:-/nonexistent}/mlflow/server.log" "${WORK:-/nonexistent}/sshd.log"; do
         [ -s "$f" ] && { echo "ray_up_smoke: tail of $f:" >&2; tail -n 20 "$f" >&2; }
     done
     return 0
@@ -292,20 +323,24 @@ cleanup() {
     local status=$?
     set +e
     trap - EXIT INT TERM
+    stop_child
     [ "$status" -eq 0 ] || show_logs
     if [ "$CLUSTER_UP" = 1 ]; then
         log "cleanup: stopping the cluster"
         stop_cluster
     fi
-    close_ssh_masters
+    [ "$RAY_UP_RAN" = 1 ] && close_ssh_masters
     stop_sshd
     if ! sweep_user_processes && [ "$status" -eq 0 ]; then
         echo "ray_up_smoke: error: processes were left running after ray down" >&2
         status=1
     fi
-    id "$SMOKE_USER" >/dev/null 2>&1 && [ -n "$USER_HOME" ] && userdel -r "$SMOKE_USER" 2>/dev/null
+    [ "$MADE_USER" = 1 ] && userdel -r "$SMOKE_USER" 2>/dev/null
     drop_policy
     [ "$MADE_RUN_SSHD" = 1 ] && rmdir /run/sshd 2>/dev/null
+    [ "$MADE_DOT_SSH" = 1 ] && rmdir "$DOT_SSH" 2>/dev/null
+    # The cache outlives the user; no later account with the same uid should own it.
+    [ "$OWNS_CACHE" = 1 ] && chown -R root:root "$PIP_CACHE"
     [ -n "$WORK" ] && rm -rf "$WORK"
     local took=$((SECONDS - T0))
     if [ "$status" -eq 0 ]; then
@@ -315,6 +350,11 @@ cleanup() {
     fi
     exit "$status"
 }
+
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    exec sudo -n env "PATH=$PATH" "PYTHON=$PY" "TUNEGAP_SMOKE_USER=$SMOKE_USER" \
+        "TUNEGAP_SMOKE_PIP_CACHE=$PIP_CACHE" bash "$0" "$@"
+fi
 
 trap cleanup EXIT
 trap 'exit 130' INT

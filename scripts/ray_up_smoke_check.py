@@ -42,7 +42,8 @@ def check(condition: bool, message: str) -> None:
 def check_tracking(uri: str, study: str, trials: int) -> dict[str, str]:
     """The head's MLflow server holds one parent run with every trial as a child; returns
     {trial id: child run id}."""
-    check(uri.startswith("http://127.0.0.1:"), f"{TRACKING_URI_ENV}={uri!r} is the head's loopback server")
+    check(uri.startswith("http://127.0.0.1:"),
+          f"{TRACKING_URI_ENV}={uri!r} is the head's loopback server")
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(f"tunegap/{study}")
     check(experiment is not None, f"experiment tunegap/{study} is on {uri}")

@@ -280,7 +280,9 @@ def test_head_runs_the_mlflow_server_and_autoscaling_gpu_workers():
     assert "setsid nohup mlflow server" in mlflow_cmd and mlflow_cmd.endswith("&")
     # Ray on the head starts after the server, with the autoscaler's config.
     start = commands(config, "head_start_ray_commands")
-    ray_start = [i for i, c in enumerate(start) if "ray start --head" in c and "--autoscaling-config" in c]
+    ray_start = [
+        i for i, c in enumerate(start) if "ray start --head" in c and "--autoscaling-config" in c
+    ]
     assert ray_start and start.index(f"{SETUP} start-mlflow") < ray_start[0]
 
 
@@ -371,9 +373,15 @@ def test_cluster_local_yaml_passes_rays_schema_and_preparation():
 
 
 BROKEN_LOCAL = [
-    ("no head_ip", lambda c: {**c, "provider": {k: v for k, v in c["provider"].items() if k != "head_ip"}}),
+    (
+        "no head_ip",
+        lambda c: {**c, "provider": {k: v for k, v in c["provider"].items() if k != "head_ip"}},
+    ),
     ("worker_ips not a list", lambda c: _set(c, ("provider", "worker_ips"), "192.168.1.11")),
-    ("node types, which the local provider has none of", lambda c: {**c, "available_node_types": {"x": {}}}),
+    (
+        "node types, which the local provider has none of",
+        lambda c: {**c, "available_node_types": {"x": {}}},
+    ),
     ("typo in an auth key", lambda c: _rename(c, ("auth", "ssh_user"), "ssh_usr")),
     ("wrong type: setup_commands", lambda c: _set(c, ("setup_commands",), "pip install -e .")),
 ]
@@ -400,7 +408,8 @@ def test_both_files_run_the_same_setup():
         assert shared(aws, key) == shared(local, key), key
     # Every step the files name is one the script has.
     known = set(re.findall(r"^    ([a-z-]+)\) ", SETUP_SCRIPT.read_text(), re.MULTILINE))
-    named = set(re.findall(r"cluster_setup\.sh ([a-z-]+)", " ".join(commands(aws, *ALL_COMMANDS) + commands(local, *ALL_COMMANDS))))
+    every_command = " ".join(commands(aws, *ALL_COMMANDS) + commands(local, *ALL_COMMANDS))
+    named = set(re.findall(r"cluster_setup\.sh ([a-z-]+)", every_command))
     assert named and named <= known, named - known
 
 

@@ -63,7 +63,7 @@ def test_child_params_metrics_steps_and_outcomes(ghost_study):
         row = by_run.loc[run.info.run_id]
         p = run.data.params
         assert int(p["batch_size"]) == row["batch_size"]
-        assert p["ghost_batch_size"] == ("none" if pd.isna(row["ghost_batch_size"])
+        assert p["ghost_batch_size"] == ("0" if pd.isna(row["ghost_batch_size"])
                                          else str(int(row["ghost_batch_size"])))
         assert "resolved_lr" in p and float(p["resolved_lr"]) == pytest.approx(row["resolved_lr"])
         assert run.data.tags["outcome"] == row["outcome"]

@@ -236,7 +236,7 @@ def test_resumed_tracker_refed_results_adds_nothing(uri: str, tmp_path: Path) ->
     assert run.info.status == "FINISHED"
     assert run.data.tags[TAG_OUTCOME] == "completed"
     assert run.data.params["resolved_lr"] == "0.1"
-    assert run.data.params["ghost_batch_size"] == "none"
+    assert run.data.params["ghost_batch_size"] == "0"  # plain BatchNorm
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
     assert parent_run.data.params["search_space"] == '{"b": [1, 2]}'
@@ -304,7 +304,7 @@ def test_study_logs_parent_children_and_outcomes(ray_session, uri: str, tmp_path
         assert run.data.tags[TAG_STUDY] == "tune"
         assert run.data.tags[TAG_ROLE] == "trial"
         assert run.data.params["batch_size"] == "100"
-        assert run.data.params["ghost_batch_size"] == "none"
+        assert run.data.params["ghost_batch_size"] == "0"  # plain BatchNorm
         assert run.data.params["regime_multiplier"] == "1.0"
 
     ok, diverged, failed = by_seed["0"], by_seed["1"], by_seed["2"]

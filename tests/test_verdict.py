@@ -22,7 +22,7 @@ from tunegap.analysis.verdict import (
 CELL_COLUMNS = [
     "workload", "batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier",
     "multiplier", "is_baseline", "n_seeds", "n_used", "n_diverged", "n_error",
-    "test_acc_mean", "test_acc_std", "test_acc_ci95_low", "test_acc_ci95_high",
+    "n_stopped", "test_acc_mean", "test_acc_std", "test_acc_ci95_low", "test_acc_ci95_high",
     "gap", "gap_ci90_low", "gap_ci90_high", "margin", "verdict", "limiting_side",
     "seeds_to_decide", "p_value", "p_value_holm", "verdict_holm", "train_test_gap", "updates",
     "accuracy", "baseline_test_acc", "baseline_test_acc_std", "baseline_n_seeds",

@@ -22,6 +22,7 @@ from tunegap.study import (
     AUTO,
     DEFAULT_STORAGE,
     DEFAULT_TRACKING_URI,
+    SCHEDULERS,
     STORAGE_ENV,
     TRACKING_URI_ENV,
     RunOptions,
@@ -231,6 +232,10 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
     p.add_argument("--search", choices=list(searches), default=searches[0])
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
                    help="trials for --search optuna")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), default="none",
+                   help="stop trials early on test accuracy, with time in weight updates: "
+                        "asha (successive halving) or median (median stopping); stopped "
+                        "trials are kept but are no seeds of their cell (default none)")
     p.add_argument("--max-concurrent", type=positive_int("--max-concurrent"), default=None)
     p.add_argument("--address", default=None,
                    help="Ray cluster address ('auto' on a cluster); default 'local': a new local Ray")
@@ -331,4 +336,5 @@ def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "margin": args.margin,
         "accuracy": args.accuracy,
+        "scheduler": args.scheduler,
     }

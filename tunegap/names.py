@@ -47,6 +47,7 @@ RESOLVED_PREFIX = "resolved_"
 # scaling), +GBN (ghost batches) and +RA (regime adaptation), each added to the one before.
 TABLE1_COLUMNS: tuple[str, ...] = ("SB", "LB", "+LR", "+GBN", "+RA")
 
-# How a trial ended.
-COMPLETED, ERROR = "completed", "error"
-OUTCOMES: tuple[str, ...] = (COMPLETED, DIVERGED, ERROR)
+# How a trial ended. "stopped": a scheduler (`--scheduler asha|median`) ended it before its
+# last epoch; it is kept in the tables but never counts as a seed of its cell.
+COMPLETED, ERROR, STOPPED = "completed", "error", "stopped"
+OUTCOMES: tuple[str, ...] = (COMPLETED, DIVERGED, STOPPED, ERROR)

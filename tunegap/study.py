@@ -27,6 +27,9 @@ from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
 
 SEARCHES = ("grid", "optuna", "frontier")
+# `--scheduler`: Tune's early stopping on test accuracy, in weight updates (see
+# `tunegap.runner.tuner.build_scheduler`); "none" runs every trial to its last epoch.
+SCHEDULERS = ("none", "asha", "median")
 # `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
 AUTO = "auto"
 DEFAULT_STORAGE = "./tunegap_results"
@@ -98,6 +101,10 @@ class Study:
     gap, declared before the run; `accuracy` ("final" or "best") is the test accuracy each
     trial is judged by (the last epoch's or the best epoch's). Both are part of `describe()`,
     so `--resume` refuses another margin. The verdicts are `tunegap.analysis.verdict`'s.
+
+    `scheduler` ("none", "asha" or "median") stops trials early on their test accuracy,
+    measured in weight updates so batch sizes compare by work done; a stopped trial is kept
+    (outcome "stopped") but is no seed of its cell. Not with `seeds="auto"` or the frontier.
     """
 
     name: str
@@ -127,6 +134,12 @@ class Study:
     max_seeds: int = 8
     # A study's own tables: file name -> DataFrame, written as CSV beside cells.csv.
     tables: Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, pd.DataFrame]] | None = None
+    # Early stopping: "asha" or "median" (both on test_acc, time in weight updates) or "none";
+    # `grace_updates` is how many updates a trial makes before it can be stopped, and
+    # `reduction_factor` ASHA's (the best 1/factor of the trials at a rung go on).
+    scheduler: str = "none"
+    grace_updates: int = 1
+    reduction_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -178,6 +191,7 @@ class Study:
                 raise StudyError(f"study {self.name} has no Optuna space: use --search grid")
             if self.seeds != 1:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
+        _check_scheduler(self)
         if self.epochs is not None:
             _check_count("--epochs", self.epochs, MAX_EPOCHS)
         if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
@@ -283,6 +297,11 @@ class Study:
             "accuracy": self.accuracy,
             "instruments": dict(self.instruments),
             "target_test_acc": self.target_test_acc,
+            # Only when one is used, so the state of a run made before schedulers existed
+            # still matches on --resume.
+            **({"scheduler": self.scheduler, "grace_updates": self.grace_updates,
+                "reduction_factor": float(self.reduction_factor)}
+               if self.scheduler != "none" else {}),
         }
 
 
@@ -325,6 +344,26 @@ def _check_count(flag: str, value: object, most: int | None = None) -> None:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer >= 1")
     if most is not None and value > most:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer from 1 to {most}")
+
+
+def _check_scheduler(study: Study) -> None:
+    if study.scheduler not in SCHEDULERS:
+        raise StudyError(f"--scheduler {study.scheduler!r} is not allowed: use "
+                         f"{', '.join(SCHEDULERS)}")
+    if study.scheduler == "none":
+        return
+    if study.search == "frontier" or study.seeds == AUTO:
+        # Adaptive searches decide seeds from finished trials; a stopped one would look
+        # like a finished seed with too few epochs.
+        what = "--search frontier" if study.search == "frontier" else "--seeds auto"
+        raise StudyError(f"--scheduler {study.scheduler} with {what} is not allowed: adaptive "
+                         "searches decide seeds from finished trials; use --scheduler none")
+    _check_count("grace_updates", study.grace_updates)
+    factor = study.reduction_factor
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (
+        math.isfinite(factor) and factor > 1
+    ):
+        raise StudyError(f"reduction_factor {factor!r} is not allowed: use a number > 1")
 
 
 def _check_trial_length(configs: Iterable[TrialConfig]) -> None:

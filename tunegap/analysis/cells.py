@@ -41,7 +41,7 @@ from tunegap.analysis.verdict import (
     decide_gap,
     holm,
 )
-from tunegap.names import CELL_KNOBS, COMPLETED, ERROR
+from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED
 
 
 def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
@@ -67,11 +67,14 @@ def compute_cells(
     and that accuracy is finite (`n_used`). Outcome "diverged", or a completed trial with a
     non-finite accuracy, counts in `n_diverged`; "error" in `n_error`. A cell with some
     usable seeds is judged on those alone and still reports its `n_diverged` and `n_error`.
+    A trial a scheduler ended early (outcome "stopped") is no seed at all: it counts only in
+    `n_stopped`, never in `n_seeds`; a cell whose trials were all stopped is inconclusive.
 
     Columns, in order: workload, the knobs (`cell_knobs`), multiplier (resolved),
     is_baseline (any seed of the cell is a baseline trial), n_seeds, n_used, n_diverged,
-    n_error, test_acc_mean, test_acc_std (NaN for one seed), test_acc_ci95_low/high (the
-    cell's Student-t 95% interval over seeds, clipped to [0, 100]; NaN for one seed), gap,
+    n_error, n_stopped, test_acc_mean,
+    test_acc_std (NaN for one seed), test_acc_ci95_low/high (the cell's Student-t 95%
+    interval over seeds, clipped to [0, 100]; NaN for one seed), gap,
     gap_ci90_low/high (Welch's 90% interval of the gap; NaN on the baseline row and with
     fewer than 2 usable seeds a side), margin, verdict, limiting_side, seeds_to_decide
     (nullable integer), p_value (one-sided Welch p of H0: gap >= margin), p_value_holm,
@@ -127,11 +130,16 @@ def compute_cells(
 
     rows = []
     for key, positions in groups.items():
-        trials = trials_df.iloc[positions]
+        everything = trials_df.iloc[positions]
+        # A trial a scheduler stopped early is no seed of its cell: it never finished.
+        stopped = everything["outcome"] == STOPPED
+        trials = everything[~stopped] if len(everything) > int(stopped.sum()) else everything
         acc = _usable_acc(trials, acc_col)
         used = trials.loc[acc.index]
         n_error = int((trials["outcome"] == ERROR).sum())
-        n_diverged = len(trials) - len(acc) - n_error
+        n_stopped = int(stopped.sum())
+        n_seeds = len(everything) - n_stopped
+        n_diverged = n_seeds - len(acc) - n_error
         baseline_row = bool(is_base.iloc[positions].any())
         decision = GapDecision("inconclusive", math.nan, math.nan, math.nan, None, None)
         p_value = math.nan
@@ -142,8 +150,10 @@ def compute_cells(
             decision = decide_gap(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
             verdict, gap = decision.verdict, decision.gap
             p_value = closed_p_value(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
-        else:
+        elif n_diverged or n_error:
             verdict, gap = ("diverged" if n_diverged else "error"), math.nan
+        else:
+            verdict, gap = "inconclusive", math.nan  # every trial of the cell was stopped
         updates_from = used if len(used) else trials
         rows.append(
             {
@@ -151,10 +161,11 @@ def compute_cells(
                 **dict(zip(knobs, key, strict=True)),
                 "multiplier": _mean(trials, "multiplier"),
                 "is_baseline": baseline_row,
-                "n_seeds": len(trials),
+                "n_seeds": n_seeds,
                 "n_used": len(acc),
                 "n_diverged": n_diverged,
                 "n_error": n_error,
+                "n_stopped": n_stopped,
                 "test_acc_mean": float(acc.mean()) if len(acc) else math.nan,
                 "test_acc_std": float(acc.std(ddof=1)) if len(acc) >= 2 else math.nan,
                 **_accuracy_interval(acc),

@@ -36,7 +36,8 @@ resolved_lr            float64 learning rate after LR scaling, before the first 
 resolved_epochs        int64   epochs after regime adaptation; null if never resolved
 resolved_decay_epochs  string  LR-decay epochs after adaptation, comma separated ("10,15")
 resolved_total_updates int64   planned weight updates of the whole regime; null if unknown
-outcome                string  "completed", "diverged" (non-finite loss) or "error"
+outcome                string  "completed", "diverged" (non-finite loss), "stopped" (a
+                               scheduler ended it before its last epoch) or "error"
 error                  string  the error message of an "error" trial; null otherwise
 epochs_done            int64   last epoch reported (0 when none was)
 updates                int64   weight updates made up to the last reported epoch (0 if none)
@@ -122,7 +123,7 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("resolved_epochs", pa.int64(), True, "epochs after regime adaptation"),
     ("resolved_decay_epochs", pa.string(), True, "LR-decay epochs, comma separated"),
     ("resolved_total_updates", pa.int64(), True, "planned weight updates of the regime"),
-    ("outcome", pa.string(), False, "completed, diverged or error"),
+    ("outcome", pa.string(), False, "completed, diverged, stopped or error"),
     ("error", pa.string(), True, "error message of an error trial"),
     ("epochs_done", pa.int64(), False, "last epoch reported (0 if none)"),
     ("updates", pa.int64(), False, "weight updates up to the last reported epoch"),

@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 
 from tunegap.config import TrialConfig
-from tunegap.names import COMPLETED, DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX
+from tunegap.names import COMPLETED, DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX, STOPPED
 from tunegap.study import is_baseline
 
 JOURNAL_FILE = "epochs_journal.jsonl"
@@ -91,14 +91,7 @@ def collect_records(
             {},
         )
         config = TrialConfig.from_dict(dict(trial.config)).to_dict()
-        if trial.status == "ERROR":
-            outcome = ERROR
-        elif history and history[-1].get(DIVERGED):
-            outcome = DIVERGED
-        elif trial.status == "TERMINATED":
-            outcome = COMPLETED
-        else:
-            outcome = ERROR
+        outcome = trial_outcome(trial.status, history, resolved)
         error = None
         if outcome == ERROR:
             error = _error_text(trial)
@@ -114,6 +107,24 @@ def collect_records(
             "target_test_acc": target_test_acc,
         })
     return records
+
+
+def trial_outcome(status: str, history: list[dict[str, Any]], resolved: dict[str, Any]) -> str:
+    """How a trial ended, from Tune's status and its epochs: error, diverged, stopped (a
+    scheduler ended it before the last epoch of its regime) or completed."""
+    if status == "ERROR":
+        return ERROR
+    if history and history[-1].get(DIVERGED):
+        return DIVERGED
+    if status != "TERMINATED":
+        return ERROR
+    planned = resolved.get(f"{RESOLVED_PREFIX}epochs")
+    done = max((row.get("epoch") or 0 for row in history), default=0)
+    # Tune reports a trial a scheduler stopped as TERMINATED, like one that ran to the end:
+    # only the epochs tell them apart (as the tracking callback does for its tag).
+    if planned is not None and done < planned:
+        return STOPPED
+    return COMPLETED
 
 
 def _error_text(trial: Any) -> str:

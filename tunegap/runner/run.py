@@ -3,7 +3,13 @@
 Data flow: `Study` (validated before anything starts) -> MLflow parent run ->
 `tune.Tuner(GapTrainable, ...)` with an explicit list of trial configs (a grid, the baseline
 added automatically) or Optuna -> per-trial MLflow child runs (tracking callback) -> at the
-end: Parquet tables, gap map figures and summary.md, logged as artifacts of the parent run.
+end: Parquet tables, gap map figures and summary.md, logged as artifacts of the parent run,
+and each trial's cell (gap, interval, verdict) on its child run (`tunegap.tracking.results`).
+
+What the terminal shows: one line before Ray starts (`study_banner`: trials, workers, where
+results and MLflow go), one line per finished trial (`ProgressPrinter`: done / running /
+left, ETA), then the map's table, a sentence on the trials and where the files are, and the
+command and URL that open the parent run in MLflow's UI (`tunegap.tracking.results.ui_lines`).
 
 Each execution lives in `<storage>/<study>/<run_name>/` (Tune's experiment folder). `--resume`
 continues the newest one with `Tuner.restore`: finished trials are kept, interrupted ones
@@ -13,10 +19,11 @@ continue from their last checkpoint, and MLflow keeps one child run per trial.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +213,9 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     else:
         run_dir, parent_run_id = new_run_dir(root), None
     check_inputs(study, options)
+    if not options.quiet:
+        print(study_banner(study, options, run_dir), flush=True)
+    dataset = study_dataset(study, options.data_dir)
 
     with bounded_http_retries():
         init_ray(options)
@@ -230,7 +240,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
                          "hardware": hardware,
                          "tracking_uri": store_name(options.tracking_uri)}
                 write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
-            outcome = fit_and_finish(study, options, run_dir, tracker)
+            outcome = fit_and_finish(study, options, run_dir, tracker, dataset=dataset)
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as stop:
@@ -251,7 +261,44 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
             close_parent(tracker, status)
 
 
-def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: Any) -> StudyOutcome:
+def study_banner(study: Study, options: RunOptions, run_dir: Path) -> str:
+    """The line printed before Ray starts: how many trials run where, and where their
+    results and MLflow runs go (credentials redacted)."""
+    at_most = "at most " if study.seeds == AUTO or study.search == "frontier" else ""
+    cpus = study.workload_def.cpus_per_trial
+    if options.address in (None, "local"):
+        where = f"local Ray on this machine ({os.cpu_count() or 1} CPUs)"
+    else:
+        where = f"the Ray cluster at {options.address}"
+    workers = (f"{options.max_concurrent} at a time" if options.max_concurrent
+               else "as many at a time as the CPUs allow")
+    return (f"{study.name}: {at_most}{total_trials(study)} trials of {study.workload}, "
+            f"{workers} ({cpus:g} CPU(s) and {options.gpus_per_trial or 0:g} GPU(s) each) on "
+            f"{where}; results in {run_dir}, MLflow runs in {store_name(options.tracking_uri)} "
+            f"(experiment tunegap/{study.name}). Starting Ray...")
+
+
+def study_dataset(study: Study, data_dir: str | None) -> Any:
+    """The study's data set as an MLflow dataset entity (name, training-set size where its
+    `train_size` hook tells it without loading, a digest); None where it cannot be told."""
+    from tunegap.data.catalog import dataset_hooks
+    from tunegap.tracking.results import dataset_entity
+
+    try:
+        workload = study.workload_def
+        hook = dataset_hooks(workload.dataset).train_size
+        kwargs = {**workload.dataset_kwargs, "data_dir": data_dir}
+        size = hook if isinstance(hook, int) or hook is None else int(hook(**kwargs))
+        profile = {"workload": workload.name, **workload.dataset_kwargs,
+                   **({"train_size": size} if size is not None else {})}
+        source = f"tunegap:{workload.dataset}" + (f" in {data_dir}" if data_dir else "")
+        return dataset_entity(workload.dataset, source=source, profile=profile)
+    except Exception:  # a data set MLflow cannot be told about must not cost the study
+        return None
+
+
+def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: Any, *,
+                   dataset: Any = None) -> StudyOutcome:
     from tunegap.tracking import MlflowTrackingCallback
 
     callback = MlflowTrackingCallback(tracker)
@@ -281,7 +328,8 @@ def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: An
     # A restored Tuner logs through the callback pickled with it, whose failures this
     # process never sees: a resume always checks MLflow against the records.
     missed = None if options.resume else set(callback.unlogged)
-    outcome = finish_study(study, run_dir, tracker, wall_seconds=wall, missed=missed)
+    outcome = finish_study(study, run_dir, tracker, wall_seconds=wall, missed=missed,
+                           dataset=dataset, quiet=options.quiet)
     outcome.result_grid = result_grid
     return outcome
 
@@ -323,14 +371,16 @@ def close_parent(tracker: Any, status: str) -> None:
 
 
 def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: float,
-                 missed: Iterable[str] | None = ()) -> StudyOutcome:
+                 missed: Iterable[str] | None = (), dataset: Any = None,
+                 quiet: bool = False) -> StudyOutcome:
     """Tables, map, summary: written into the run folder from Ray's own records, then
     logged on the parent run.
 
     `missed` names the trials whose child runs the callback could not (fully) log, None
     where it is not known (a resume): those get what they miss first
     (`tunegap.tracking.backfill`). MLflow is only told: a server that does not answer is
-    reported, never waited for.
+    reported, never waited for. `dataset` (an `mlflow.entities.Dataset`) is logged as
+    every run's input. The last lines printed say how to open the parent run in MLflow's UI.
     """
     from tunegap.analysis import tables
     from tunegap.analysis.cells import compute_cells
@@ -350,7 +400,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
-    logged = reachable and publish(tracker, study, outcome, wall_seconds, figure_errors)
+    logged = reachable and publish(tracker, study, outcome, wall_seconds, figure_errors,
+                                   dataset=dataset)
     if not logged or unlogged:
         missing = sorted(unlogged)
         parts = [f"{len(missing)} trial run(s) ({', '.join(missing[:10])}"
@@ -360,7 +411,21 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
               f"{' and '.join(parts)} are not (fully) logged; the Parquet tables in {run_dir} "
               "are complete. Once MLflow is back, run the same command with --resume to log "
               "them.", file=sys.stderr, flush=True)
+    if reachable:
+        for line in open_lines(tracker):
+            print(line, flush=True)
     return outcome
+
+
+def open_lines(tracker: Any) -> list[str]:
+    """The command and URL that open the parent run in MLflow's UI; none where MLflow
+    cannot tell the experiment."""
+    from tunegap.tracking.results import ui_lines
+
+    try:
+        return ui_lines(tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id)
+    except Exception:
+        return []
 
 
 def sync_trials(tracker: Any, records: list[dict[str, Any]]) -> dict[str, str]:
@@ -409,16 +474,43 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     for name, frame in {"cells.csv": cells, **own_tables}.items():
         files.append(write_text_atomically(run_dir / name, frame.to_csv(index=False)))
     print(table, flush=True)
-    print(f"\n{study.name}: {len(trials_df)} trials, {dict(counts)}; "
-          f"tables and map in {run_dir}", flush=True)
+    print("\n" + closing_sentence(study.name, counts, cells, run_dir), flush=True)
     outcome = StudyOutcome(run_dir=run_dir, parent_run_id="", trials=trials_df,
                            epochs=epochs_df, cells=cells, table=table, files=files)
     return outcome, figure_errors
 
 
+def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
+                     run_dir: Path) -> str:
+    """What a finished study says about itself: its trials by outcome, its cells by verdict
+    and where its files are, e.g. "ghost_size: 6 trials ran (5 completed, 1 diverged); of 4
+    cells, 1 closed, 2 open and 1 inconclusive. Tables, map and summary.md are in ..."."""
+    from tunegap.analysis.cells import verdict_counts
+
+    total = sum(counts.values())
+    by_outcome = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+    verdicts = verdict_counts(cells) if len(cells) else {}
+    judged = and_list([f"{n} {v}" for v, n in verdicts.items()
+                       if n or v in ("closed", "open", "inconclusive")])
+    compared = sum(verdicts.values())
+    trials = f"{total} trial{'s' if total != 1 else ''} ran ({by_outcome or 'none finished'})"
+    cells_part = (f"of {compared} cell(s) compared with the baseline, {judged}" if compared
+                  else "no cell besides the baseline")
+    return f"{name}: {trials}; {cells_part}. Tables, map and summary.md are in {run_dir}"
+
+
+def and_list(items: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    if len(items) < 2:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def publish(tracker: Any, study: Study, outcome: StudyOutcome, wall_seconds: float,
-            figure_errors: int) -> bool:
-    """The study's files and summary numbers on the parent run; False where MLflow failed."""
+            figure_errors: int, *, dataset: Any = None) -> bool:
+    """The study's files and summary numbers on the parent run, then each trial's cell on
+    its child run, the description, images and data set (`tunegap.tracking.results`);
+    False where MLflow failed."""
     from tunegap.analysis.cells import verdict_counts
 
     trials_df = outcome.trials
@@ -437,6 +529,27 @@ def publish(tracker: Any, study: Study, outcome: StudyOutcome, wall_seconds: flo
     except Exception as err:
         print(f"warning: MLflow: the study's results could not be logged on the parent run "
               f"({one_line(err)})", file=sys.stderr)
+        return False
+    # The files and numbers are logged: what follows only adds views of them, so its
+    # failure is a warning, not "the results are missing".
+    publish_cells(tracker, outcome, dataset)
+    return True
+
+
+def publish_cells(tracker: Any, outcome: StudyOutcome, dataset: Any) -> bool:
+    """Each child run's gap and verdict, the parent's description, images and data set;
+    False (and a warning) where MLflow failed."""
+    from tunegap.tracking.results import image_names, log_study_results
+
+    summary = next((p for p in outcome.files if p.name == "summary.md"), None)
+    try:
+        log_study_results(tracker, cells=outcome.cells, trials=outcome.trials,
+                          summary=summary.read_text() if summary else "",
+                          images=image_names(outcome.files), dataset=dataset)
+    except Exception as err:
+        print(f"warning: MLflow: the cells' gaps and verdicts could not be logged on the "
+              f"trial runs ({one_line(err)}); the tables in {outcome.run_dir} hold them",
+              file=sys.stderr)
         return False
     return True
 

@@ -10,8 +10,9 @@ experiment ``tunegap/<study>``
     ``<db folder>/mlartifacts/tunegap/<study>``, not in the current directory's ``./mlruns``.
 
 parent run ``<study>-<YYYYmmdd-HHMMSS>`` (one per run of the study; a resume reopens it)
-    tags    ``tunegap.study``, ``tunegap.role=parent``, ``mlflow.source.git.commit``
-            (where known), the runner's tags, ``tunegap.resumed_at`` after a resume,
+    tags    ``tunegap.study``, ``tunegap.role=parent``, the source tags MLflow's fluent API
+            sets (`context_tags`: ``mlflow.source.name``, ``mlflow.source.type``,
+            ``mlflow.user``, ``mlflow.source.git.commit`` where known), the runner's tags, ``tunegap.resumed_at`` after a resume,
             ``resumed.<param>`` for a param whose value changed on resume (params are
             immutable in MLflow).
     params  what the study runner passes (workload, search space as JSON, seeds, ...), plus
@@ -27,7 +28,10 @@ child run ``B<batch>-g<ghost>-a<lr_exponent>-r<regime_multiplier>-s<seed>`` (one
             characters: first line and tail) and ``tunegap.failures`` when it errored;
             a failure that Tune retries (``FailureConfig.max_failures``) sets
             ``tunegap.failures`` and ``tunegap.last_error`` and the run stays RUNNING.
-    params  every knob of the trial config (None -> "none"), and from its first result the
+    tags    also the parent's source tags (`context_tags`).
+    params  every knob of the trial config (`config_param_value`: numbers stay numbers, so
+            ``ghost_batch_size`` of plain BatchNorm is ``0``; any other None -> "none"),
+            and from its first result the
             resolved regime: ``resolved_lr``, ``resolved_epochs``, ``resolved_decay_epochs``,
             ``resolved_multiplier``, ``resolved_total_updates``, ``resolved_lr_schedule`` and
             ``resolved_weight_decay_schedule`` ("epoch:value" where the value changes, e.g.
@@ -35,6 +39,12 @@ child run ``B<batch>-g<ghost>-a<lr_exponent>-r<regime_multiplier>-s<seed>`` (one
     metrics one point per epoch, all in a single ``log_batch`` call: `LOGGED_METRICS` of
             `tunegap.tracking.callback` (``diverged`` as 0/1). NaN (a diverged epoch) is
             logged as NaN.
+
+At the end of a study (`tunegap.tracking.results`) each child also gets the metric ``gap``
+(its cell's gap = baseline - cell, in points), ``gap_ci90_low`` / ``gap_ci90_high`` (the
+cell's Welch 90% interval) and the tags ``verdict`` / ``verdict_holm``; the parent gets
+``summary.md`` as its description (``mlflow.note.content``), the figures as MLflow images,
+and every run the study's data set as an input.
 
 Step convention: ``step = updates`` (weight updates so far), so the curves of different batch
 sizes line up by updates, the way the paper compares them. ``epoch`` is a metric too.
@@ -49,6 +59,7 @@ import json
 import numbers
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -59,6 +70,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from tunegap.tracking.text import one_line
 from tunegap.tracking.uri import default_artifact_location, safe_tracking_uri, tracking_client
@@ -135,6 +147,19 @@ def param_value(value: Any) -> str:
     return str(value)
 
 
+# Knobs whose None has a number of its own: plain BatchNorm is a ghost batch size of 0, so
+# the UI's charts and parallel coordinates sort the column as numbers, not text.
+NONE_AS_NUMBER: dict[str, int] = {"ghost_batch_size": 0}
+
+
+def config_param_value(key: str, value: Any) -> str:
+    """A trial config value as a child run param: like `param_value`, except that a knob of
+    `NONE_AS_NUMBER` logs its None as that number (``ghost_batch_size`` None -> "0")."""
+    if value is None and key in NONE_AS_NUMBER:
+        return str(NONE_AS_NUMBER[key])
+    return param_value(value)
+
+
 def metric_value(value: Any) -> float | None:
     """A result value as an MLflow metric (bool -> 0/1), or None where it is not a number."""
     if isinstance(value, bool):
@@ -195,6 +220,27 @@ def _package_version(name: str) -> str:
         return "absent"
 
 
+def context_tags(code: str | None = None) -> dict[str, str]:
+    """The source tags `mlflow.start_run` would set (its default run context: source name
+    and type, user) and the git commit of `code` (a `code_version`) where it is one.
+
+    `create_run` sets none of them, and MLflow's git context looks at the main script, which
+    for the `tunegap` command is not the checkout: the commit comes from tunegap's own
+    folder instead."""
+    from mlflow.tracking.context.default_context import DefaultRunContext
+
+    try:
+        tags = dict(DefaultRunContext().tags())
+    except Exception:  # a context MLflow cannot read must not stop the study
+        tags = {MLFLOW_SOURCE_NAME: sys.argv[0] if sys.argv else "", MLFLOW_SOURCE_TYPE: "LOCAL"}
+    tags.setdefault(MLFLOW_USER, "unknown")
+    commit = re.match(r"[0-9a-f]{40}", code or "")
+    if commit:
+        # The UI shows this system tag as the run's source version.
+        tags[TAG_GIT_COMMIT] = commit.group(0)
+    return {k: str(v) for k, v in tags.items()}
+
+
 def package_versions() -> dict[str, str]:
     """``version.<package>`` params for the packages a result depends on."""
     return {f"version.{name}": _package_version(name) for name in PACKAGES}
@@ -225,6 +271,7 @@ class StudyTracker:
         self._client: mlflow.MlflowClient | None = None
         self._experiment_id: str | None = None
         self._run_ids: dict[str, str] = {}
+        self._context_tags: dict[str, str] | None = None
         # True once _run_ids holds every child that MLflow has under the parent.
         self._children_known = False
 
@@ -232,6 +279,9 @@ class StudyTracker:
         state = self.__dict__.copy()
         state["_client"] = None
         state["_children_known"] = False
+        # `mlflow.user` may be the tracking server's login (MLflow takes it from
+        # MLFLOW_TRACKING_USERNAME): Tune's files must not hold it; worked out again on use.
+        state["_context_tags"] = None
         return state
 
     @property
@@ -250,6 +300,13 @@ class StudyTracker:
             else:
                 self._experiment_id = ensure_experiment(self.client, self.experiment_name)
         return self._experiment_id
+
+    @property
+    def source_tags(self) -> dict[str, str]:
+        """`context_tags` of this process, worked out once (the git call takes a moment)."""
+        if self._context_tags is None:
+            self._context_tags = context_tags(code_version())
+        return self._context_tags
 
     # -- parent --------------------------------------------------------------------
 
@@ -278,11 +335,8 @@ class StudyTracker:
 
     def _create_parent(self, params: dict[str, str], tags: dict[str, str]) -> str:
         self._experiment_id = ensure_experiment(self.client, self.experiment_name)
-        system_tags = {TAG_STUDY: self.study, TAG_ROLE: ROLE_PARENT}
-        commit = re.match(r"[0-9a-f]{40}", params["code_version"])
-        if commit:
-            # The UI shows this system tag as the run's source version.
-            system_tags[TAG_GIT_COMMIT] = commit.group(0)
+        self._context_tags = context_tags(params["code_version"])
+        system_tags = {**self._context_tags, TAG_STUDY: self.study, TAG_ROLE: ROLE_PARENT}
         run = self.client.create_run(
             self._experiment_id,
             run_name=f"{self.study}-{datetime.now():%Y%m%d-%H%M%S}",
@@ -369,6 +423,7 @@ class StudyTracker:
             self.experiment_id,
             run_name=run_name_for(config),
             tags={
+                **self.source_tags,
                 TAG_PARENT: parent,
                 TAG_STUDY: self.study,
                 TAG_TRIAL_ID: trial_id,
@@ -377,7 +432,7 @@ class StudyTracker:
         )
         run_id = run.info.run_id
         self._run_ids[trial_id] = run_id
-        self._log_params(run_id, {k: param_value(v) for k, v in config.items()})
+        self._log_params(run_id, {k: config_param_value(k, v) for k, v in config.items()})
         return run_id, True
 
     def find_child_run(self, trial_id: str) -> str | None:

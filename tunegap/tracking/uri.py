@@ -137,7 +137,7 @@ def _scrub(text: str, uri: str) -> str:
 def normalize_tracking_uri(uri: str) -> str:
     """Make a relative sqlite path absolute, so a later resume from another folder (or a
     tracker unpickled by Tune) writes to the same database."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or path.is_absolute():
         return uri
     query = uri.partition("?")[2]
@@ -147,13 +147,13 @@ def normalize_tracking_uri(uri: str) -> str:
 def default_artifact_location(tracking_uri: str, name: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside a sqlite database; elsewhere the
     store's own default (the server decides, or the file store keeps them inside)."""
-    path = _sqlite_path(tracking_uri)
+    path = sqlite_path(tracking_uri)
     if path is None:
         return None
     return (path.absolute().parent / "mlartifacts" / name).as_uri()
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     raw = urllib.parse.unquote(uri[len("sqlite:///") :].partition("?")[0])
@@ -177,7 +177,7 @@ def tracking_client(uri: str, *, timeout_s: float = 5.0) -> mlflow.MlflowClient:
     with _STATE_LOCK:
         target = _FULL_URIS.get(target, target)
         ready = target in _SCHEMA_READY
-    path = _sqlite_path(target)
+    path = sqlite_path(target)
     if path is None or ready:
         return mlflow.MlflowClient(target)
     shown = redact_uri(target)
