@@ -4,10 +4,8 @@ small files written in the real CIFAR, MNIST and ImageNet on-disk formats."""
 
 from __future__ import annotations
 
-import gzip
 import pickle
 import re
-import struct
 import subprocess
 import sys
 import tarfile
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_datasets import write_idx, write_mnist
 
 from tunegap.data import DATASETS, load_mnist1d, register_dataset
 from tunegap.data.catalog import dataset_hooks
@@ -38,27 +37,6 @@ FILE_WORKLOADS = {
 
 
 # ----------------------------------------------------------------------------- writers
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An idx file: magic 0x00 0x00 0x08 ndim, big-endian dims, the uint8 bytes."""
-    data = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data += array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def write_mnist(folder: Path, *, n_train: int = 6, n_test: int = 4, gz: bool = False) -> None:
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if gz else ""
-    write_idx(folder / f"train-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n_train, 28, 28)))
-    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", np.arange(n_train) % 10)
-    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n_test, 28, 28)))
-    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", np.arange(n_test) % 10)
 
 
 def write_cifar(root: Path, dataset: str = "cifar10", n: int = 3) -> Path:
@@ -169,7 +147,7 @@ def test_check_refuses_missing_data_naming_the_folder_and_layout(tmp_path, workl
     title, layout = FILE_WORKLOADS[workload]
     data_dir = tmp_path / "nowhere" if where == "missing" else tmp_path
     if where == "other_data":  # a folder with some other data set in it
-        write_mnist(tmp_path) if not workload.startswith("mnist") else write_cifar(tmp_path)
+        write_mnist(tmp_path, gz=False) if not workload.startswith("mnist") else write_cifar(tmp_path)
     with pytest.raises(ValueError) as err:
         check_workload_data(workload, str(data_dir), [128])
     message = str(err.value)
@@ -205,12 +183,12 @@ def test_a_cifar_archive_alone_is_enough_as_the_reader_extracts_it(tmp_path):
 
 
 def test_broken_or_mismatched_mnist_files_are_refused_from_their_headers(tmp_path):
-    write_mnist(tmp_path)
+    write_mnist(tmp_path, gz=False)
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-10])  # a truncated download
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: the header says shape"):
         check_workload_data("mnist-f1", str(tmp_path))
-    write_mnist(tmp_path, n_train=6)
+    write_mnist(tmp_path, gz=False, n_train=6)
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(5))
     with pytest.raises(ValueError, match=r"MNIST train files do not match: 6 images .* 5 labels"):
         check_workload_data("mnist-f1", str(tmp_path))
