@@ -47,9 +47,9 @@ def epochs_seen(storage: Path, study: str = "regime_length") -> int:
 
 
 def wait_for_epochs(proc: subprocess.Popen, storage: Path, count: int, *,
-                    timeout_s: float = 300) -> None:
+                    study: str = "regime_length", timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
-    while epochs_seen(storage) < count:
+    while epochs_seen(storage, study) < count:
         assert proc.poll() is None, "the study ended before the fault"
         assert time.monotonic() < deadline, "the study never got going"
         time.sleep(0.2)

@@ -4,17 +4,15 @@ open, and `--resume` continues that same study: real Optuna, real SQLite, real R
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 from ray import tune
+from study_procs import kill_group, start, wait_for_epochs
 
 from tunegap.analysis.tables import read_tables
 from tunegap.runner.tuner import (
@@ -111,32 +109,15 @@ def study_command(storage: Path, tracking_uri: str, data_dir: Path, *extra: str)
             "--checkpoint-every", "2", "--quiet", *extra]
 
 
-def journal_lines(storage: Path) -> int:
-    journals = sorted((storage / "lr_scaling").glob("2*/epochs_journal.jsonl"))
-    try:
-        return len(journals[-1].read_text().splitlines()) if journals else 0
-    except OSError:
-        return 0
-
-
 @pytest.mark.slow
 def test_killed_optuna_study_resumes_the_same_optuna_study(tmp_path, data_dir):
     storage, tracking_uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(study_command(storage, tracking_uri, data_dir),
-                                start_new_session=True, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+    proc = start(study_command(storage, tracking_uri, data_dir), tmp_path / "first.log")
     # Past the first trial (12 epochs) and into the second.
-    while journal_lines(storage) < 16 and proc.poll() is None:
-        assert time.monotonic() < deadline, "the study never got going"
-        time.sleep(0.1)
-    assert proc.poll() is None, "the study finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    wait_for_epochs(proc, storage, 16, study="lr_scaling")
+    kill_group(proc)
     resumed = subprocess.run(study_command(storage, tracking_uri, data_dir, "--resume"),
-                             env=env, capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (run_dir,) = sorted((storage / "lr_scaling").glob("2*"))
     stored = check_study_matches_trials(run_dir)
