@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def ray_session() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A tmpfs of our own that can be remounted read-only (root only: tests run as root
+    here and in CI; elsewhere the fault cannot be made and the test says so)."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to make read-only here: {made.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)

@@ -104,3 +104,7 @@ class MlflowServer:
         if self.proc is not None:
             kill_group(self.proc)
             self.proc = None
+
+
+def remount(where: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)

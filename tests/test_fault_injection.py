@@ -17,6 +17,7 @@ from study_procs import (
     MlflowServer,
     kill_group,
     regime_study,
+    remount,
     run_dirs,
     signal_group,
     start,
@@ -113,24 +114,6 @@ def test_tracking_server_killed_mid_study_loses_nothing(tmp_path, data_dir):
         assert_complete(storage, server.uri)
     finally:
         server.kill()
-
-
-@pytest.fixture
-def small_mount(tmp_path):
-    """A tmpfs of our own that can be remounted read-only (root only: tests run as root
-    here and in CI; elsewhere the fault cannot be made and the test says so)."""
-    where = tmp_path / "mnt"
-    where.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to make read-only here: {made.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def remount(where: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)
 
 
 def test_storage_turned_read_only_stops_in_one_line_and_resumes(tmp_path, data_dir,

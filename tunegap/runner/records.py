@@ -18,19 +18,11 @@ from ray import tune
 
 from tunegap.config import TrialConfig
 from tunegap.names import COMPLETED, DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX, STOPPED
+from tunegap.runner.storage_faults import StorageUnwritable, trial_storage_fault
 from tunegap.study import is_baseline
 
 JOURNAL_FILE = "epochs_journal.jsonl"
 JOURNAL_KEYS = frozenset((*METRIC_NAMES, DIVERGED))
-
-
-class StorageUnwritable(RuntimeError):
-    """The run folder could not be written during the study (read-only, full, gone)."""
-
-    def __init__(self, path: str, error: OSError) -> None:
-        super().__init__(f"{path}: {error.strerror or error}")
-        self.path = path
-        self.reason = error.strerror or str(error)
 
 
 class EpochJournal(tune.Callback):
@@ -52,6 +44,13 @@ class EpochJournal(tune.Callback):
                 journal.write(json.dumps(row) + "\n")
         except OSError as err:
             raise StorageUnwritable(self.path, err) from err
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A checkpoint the storage refused ends the trial in Tune; the study stops instead,
+        # so the trial resumes from its last checkpoint rather than being lost as `error`.
+        fault = trial_storage_fault(trial)
+        if fault is not None:
+            raise fault
 
 
 def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:

@@ -36,8 +36,9 @@ from tunegap.atomic import write_text_atomically
 from tunegap.names import OUTCOMES
 from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinished_trials
 from tunegap.runner.progress import ProgressPrinter
-from tunegap.runner.records import JOURNAL_FILE, EpochJournal, StorageUnwritable, collect_records
+from tunegap.runner.records import JOURNAL_FILE, EpochJournal, collect_records
 from tunegap.runner.resources import init_ray, plan_trial_hardware
+from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import (
     AUTO,
@@ -319,7 +320,7 @@ def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: An
     else:
         tuner = build_tuner(study, options, run_dir, callbacks)
     started = time.perf_counter()
-    with InterruptWatch() as watch:
+    with InterruptWatch() as watch, QuietStorageFaults():
         result_grid = tuner.fit()
     if watch.interrupted or unfinished_trials(result_grid):
         raise StudyInterrupted(interrupted_message(run_dir, finished_trials(result_grid)),

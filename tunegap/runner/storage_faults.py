@@ -1,0 +1,116 @@
+"""Storage that stops taking writes mid-study, seen wherever Tune first meets it.
+
+The driver's journal is one place a read-only, full or vanished run folder shows; the other
+is a trial's checkpoint, which Tune persists from the trial's actor. A checkpoint that
+cannot be written ends that trial in Tune with a traceback (logged by Tune's controller)
+although nothing in the trial went wrong: the trial is not at fault, the storage is. So
+the traceback is dropped and the study stops as it does for a failed journal write
+(`StorageUnwritable`), one line and resumable, instead of losing the trial to `error`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Any
+
+# What a file system says when it refuses a write, not what a bug says.
+STORAGE_ERRNOS = frozenset(
+    code for code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                      errno.ENOENT, errno.ESTALE, errno.EIO)
+    if code is not None
+)
+_READ_ONLY_WORDS = ("read-only file system", "no space left on device", "disk quota exceeded")
+_TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+class StorageUnwritable(RuntimeError):
+    """The run folder could not be written during the study (read-only, full, gone)."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error))
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def storage_write_error(error: BaseException | None) -> OSError | None:
+    """The file-system refusal behind `error`, through Ray's task-error wrapper and chained
+    causes; None when `error` is something else (a bug, a diverged model, an interrupt)."""
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException):
+            # Ray's task error poses as its cause's class, with the remote traceback as its
+            # text and no errno: the cause itself says what happened.
+            todo.append(cause)
+            continue
+        if isinstance(current, OSError) and _is_refused_write(current):
+            return current
+        todo += [current.__cause__, current.__context__]
+    return None
+
+
+def _is_refused_write(error: OSError) -> bool:
+    if error.errno in STORAGE_ERRNOS:
+        # pyarrow's file system reports errno and a message but sets no file name; ENOENT
+        # and EACCES also come from reading user files, so those need a write in the text.
+        if error.errno in (errno.ENOENT, errno.EACCES, errno.EPERM):
+            text = str(error).lower()
+            return "cannot create" in text or "cannot open for writing" in text
+        return True
+    return any(words in str(error).lower() for words in _READ_ONLY_WORDS)
+
+
+def refused_path(error: OSError, fallback: str) -> str:
+    """The path a refused write names, else `fallback` (the trial's folder)."""
+    return str(error.filename) if error.filename else fallback
+
+
+class _DropStorageFaultTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return storage_write_error(exc) is None
+
+
+class QuietStorageFaults:
+    """Within the block, Tune's traceback for a trial whose storage refused a write is not
+    printed: the study's one-line stop says it instead."""
+
+    def __init__(self) -> None:
+        self._filter = _DropStorageFaultTracebacks()
+
+    def __enter__(self) -> QuietStorageFaults:
+        logging.getLogger(_TUNE_CONTROLLER_LOGGER).addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger(_TUNE_CONTROLLER_LOGGER).removeFilter(self._filter)
+
+
+def trial_storage_fault(trial: Any) -> StorageUnwritable | None:
+    """A `StorageUnwritable` when the error that ended `trial` was a refused write.
+
+    Tune pickles the trial's error into the driver's staging folder (local disk, not the
+    storage that failed) before callbacks hear of it."""
+    from ray import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            error = cloudpickle.load(handle)
+    except Exception:
+        return None
+    refused = storage_write_error(error)
+    if refused is None:
+        return None
+    return StorageUnwritable(refused_path(refused, str(getattr(trial, "path", "") or path)),
+                             refused)
