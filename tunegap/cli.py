@@ -254,17 +254,65 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
                         "closed when the upper end of Welch's 90%% interval of baseline - cell "
                         "is <= POINTS, open when its lower end is > POINTS, else inconclusive "
                         f"(default {DEFAULT_MARGIN:g})")
-    p.add_argument("--accuracy", choices=list(ACCURACIES), default="final",
+    p.add_argument("--accuracy", choices=list(ACCURACIES), default=None,
                    help="judge each trial by its final-epoch test accuracy (default) or its "
-                        "best epoch's, as the paper's authors report")
+                        "best epoch's, as the paper's authors report (the default with "
+                        "--protocol authors)")
     p.add_argument("--gpus-per-trial", type=non_negative("--gpus-per-trial"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=5,
                    help="epochs between trial checkpoints (default 5)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    add_training_knobs(p)
     add_plugin_option(p)
     return p
+
+
+def add_training_knobs(parser: argparse.ArgumentParser) -> None:
+    """The training knobs beyond the paper's four (`TrialConfig` checks their values). Each
+    defaults to None: not given, the workload's own setting holds."""
+    from tunegap.config import BN_WEIGHT_INITS, OPTIMIZERS, PROTOCOLS
+    from tunegap.regime import SCHEDULES
+
+    g = parser.add_argument_group("training knobs (default: the workload's own)")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
+                   help="sgd (default), nesterov, adam, adamw or lars (You et al. 2017)")
+    g.add_argument("--momentum", type=number("--momentum"), default=None,
+                   help="SGD momentum, or Adam's beta1 (0 <= m < 1)")
+    g.add_argument("--weight-decay", type=number("--weight-decay"), default=None,
+                   help="one weight decay for the whole run, in place of the workload's")
+    g.add_argument("--no-decay-bn-bias", action="store_true", default=None,
+                   help="no weight decay on BatchNorm parameters and biases")
+    g.add_argument("--warmup-epochs", type=number("--warmup-epochs"), default=None,
+                   help="linear warm-up epochs (Goyal et al. 2017)")
+    g.add_argument("--warmup-start-factor", type=number("--warmup-start-factor"), default=None,
+                   help="warm-up starts at this times the lr (0..1, default 0)")
+    g.add_argument("--scale-warmup", action="store_true", default=None,
+                   help="multiply the warm-up epochs by the regime multiplier too")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help="step (the workload's decay steps, default), cosine, linear (to 0), "
+                        "constant")
+    g.add_argument("--label-smoothing", type=number("--label-smoothing"), default=None,
+                   help="label smoothing of the cross-entropy (0 <= s < 1)")
+    g.add_argument("--train-size", type=integer("--train-size"), default=None,
+                   help="train on a fixed random subset of this many samples")
+    g.add_argument("--max-updates", type=integer("--max-updates"), default=None,
+                   help="a budget of weight updates in place of epochs (decay points scale)")
+    g.add_argument("--bn-weight-init", choices=list(BN_WEIGHT_INITS), default=None,
+                   help="BatchNorm weights start at one, or uniform U(0,1) as in 2017 PyTorch")
+    g.add_argument("--zero-init-residual", action="store_true", default=None,
+                   help="zero the last BatchNorm weight of each residual block (ResNet/WRN)")
+    g.add_argument("--protocol", choices=list(PROTOCOLS), default="clean",
+                   help="clean (default) or authors: bigBatch's own training loop and input "
+                        "pipelines")
+
+
+def training_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The training knobs given on the command line (`add_training_knobs`), by field name."""
+    from tunegap.names import TRAINING_KNOBS
+
+    return {k: getattr(args, k) for k in TRAINING_KNOBS if getattr(args, k, None) is not None}
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -337,4 +385,6 @@ def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
         "margin": args.margin,
         "accuracy": args.accuracy,
         "scheduler": args.scheduler,
+        "knobs": training_knobs(args),
+        "protocol": args.protocol,
     }

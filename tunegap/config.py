@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tunegap.regime import (
+    SCHEDULES,
     Regime,
     check_exponent,
     check_positive_int,
@@ -18,6 +19,20 @@ from tunegap.workloads import Workload, get_workload
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 NO_GHOST_WORDS = ("none", "bn", "off")
+# Kept here, torch-free, so configs validate without importing the optimizers (see
+# `tunegap.optim`, which builds them).
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars")
+BN_WEIGHT_INITS = ("one", "uniform")
+# "authors": bigBatch's own loop and input pipelines (`tunegap.protocol`), "clean" ours.
+PROTOCOLS = ("clean", "authors")
+# The models whose files in bigBatch set BatchNorm weights to 1 (ResNet, WRN).
+AUTHORS_UNIT_BN_MODELS = ("resnet44", "cifar_resnet", "wrn16_4")
+# The authors' main_normal.py scales lr and epochs from this batch size.
+AUTHORS_REFERENCE_BATCH = 256
+# Bounds only a typo exceeds.
+MAX_UPDATES = 100_000_000
+# Adam's beta1 where no momentum is given (torch's default).
+ADAM_BETA1 = 0.9
 
 
 def parse_ghost_batch_size(value: object) -> int | None:
@@ -46,6 +61,11 @@ def _as_int(value: object) -> object:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     return value
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r} is not allowed: use one of {', '.join(allowed)}")
 
 
 def _as_float(value: object) -> object:
@@ -90,6 +110,25 @@ class TrialConfig:
     # fp32 on CPU; "fp32" / "bf16" force it. `compile` wraps the model in torch.compile.
     precision: str = "auto"
     compile: bool = False
+    # Training knobs beyond the paper's four (None: the workload's own setting). `momentum`
+    # is Adam's beta1 for adam/adamw; `weight_decay` a number holds all run long.
+    optimizer: str = "sgd"
+    momentum: float | None = None
+    weight_decay: float | None = None
+    no_decay_bn_bias: bool = False
+    warmup_epochs: float | None = None
+    warmup_start_factor: float = 0.0
+    scale_warmup: bool = False
+    schedule: str = "step"
+    label_smoothing: float = 0.0
+    # A subset of the training set (the same samples for every trial), and a budget of
+    # weight updates in place of epochs.
+    train_size: int | None = None
+    max_updates: int | None = None
+    # None: "one" under the clean protocol; under the authors', U(0,1) except in ResNet/WRN.
+    bn_weight_init: str | None = None
+    zero_init_residual: bool = False
+    protocol: str = "clean"
 
     def __post_init__(self) -> None:
         get_workload(self.workload)
@@ -129,6 +168,69 @@ class TrialConfig:
             raise ValueError(
                 f"device {self.device!r} is not allowed: use one of {', '.join(DEVICES)}"
             )
+        self._check_training_knobs()
+
+    def _check_training_knobs(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("protocol", self.protocol, PROTOCOLS)
+        if self.bn_weight_init is not None:
+            _check_choice("bn_weight_init", self.bn_weight_init, BN_WEIGHT_INITS)
+        for name in ("no_decay_bn_bias", "scale_warmup", "zero_init_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not allowed: use true or false")
+        self._set_number("momentum", low=0.0, high=1.0, high_open=True, optional=True)
+        self._set_number("weight_decay", low=0.0, optional=True)
+        self._set_number("warmup_epochs", low=0.0, optional=True)
+        self._set_number("warmup_start_factor", low=0.0, high=1.0)
+        self._set_number("label_smoothing", low=0.0, high=1.0, high_open=True)
+        for name, bound in (("train_size", None), ("max_updates", MAX_UPDATES)):
+            value = _as_int(getattr(self, name))
+            if value is None:
+                continue
+            value = check_positive_int(name, value)
+            if bound is not None and value > bound:
+                raise ValueError(f"{name} {value} is not allowed: use at most {bound}")
+            object.__setattr__(self, name, value)
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ValueError("momentum 0 is not allowed with optimizer nesterov: use a "
+                             "momentum > 0, or optimizer sgd")
+        if self.max_updates is not None and self.regime_multiplier not in (1.0, "matched"):
+            raise ValueError(
+                f"regime_multiplier {self.regime_multiplier} is not allowed with max_updates: "
+                "a budget of updates sets the length, so use 1"
+            )
+
+    def _set_number(self, name: str, *, low: float, high: float | None = None,
+                    high_open: bool = False, optional: bool = False) -> None:
+        value = _as_float(getattr(self, name))
+        if value is None and optional:
+            return
+        upper = high is None or (value < high if high_open else value <= high)
+        if not isinstance(value, float) or not math.isfinite(value) or value < low or not upper:
+            allowed = f">= {low:g}" if high is None else (
+                f"{low:g} <= value {'<' if high_open else '<='} {high:g}")
+            raise ValueError(f"{name} {getattr(self, name)!r} is not allowed: use a number {allowed}")
+        object.__setattr__(self, name, value)
+
+    @property
+    def authors(self) -> bool:
+        """Whether the trial trains as the authors' code does (`protocol="authors"`)."""
+        return self.protocol == "authors"
+
+    def resolved_momentum(self) -> float:
+        """The momentum (Adam's beta1) the optimizer is built with."""
+        if self.momentum is not None:
+            return self.momentum
+        return ADAM_BETA1 if self.optimizer in ("adam", "adamw") else self.get_workload().regime.momentum
+
+    def resolved_bn_weight_init(self) -> str:
+        """How BatchNorm weights start: the knob, else the protocol's default."""
+        if self.bn_weight_init is not None:
+            return self.bn_weight_init
+        # 2017 PyTorch drew BN weights from U(0,1); the authors set 1 in ResNet/WRN only.
+        keeps_uniform = self.authors and self.get_workload().model not in AUTHORS_UNIT_BN_MODELS
+        return "uniform" if keeps_uniform else "one"
 
     @classmethod
     def from_dict(cls, flat: dict[str, Any]) -> TrialConfig:
@@ -158,9 +260,39 @@ class TrialConfig:
         changes: dict[str, Any] = {
             "lr_exponent": self.lr_exponent,
             "regime_multiplier": self.regime_multiplier,
+            "schedule": self.schedule,
+            "warmup_start_factor": self.warmup_start_factor,
+            "scale_warmup": self.scale_warmup,
+            "max_updates": self.max_updates,
+            "momentum": self.resolved_momentum(),
         }
         if self.base_lr is not None:
             changes["base_lr"] = self.base_lr
+        if self.weight_decay is not None:
+            changes.update(weight_decay=self.weight_decay, weight_decays=())
+        if self.warmup_epochs is not None:
+            changes["warmup_epochs"] = self.warmup_epochs
+        if self.authors:
+            # main_gbn.py scales from its --mini-batch-size (the ghost size), main_normal.py
+            # from 256.
+            changes["reference_batch_size"] = self.ghost_batch_size or AUTHORS_REFERENCE_BATCH
         if self.epochs is not None:
             base = base.with_epochs(self.epochs)
         return replace(base, **changes)
+
+    def resolved_knobs(self) -> dict[str, Any]:
+        """The training knobs as this trial uses them (defaults filled in), for MLflow
+        params and the trials table."""
+        regime = self.regime()
+        return {
+            "optimizer": self.optimizer,
+            "momentum": regime.momentum,
+            "weight_decay": regime.weight_decay if self.weight_decay is None else self.weight_decay,
+            "no_decay_bn_bias": self.no_decay_bn_bias or self.optimizer == "lars",
+            "warmup_start_factor": self.warmup_start_factor,
+            "schedule": self.schedule,
+            "label_smoothing": self.label_smoothing,
+            "bn_weight_init": self.resolved_bn_weight_init(),
+            "zero_init_residual": self.zero_init_residual,
+            "protocol": self.protocol,
+        }

@@ -3,7 +3,7 @@
 No CLI, no Ray and no MLflow in here (`tunegap train` runs one configuration on its own).
 
 A step reads top to bottom: set the scheduled learning rate, forward, loss, backward, clip,
-SGD step. Metrics are summed on the device and read once per epoch, so a GPU never waits for
+optimizer step (SGD unless the config names another, `tunegap.optim`). Metrics are summed on the device and read once per epoch, so a GPU never waits for
 the host inside an epoch. A non-finite loss ends the run as `diverged` instead of crashing.
 
 Data comes one of two ways, chosen by the data object (`load_workload_data` picks by
@@ -22,6 +22,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ from tunegap.data import (
 )
 from tunegap.gbn import convert_to_ghost_bn
 from tunegap.models import build_model
+from tunegap.models.init import init_bn_weights, zero_init_residual
+from tunegap.optim import build_optimizer, reset_momentum, set_weight_decay
 from tunegap.probes import (
     NoiseScaleEstimator,
     grad_norm_sq,
@@ -54,6 +57,21 @@ from tunegap.regime import ResolvedRegime
 
 # Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
 SHARPNESS_SAMPLES = 1024
+# `train_size` draws its subset with this seed: every trial of a study sees the same samples.
+TRAIN_SUBSET_SEED = 0
+
+
+def training_subset(data: TensorData, size: int | None) -> TensorData:
+    """`size` samples of the training split, drawn once with `TRAIN_SUBSET_SEED`."""
+    if size is None or size == data.train_size:
+        return data
+    if size > data.train_size:
+        raise ValueError(f"train_size {size} is not allowed: the training set of {data.name} "
+                         f"has {data.train_size} samples")
+    generator = torch.Generator().manual_seed(TRAIN_SUBSET_SEED)
+    keep = torch.randperm(data.train_size, generator=generator)[:size].sort().values
+    keep = keep.to(data.x_train.device)
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def pick_device(name: str) -> torch.device:
@@ -66,9 +84,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
-    """The workload's dataset: in memory, or opened for streaming where the workload streams."""
+    """The workload's dataset: in memory, or opened for streaming where the workload streams;
+    under the authors' protocol, read and augmented through their input pipeline."""
     workload = config.get_workload()
-    kwargs: dict[str, Any] = dict(workload.dataset_kwargs)
+    kwargs, _ = data_pipeline(config)
     if workload.streaming:
         if config.data_dir is not None:
             kwargs["data_dir"] = config.data_dir
@@ -77,6 +96,18 @@ def load_workload_data(config: TrialConfig) -> TensorData | StreamingData:
     if config.data_dir is not None and accepts_keyword(DATASETS.get(workload.dataset), "data_dir"):
         kwargs["data_dir"] = config.data_dir
     return load_dataset(workload.dataset, **kwargs)
+
+
+def data_pipeline(config: TrialConfig) -> tuple[dict[str, Any], str | None]:
+    """The dataset kwargs and augmentation name a trial reads its data with: the workload's,
+    or under the authors' protocol their input pipeline for that dataset."""
+    workload = config.get_workload()
+    kwargs: dict[str, Any] = dict(workload.dataset_kwargs)
+    if not config.authors:
+        return kwargs, workload.augment
+    from tunegap.data.protocols import authors_pipeline
+
+    return authors_pipeline(workload.dataset, workload.augment, kwargs)
 
 
 def accepts_keyword(function: Any, name: str) -> bool:
@@ -117,6 +148,11 @@ class Engine:
         self.workload = config.get_workload()
         self.device = pick_device(config.device) if device is None else torch.device(device)
         data = data if data is not None else load_workload_data(config)
+        if config.train_size is not None:
+            if isinstance(data, StreamingData):
+                raise ValueError(f"train_size is not allowed for {config.workload}: it streams "
+                                 "its data from disk; give a subset folder as --data-dir")
+            data = training_subset(data, config.train_size)
         from tunegap.workloads import check_batch_sizes
 
         # The study checked the workload's declared size; this is the data actually read.
@@ -134,8 +170,14 @@ class Engine:
             model = build_model(
                 self.workload.model, num_classes=self.data.num_classes, **self.workload.model_kwargs
             )
+        if config.resolved_bn_weight_init() != "one":
+            init_bn_weights(model, config.resolved_bn_weight_init(), seed=config.seed)
+        if config.zero_init_residual:
+            zero_init_residual(model)
         if config.ghost_batch_size is not None:
-            model = convert_to_ghost_bn(model, config.ghost_batch_size)
+            # The authors split a batch with .chunk(B // ghost); ours keeps ghosts of one size.
+            split = {"split": "chunk"} if config.authors else {}
+            model = convert_to_ghost_bn(model, config.ghost_batch_size, **split)
         # Dropout and augmentation draw from the global generator: seed it per trial, so a
         # reused Ray actor trains the next trial exactly as a fresh process would.
         torch.manual_seed(config.seed)
@@ -157,11 +199,13 @@ class Engine:
                 self.data = self.data.to_memory_format(torch.channels_last)
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if config.compile else self.model
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
+        self.optimizer = build_optimizer(
+            self.model,
+            config.optimizer,
             lr=self.resolved.lr,
             momentum=self.regime.momentum,
             weight_decay=self.resolved.weight_decay_at(0),
+            no_decay_bn_bias=config.no_decay_bn_bias,
         )
         self.loader: DeviceLoader | StreamingLoader
         self.test_loader: StreamingLoader | None = None
@@ -191,7 +235,7 @@ class Engine:
                 batch_size=config.batch_size,
                 shuffle=True,
                 seed=config.seed,
-                augment=get_augment(self.workload.augment),
+                augment=get_augment(data_pipeline(config)[1]),
             )
         self.initial_params = [p.detach().clone() for p in self.model.parameters()]
         self.noise = NoiseScaleEstimator()
@@ -201,12 +245,23 @@ class Engine:
 
     @property
     def done(self) -> bool:
-        return self.diverged or self.epoch >= self.resolved.epochs
+        return self.diverged or self.epoch >= self.resolved.epochs or self._budget_spent()
+
+    def _budget_spent(self) -> bool:
+        budget = self.resolved.max_updates
+        return budget is not None and self.updates >= budget
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The resolved regime and knobs, as `resolved_*` entries of results and params."""
+        knobs = {f"resolved_{k}": v for k, v in self.config.resolved_knobs().items()}
+        return {**self.resolved.as_dict(), **knobs, "resolved_train_size": self.data.train_size}
 
     def weight_distance(self) -> float:
-        """||w_t - w_0|| over all trainable parameters (the paper's Figure 2 quantity)."""
+        """||w_t - w_0|| over all trainable parameters (the paper's Figure 2 quantity); under
+        the authors' protocol over the first parameter only, as their code logs it."""
         total = torch.zeros((), device=self.device)
-        for p, p0 in zip(self.model.parameters(), self.initial_params, strict=True):
+        pairs = list(zip(self.model.parameters(), self.initial_params, strict=True))
+        for p, p0 in pairs[:1] if self.config.authors else pairs:
             total += (p.detach() - p0).pow(2).sum()
         return float(total.sqrt())
 
@@ -221,10 +276,13 @@ class Engine:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         lr = self.resolved.lr
-        weight_decay = self.resolved.weight_decay_at(self.epoch)
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = weight_decay
+        set_weight_decay(self.optimizer, self.resolved.weight_decay_at(self.epoch))
+        if self.config.authors:
+            # bigBatch's adjust_optimizer builds a new SGD every epoch: momentum starts empty.
+            reset_momentum(self.optimizer)
         for i, (x, y) in enumerate(self.loader):
+            if self._budget_spent():
+                break  # a budget of updates ends where it ends, mid-epoch
             lr = self.resolved.lr_at(self.epoch + i / steps)
             loss, logits = self._train_step(x, y, lr=lr, step=i)
             n = y.shape[0]
@@ -266,7 +324,7 @@ class Engine:
     def _train_step(
         self, x: torch.Tensor, y: torch.Tensor, *, lr: float, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD update on batch (x, y) at learning rate `lr`, for either kind of data;
+        """One optimizer update on batch (x, y) at learning rate `lr`, for either kind of data;
         `step` is the batch's index in the epoch. Returns the (detached) loss and logits."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -275,7 +333,7 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         g_sq = None

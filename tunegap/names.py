@@ -8,6 +8,23 @@ can import them without importing torch).
 
 from __future__ import annotations
 
+# The knobs beyond the paper's four (below). Their resolved values are columns of the
+# trials table; one tells cells apart only in a table where it takes several values.
+TRAINING_KNOBS: tuple[str, ...] = (
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "no_decay_bn_bias",
+    "warmup_epochs",
+    "warmup_start_factor",
+    "scale_warmup",
+    "schedule",
+    "label_smoothing",
+    "train_size",
+    "max_updates",
+    "bn_weight_init",
+    "zero_init_residual",
+)
 # Knobs a study may put in a grid or an Optuna space (all are `TrialConfig` fields).
 SEARCH_KNOBS: tuple[str, ...] = (
     "batch_size",
@@ -15,7 +32,10 @@ SEARCH_KNOBS: tuple[str, ...] = (
     "lr_exponent",
     "regime_multiplier",
     "base_lr",
+    *TRAINING_KNOBS,
 )
+# Set per study (`Study.protocol`), never searched: "clean" or "authors".
+PROTOCOL = "protocol"
 # Knobs that tell one cell of a map from another (seeds of one cell share them).
 CELL_KNOBS: tuple[str, ...] = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier")
 # Probe settings of a trial: they change what is measured, never the training.

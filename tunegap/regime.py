@@ -7,7 +7,11 @@
   `regime_multiplier`; the word "matched" means ceil(B / B0), as in the authors' code, which
   gives the large batch as many weight updates as the small one.
 
-Warm-up is kept in epochs, not multiplied: Goyal et al. define it as a fixed number of epochs.
+Warm-up is kept in epochs, not multiplied: Goyal et al. define it as a fixed number of epochs
+(`scale_warmup` multiplies it too). It ramps linearly from `warmup_start_factor` x lr.
+
+`max_updates` replaces the epochs by a budget of weight updates (Shallue et al. 2018): the
+run stops after that many, and the decay points keep their place as fractions of the run.
 
 The authors' code writes a regime as {epoch: {lr, weight_decay, ...}}. Most are a step decay
 by one factor; the others (a rising step, uneven drops, weight decay switched off) are given
@@ -21,6 +25,9 @@ from dataclasses import dataclass, replace
 
 MATCHED = "matched"
 MULTIPLIER_WORDS = (MATCHED,)
+# How the lr moves after warm-up: the workload's decay steps, a cosine or a straight line to
+# zero over the whole run, or not at all.
+SCHEDULES = ("step", "cosine", "linear", "constant")
 
 
 def parse_regime_multiplier(value: object) -> float | str:
@@ -102,7 +109,8 @@ class ResolvedRegime:
     batch_size: int
     lr: float
     epochs: int
-    decay_epochs: tuple[int, ...]
+    # Fractional only under a budget of updates (`max_updates`).
+    decay_epochs: tuple[float, ...]
     # lr from each decay epoch on, as a multiple of `lr` (one per decay epoch).
     lr_factors: tuple[float, ...]
     # Weight decay before the first decay epoch, then from each decay epoch on.
@@ -112,6 +120,17 @@ class ResolvedRegime:
     multiplier: float
     updates_per_epoch: int | None
     total_updates: int | None
+    schedule: str = "step"
+    warmup_start_factor: float = 0.0
+    # Set when the run is a budget of updates: it ends mid-epoch, after exactly this many.
+    max_updates: int | None = None
+
+    @property
+    def run_epochs(self) -> float:
+        """The run's length in (fractional) epochs: what cosine and linear decay run over."""
+        if self.max_updates is not None and self.updates_per_epoch:
+            return self.max_updates / self.updates_per_epoch
+        return float(self.epochs)
 
     def _phase(self, epoch_progress: float) -> int:
         return sum(epoch_progress >= d for d in self.decay_epochs)
@@ -119,14 +138,25 @@ class ResolvedRegime:
     def lr_at(self, epoch_progress: float) -> float:
         """Learning rate at a fractional epoch (e.g. 3.25 = a quarter into the 4th epoch).
 
-        Linear warm-up from lr / warmup_steps to lr over `warmup_epochs`; from each decay
-        epoch on, `lr` times that step's factor.
+        Linear warm-up over `warmup_epochs` from `warmup_start_factor` x lr (0: from one
+        update's worth of the ramp) to lr. After it, by `schedule`: "step" gives, from each
+        decay epoch on, `lr` times that step's factor; "cosine" lr * (1 + cos(pi t / T)) / 2
+        and "linear" lr * (1 - t / T) over the run's T epochs; "constant" lr.
         """
-        phase = self._phase(epoch_progress)
-        lr = self.lr * (self.lr_factors[phase - 1] if phase else 1.0)
+        lr = self.lr * self._decay(epoch_progress)
         if self.warmup_epochs > 0 and epoch_progress < self.warmup_epochs:
-            lr *= (epoch_progress + self._warmup_floor()) / self.warmup_epochs
+            ramp = min(1.0, (epoch_progress + self._warmup_floor()) / self.warmup_epochs)
+            lr *= self.warmup_start_factor + (1.0 - self.warmup_start_factor) * ramp
         return lr
+
+    def _decay(self, epoch_progress: float) -> float:
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule in ("cosine", "linear"):
+            t = min(1.0, max(0.0, epoch_progress / self.run_epochs))
+            return 0.5 * (1.0 + math.cos(math.pi * t)) if self.schedule == "cosine" else 1.0 - t
+        phase = self._phase(epoch_progress)
+        return self.lr_factors[phase - 1] if phase else 1.0
 
     def weight_decay_at(self, epoch_progress: float) -> float:
         """Weight decay at a fractional epoch (it changes only at decay epochs)."""
@@ -148,10 +178,14 @@ class ResolvedRegime:
                 (self.lr, *(self.lr * f for f in self.lr_factors))
             ),
             "resolved_weight_decay_schedule": self._changes_text(self.weight_decays),
+            "resolved_schedule": self.schedule,
+            "resolved_warmup_epochs": self.warmup_epochs,
+            "resolved_max_updates": self.max_updates,
         }
 
     def _changes_text(self, values: tuple[float, ...]) -> str:
-        """'epoch:value' from epoch 0 and where the value changes, e.g. '0:0.1,81:0.01'.
+        """'epoch:value' from epoch 0 and where the value changes, e.g. '0:0.1,81:0.01'
+        (a "step" schedule's; the others name themselves in `resolved_schedule`).
 
         Decay epochs that a short regime rounds onto one epoch show once, with the value
         that holds after them; those at or past the end never act and are left out. The lr
@@ -165,7 +199,7 @@ class ResolvedRegime:
         last = None
         for epoch, value in holds.items():
             if value != last:
-                parts.append(f"{epoch}:{value:.6g}")
+                parts.append(f"{epoch:g}:{value:.6g}")
                 last = value
         return ",".join(parts)
 
@@ -202,6 +236,14 @@ class Regime:
     # Weight decay from each decay epoch on, None keeping the one before; empty: weight_decay
     # throughout.
     weight_decays: tuple[float | None, ...] = ()
+    schedule: str = "step"
+    warmup_start_factor: float = 0.0
+    # Warm-up epochs times the regime multiplier as well (Goyal et al. keep them fixed).
+    scale_warmup: bool = False
+    max_updates: int | None = None
+    # The batch size the lr rule and "matched" count from, where it is not base_batch_size
+    # (the authors' code: 256, or the ghost size in main_gbn.py).
+    reference_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.base_lr) and self.base_lr > 0):
@@ -230,6 +272,18 @@ class Regime:
             raise ValueError(f"clip_norm {self.clip_norm!r} is not allowed: use > 0 or None")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay {self.weight_decay!r} is not allowed: use >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"schedule {self.schedule!r} is not allowed: use one of {', '.join(SCHEDULES)}"
+            )
+        if not (math.isfinite(self.warmup_start_factor) and 0 <= self.warmup_start_factor <= 1):
+            raise ValueError(
+                f"warmup_start_factor {self.warmup_start_factor!r} is not allowed: use 0..1"
+            )
+        if self.max_updates is not None:
+            check_positive_int("max_updates", self.max_updates)
+        if self.reference_batch_size is not None:
+            check_positive_int("reference_batch_size", self.reference_batch_size)
         steps = len(self.decay_epochs)
         object.__setattr__(
             self,
@@ -296,12 +350,17 @@ class Regime:
     def multiplier_for(self, batch_size: int) -> float:
         """The numeric regime multiplier at this batch size ("matched" = ceil(B/B0))."""
         if self.regime_multiplier == MATCHED:
-            return float(math.ceil(batch_size / self.base_batch_size))
+            return float(math.ceil(batch_size / self.reference))
         return float(self.regime_multiplier)
+
+    @property
+    def reference(self) -> int:
+        """The batch size B0 that the lr rule and "matched" count from."""
+        return self.reference_batch_size or self.base_batch_size
 
     def lr_for(self, batch_size: int) -> float:
         """base_lr * (B / B0) ** lr_exponent."""
-        return self.base_lr * (batch_size / self.base_batch_size) ** self.lr_exponent
+        return self.base_lr * (batch_size / self.reference) ** self.lr_exponent
 
     def resolve(self, batch_size: int, train_size: int | None = None) -> ResolvedRegime:
         """The concrete lr, epochs and decay epochs at `batch_size`.
@@ -312,8 +371,16 @@ class Regime:
         check_positive_int("batch_size", batch_size)
         mult = self.multiplier_for(batch_size)
         epochs = max(1, round(self.epochs * mult))
-        decay = tuple(max(1, round(d * mult)) for d in self.decay_epochs)
+        decay: tuple[float, ...] = tuple(max(1, round(d * mult)) for d in self.decay_epochs)
         per_epoch = None if train_size is None else math.ceil(train_size / batch_size)
+        total = None if per_epoch is None else per_epoch * epochs
+        warmup = self.warmup_epochs * (mult if self.scale_warmup else 1.0)
+        if self.max_updates is not None:
+            # The budget sets the length; decay points keep their fraction of the run. With
+            # no training-set size, one update per epoch bounds the epochs from above.
+            run = self.max_updates / (per_epoch or 1)
+            mult, epochs, total = 1.0, math.ceil(run), self.max_updates
+            decay = tuple(round(d / self.epochs * run, 6) for d in self.decay_epochs)
         return ResolvedRegime(
             batch_size=batch_size,
             lr=self.lr_for(batch_size),
@@ -321,9 +388,12 @@ class Regime:
             decay_epochs=decay,
             lr_factors=self.step_lr_factors(),
             weight_decays=self.phase_weight_decays(),
-            warmup_epochs=self.warmup_epochs,
+            warmup_epochs=warmup,
             clip_norm=self.clip_norm,
             multiplier=mult,
             updates_per_epoch=per_epoch,
-            total_updates=None if per_epoch is None else per_epoch * epochs,
+            total_updates=total,
+            schedule=self.schedule,
+            warmup_start_factor=self.warmup_start_factor,
+            max_updates=self.max_updates,
         )

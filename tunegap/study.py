@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 
 from tunegap.analysis.verdict import ACCURACIES, DEFAULT_MARGIN
-from tunegap.config import TrialConfig
+from tunegap.config import PROTOCOLS, TrialConfig
 from tunegap.cpu_memory import cpu_malloc_mode
-from tunegap.names import INSTRUMENTS, SEARCH_KNOBS
+from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
 
@@ -53,7 +53,7 @@ class StudyError(ValueError):
     >>> Study(name="typo", workload="mnist1d-cnn", grid={"batch_sise": (512,)})
     Traceback (most recent call last):
     ...
-    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr
+    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr, optimizer, momentum, weight_decay, no_decay_bn_bias, warmup_epochs, warmup_start_factor, scale_warmup, schedule, label_smoothing, train_size, max_updates, bn_weight_init, zero_init_residual
     """
 
     exit_status = 2
@@ -120,7 +120,8 @@ class Study:
     # The largest loss in points that still counts as no gap, declared before the run (see
     # `tunegap.analysis.verdict`), and which accuracy of a trial is judged.
     margin: float = DEFAULT_MARGIN
-    accuracy: str = "final"
+    # None: "final", or "best" under the authors' protocol (they report the best epoch).
+    accuracy: str | None = None
     question: str = ""
     figures: FigureBuilder | None = None
     # Probe settings for every trial, e.g. {"noise_scale_every": 4, "sharpness_every": 20}.
@@ -140,6 +141,12 @@ class Study:
     scheduler: str = "none"
     grace_updates: int = 1
     reduction_factor: float = 2.0
+    # Training knobs for every trial, the baseline's included (e.g. {"optimizer": "adam",
+    # "train_size": 2000}); a grid or point that names one overrides it there.
+    knobs: dict[str, Any] = field(default_factory=dict)
+    # "clean" (ours) or "authors" (bigBatch's loop and pipelines, `tunegap.protocol`), for
+    # every trial; the authors report the best epoch, so "authors" judges best accuracy.
+    protocol: str = "clean"
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():
@@ -155,6 +162,13 @@ class Study:
             raise StudyError(f"unknown instrument(s) {', '.join(unknown)}: use {', '.join(INSTRUMENTS)}")
         if self.target_test_acc is not None and not 0 < self.target_test_acc <= 100:
             raise StudyError(f"--target-acc {self.target_test_acc!r} is not allowed: use 0 < percent <= 100")
+        unknown = sorted(set(self.knobs) - set(TRAINING_KNOBS))
+        if unknown:
+            raise StudyError(f"unknown training knob(s) {', '.join(unknown)}: use "
+                             f"{', '.join(TRAINING_KNOBS)}")
+        if self.protocol not in PROTOCOLS:
+            raise StudyError(f"--protocol {self.protocol!r} is not allowed: use "
+                             f"{' or '.join(PROTOCOLS)}")
         unknown = sorted(set(self.grid) - set(SEARCH_KNOBS))
         if unknown:
             raise StudyError(f"unknown knob(s) {', '.join(unknown)}: use {', '.join(SEARCH_KNOBS)}")
@@ -201,6 +215,8 @@ class Study:
                 f"--margin {self.margin!r} is not allowed: use points of test accuracy from 0 "
                 "to 100"
             )
+        if self.accuracy is None:
+            object.__setattr__(self, "accuracy", "best" if self.protocol == "authors" else "final")
         if self.accuracy not in ACCURACIES:
             raise StudyError(
                 f"--accuracy {self.accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}"
@@ -227,7 +243,16 @@ class Study:
             seed=seed,
             epochs=self.epochs,
             **self.instruments,
+            **self.trial_settings(),
         )
+
+    def trial_settings(self) -> dict[str, Any]:
+        """What every trial of the study shares beyond its cell: the training knobs and
+        the protocol (left out while "clean", so older configs stay equal)."""
+        settings = dict(self.knobs)
+        if self.protocol != "clean":
+            settings["protocol"] = self.protocol
+        return settings
 
     @property
     def first_seeds(self) -> int:
@@ -263,7 +288,8 @@ class Study:
             for combo in combos:
                 try:
                     cfg = TrialConfig(workload=self.workload, seed=seed, epochs=self.epochs,
-                                      **self.instruments, **combo)
+                                      **self.instruments,
+                                      **{**self.trial_settings(), **combo})
                 except (TypeError, ValueError) as err:
                     raise StudyError(str(err)) from None
                 if cfg.ghost_batch_size is not None and cfg.ghost_batch_size >= cfg.batch_size:
@@ -302,6 +328,8 @@ class Study:
             **({"scheduler": self.scheduler, "grace_updates": self.grace_updates,
                 "reduction_factor": float(self.reduction_factor)}
                if self.scheduler != "none" else {}),
+            **({"knobs": dict(self.knobs)} if self.knobs else {}),
+            **({"protocol": self.protocol} if self.protocol != "clean" else {}),
         }
 
 
@@ -371,8 +399,8 @@ def _check_trial_length(configs: Iterable[TrialConfig]) -> None:
     seen = set()
     for config in configs:
         key = (config.workload, config.batch_size, config.epochs, config.regime_multiplier)
-        if key in seen:
-            continue
+        if key in seen or config.max_updates is not None:
+            continue  # a budget of updates is bounded by MAX_UPDATES instead
         seen.add(key)
         epochs = config.regime().resolve(config.batch_size, train_size=1).epochs
         if epochs > MAX_EPOCHS:

@@ -16,11 +16,13 @@ from typing import Any
 from tunegap.cli import (
     OneLineParser,
     add_plugin_option,
+    add_training_knobs,
     fail,
     import_plugins,
     integer,
     interrupted,
     number,
+    training_knobs,
 )
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import cpu_malloc_mode
@@ -80,6 +82,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=integer("--sharpness-every"),
         help="top Hessian eigenvalue every k epochs and at the end (0 = off)",
     )
+    add_training_knobs(p)
     add_plugin_option(p)
     return p
 
@@ -127,6 +130,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
             data_dir=args.data_dir,
             noise_scale_every=args.noise_scale_every,
             sharpness_every=args.sharpness_every,
+            protocol=args.protocol,
+            **training_knobs(args),
         )
         pick_device(config.device)
         cpu_malloc_mode()

@@ -41,18 +41,25 @@ from tunegap.analysis.verdict import (
     decide_gap,
     holm,
 )
-from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED
+from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED, TRAINING_KNOBS
 
 
 def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
     """The columns that define a cell in this table: CELL_KNOBS plus the OPTIONAL_KNOBS that
-    are set on at least one trial."""
+    are set on at least one trial; a training knob (optimizer, schedule, ...) always has a
+    value, so it counts only where the table holds more than one."""
     missing = [k for k in CELL_KNOBS if k not in trials_df.columns]
     if missing:
         raise ValueError(f"the trials table has no column(s) {', '.join(missing)}")
-    return list(CELL_KNOBS) + [
-        k for k in OPTIONAL_KNOBS if k in trials_df.columns and trials_df[k].notna().any()
-    ]
+    return list(CELL_KNOBS) + [k for k in OPTIONAL_KNOBS if _tells_cells_apart(trials_df, k)]
+
+
+def _tells_cells_apart(trials_df: pd.DataFrame, knob: str) -> bool:
+    if knob not in trials_df.columns:
+        return False
+    if knob in TRAINING_KNOBS:
+        return len({plain_value(v) for v in trials_df[knob]}) > 1
+    return bool(trials_df[knob].notna().any())
 
 
 def compute_cells(

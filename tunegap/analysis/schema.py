@@ -31,6 +31,22 @@ multiplier             float64 the resolved numeric multiplier ("matched" = ceil
 seed                   int64   the trial's seed
 epochs_override        int64   TrialConfig.epochs (overrides the workload's epochs); null
 base_lr_override       float64 TrialConfig.base_lr (overrides the workload's lr); null
+optimizer              string  sgd, nesterov, adam, adamw or lars
+momentum               float64 momentum as used (Adam's beta1); null if never resolved
+weight_decay           float64 weight decay as used before the first decay epoch; null
+                               if never resolved
+no_decay_bn_bias       bool    BatchNorm parameters and biases had no weight decay
+warmup_epochs          float64 linear warm-up epochs as used; null if never resolved
+warmup_start_factor    float64 the warm-up's first lr as a fraction of the lr
+scale_warmup           bool    the warm-up was multiplied by the regime multiplier too
+schedule               string  step, cosine, linear or constant
+label_smoothing        float64 label smoothing of the training loss
+train_size             int64   training samples used (a fixed subset where asked); null if
+                               never resolved
+max_updates            int64   the budget of weight updates; null = a regime of epochs
+bn_weight_init         string  "one" or "uniform"; null if never resolved
+zero_init_residual     bool    each residual block's last BatchNorm weight started at 0
+protocol               string  "clean" or "authors" (bigBatch's loop and pipelines)
 resolved_lr            float64 learning rate after LR scaling, before the first decay epoch
                                (and after warm-up); null if never resolved
 resolved_epochs        int64   epochs after regime adaptation; null if never resolved
@@ -119,6 +135,20 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("seed", pa.int64(), False, "seed"),
     ("epochs_override", pa.int64(), True, "TrialConfig.epochs override"),
     ("base_lr_override", pa.float64(), True, "TrialConfig.base_lr override"),
+    ("optimizer", pa.string(), False, "sgd, nesterov, adam, adamw or lars"),
+    ("momentum", pa.float64(), True, "momentum as used (Adam's beta1)"),
+    ("weight_decay", pa.float64(), True, "weight decay before the first decay epoch"),
+    ("no_decay_bn_bias", pa.bool_(), False, "no weight decay on BatchNorm and biases"),
+    ("warmup_epochs", pa.float64(), True, "linear warm-up epochs as used"),
+    ("warmup_start_factor", pa.float64(), False, "warm-up's first lr / lr"),
+    ("scale_warmup", pa.bool_(), False, "warm-up multiplied by the regime multiplier"),
+    ("schedule", pa.string(), False, "step, cosine, linear or constant"),
+    ("label_smoothing", pa.float64(), False, "label smoothing of the training loss"),
+    ("train_size", pa.int64(), True, "training samples used"),
+    ("max_updates", pa.int64(), True, "budget of weight updates; null = epochs"),
+    ("bn_weight_init", pa.string(), True, "one or uniform"),
+    ("zero_init_residual", pa.bool_(), False, "residual blocks' last BN weight started at 0"),
+    ("protocol", pa.string(), False, "clean or authors"),
     ("resolved_lr", pa.float64(), True, "learning rate after LR scaling, before any decay"),
     ("resolved_epochs", pa.int64(), True, "epochs after regime adaptation"),
     ("resolved_decay_epochs", pa.string(), True, "LR-decay epochs, comma separated"),

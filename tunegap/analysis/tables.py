@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from tunegap.analysis.fits import fit_diffusion_phase, steps_to_target
 from tunegap.analysis.schema import EPOCH_METRICS, EPOCHS_SCHEMA, TRIALS_SCHEMA
 from tunegap.atomic import write_atomically
-from tunegap.names import DIVERGED, METRIC_NAMES, OPTIONAL_METRICS, OUTCOMES
+from tunegap.names import DIVERGED, METRIC_NAMES, OPTIONAL_METRICS, OUTCOMES, TRAINING_KNOBS
 
 __all__ = [
     "EPOCHS_FILE",
@@ -138,6 +138,7 @@ def _trial_row(
         "seed": int(config.get("seed", 0)),
         "epochs_override": _int_or_none(config.get("epochs")),
         "base_lr_override": _float_or_nan(config.get("base_lr")),
+        **_training_knobs(config, resolved),
         "resolved_lr": _float_or_nan(resolved.get("resolved_lr")),
         "resolved_epochs": _int_or_none(resolved.get("resolved_epochs")),
         "resolved_decay_epochs": _text_or_none(resolved.get("resolved_decay_epochs")),
@@ -151,6 +152,33 @@ def _trial_row(
         "train_seconds": float(sum(r["seconds"] for r in history if math.isfinite(r["seconds"]))),
         **_instruments(history, _float_or_nan(record.get("target_test_acc"))),
     }
+
+
+# What a record made before a knob existed (or an unresolved trial) reads as.
+_KNOB_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd", "no_decay_bn_bias": False, "warmup_start_factor": 0.0,
+    "scale_warmup": False, "schedule": "step", "label_smoothing": 0.0,
+    "zero_init_residual": False, "protocol": "clean",
+}
+
+
+def _training_knobs(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The training knobs as the trial used them: its resolved values, else its config's."""
+    def value(name: str) -> Any:
+        found = resolved.get(f"resolved_{name}")
+        if found is None:
+            found = config.get(name)
+        return _KNOB_DEFAULTS.get(name) if found is None else found
+
+    row = {name: value(name) for name in (*TRAINING_KNOBS, "protocol")}
+    for name in ("momentum", "weight_decay", "warmup_epochs", "warmup_start_factor",
+                 "label_smoothing"):
+        row[name] = _float_or_nan(row[name])
+    for name in ("train_size", "max_updates"):
+        row[name] = _int_or_none(row[name])
+    for name in ("no_decay_bn_bias", "scale_warmup", "zero_init_residual"):
+        row[name] = bool(row[name])
+    return row
 
 
 def _instruments(history: list[dict[str, Any]], target: float) -> dict[str, float]:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tunegap.names import TRAINING_KNOBS
+
 __all__ = [
     "ACCURACIES",
     "CONFIDENCE",
@@ -49,8 +51,10 @@ __all__ = [
     "holm",
 ]
 
-# Only knobs of a cell when a study sets them on some trial; otherwise always missing.
-OPTIONAL_KNOBS: tuple[str, ...] = ("base_lr_override", "epochs_override")
+# Only knobs of a cell when a study sets them on some trial; otherwise always missing. The
+# training knobs (`tunegap.names.TRAINING_KNOBS`) always have a value in the trials table:
+# they are knobs of a cell only where they take more than one (`cells.cell_knobs`).
+OPTIONAL_KNOBS: tuple[str, ...] = ("base_lr_override", "epochs_override", *TRAINING_KNOBS)
 DEFAULT_MARGIN = 0.5
 CONFIDENCE = 0.90  # two one-sided tests at 5% each
 FAMILY_ALPHA = 0.05  # the level of verdict_holm's family-wise error

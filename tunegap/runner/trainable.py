@@ -82,11 +82,11 @@ class GapTrainable(tune.Trainable):
         cpus = int(trial_resources(config)["cpu"])
         if cpus >= 1:
             torch.set_num_threads(cpus)
-        key = (self.trial_config.workload, self.trial_config.data_dir)
+        key = (self.trial_config.workload, self.trial_config.data_dir, self.trial_config.protocol)
         if self._data is None or self._data[0] != key:
             self._data = (key, load_workload_data(self.trial_config))
         self.engine = Engine(self.trial_config, data=self._data[1])
-        self.resolved = self.engine.resolved.as_dict()
+        self.resolved = self.engine.resolved_params()
         # How this process's C library treats freed memory (tunegap.cpu_memory): it changes
         # CPU timings, so it is logged with the trial.
         self.resolved["resolved_cpu_malloc"] = applied_mode() or "system"
