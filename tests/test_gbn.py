@@ -1,7 +1,8 @@
 """Ghost BatchNorm against the authors' chunked method (and plain BatchNorm where they agree).
 
-The reference is how github.com/eladhoffer/bigBatch does it: split the batch with
-`torch.split` and run each chunk through a plain BatchNorm in order, so each chunk is
+The reference: split the batch (`torch.split` into fixed-size ghosts for the default
+split="fixed"; `torch.chunk(B // ghost)` as github.com/eladhoffer/bigBatch main_gbn.py does,
+for split="chunk") and run each chunk through a plain BatchNorm in order, so each chunk is
 normalized with its own statistics and updates the running statistics in turn.
 """
 
@@ -520,3 +521,69 @@ def test_convert_keeps_mode_and_root_module() -> None:
     assert isinstance(gbn, GhostBatchNorm2d) and not gbn.training
     back = convert_to_batch_norm(gbn)
     assert type(back) is nn.BatchNorm2d and not back.training
+
+
+# ------------------------------------------------------------------- split="chunk"
+
+
+def test_chunk_split_normalizes_torch_chunk_pieces_by_hand() -> None:
+    """100 samples, ghost 32: the authors' x.chunk(100 // 32) gives 34, 34, 32."""
+    x = random_input((100, C, 3), torch.float64, seed=11)
+    gbn = GhostBatchNorm1d(C, dtype=torch.float64, ghost_batch_size=32, split="chunk")
+    with torch.no_grad():
+        gbn.weight.uniform_(0.5, 1.5)
+        gbn.bias.normal_()
+    chunks = x.chunk(100 // 32)
+    assert [len(c) for c in chunks] == [34, 34, 32]
+    rm, rv = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+    expected = torch.cat(
+        [
+            nn.functional.batch_norm(c, rm, rv, gbn.weight, gbn.bias, True, 0.1, gbn.eps)
+            for c in chunks
+        ]
+    )
+    out = gbn(x)
+    assert_close(out, expected.detach(), 1e-10)
+    # The running statistics saw the three chunks in order, as plain BatchNorm would have.
+    assert_close(gbn.running_mean, rm, 1e-10)
+    assert_close(gbn.running_var, rv, 1e-10)
+    assert int(gbn.num_batches_tracked) == 3
+    # The default split is another function on this batch: 32, 32, 32, 4.
+    fixed = GhostBatchNorm1d(C, dtype=torch.float64, ghost_batch_size=32)
+    fixed.load_state_dict(gbn.state_dict())
+    assert fixed.split == "fixed"
+    assert not torch.allclose(fixed(x), out)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize(("batch", "ghost"), [(100, 32), (9, 4), (10, 4), (64, 16), (40, 32)])
+def test_chunk_split_equals_chunked_batch_norm_forward_backward(kind, batch, ghost) -> None:
+    bn, gbn = make_pair(kind, ghost, momentum=0.2)
+    gbn.split = "chunk"
+    shape = (batch, C, 3) if kind == "1d" else (batch, C, 2, 3)
+    x = random_input(shape, torch.float64, seed=batch)
+    x_ref, x_gbn = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = torch.cat([bn(c) for c in x_ref.chunk(batch // ghost)])
+    out = gbn(x_gbn)
+    assert_close(out, expected, 1e-10)
+    grad = random_input(shape, torch.float64, seed=batch + 1)
+    expected.backward(grad)
+    out.backward(grad)
+    assert_close(x_gbn.grad, x_ref.grad, 1e-9)
+    assert_close(gbn.weight.grad, bn.weight.grad, 1e-9)
+    assert_close(gbn.bias.grad, bn.bias.grad, 1e-9)
+    assert_close(gbn.running_mean, bn.running_mean, 1e-10)
+    assert_close(gbn.running_var, bn.running_var, 1e-10)
+    assert int(gbn.num_batches_tracked) == int(bn.num_batches_tracked)
+
+
+def test_split_is_validated_repr_and_converted() -> None:
+    with pytest.raises(ValueError, match=r"split must be one of fixed, chunk, got 'even'"):
+        GhostBatchNorm1d(C, ghost_batch_size=4, split="even")
+    with pytest.raises(ValueError, match="split must be one of"):
+        convert_to_ghost_bn(nn.Sequential(nn.BatchNorm1d(C)), 4, split="torch")
+    model = convert_to_ghost_bn(nn.Sequential(nn.BatchNorm1d(C)), 4, split="chunk")
+    assert model[0].split == "chunk" and "split='chunk'" in repr(model[0])
+    # Converting again sets the split of layers that already are ghost layers.
+    convert_to_ghost_bn(model, 8)
+    assert model[0].split == "fixed" and model[0].ghost_batch_size == 8

@@ -192,6 +192,16 @@ class TrialConfig:
             if bound is not None and value > bound:
                 raise ValueError(f"{name} {value} is not allowed: use at most {bound}")
             object.__setattr__(self, name, value)
+        if self.train_size is not None and self.get_workload().streaming:
+            raise ValueError(f"train_size is not allowed for workload {self.workload!r}: it "
+                             "streams its data from disk; give a folder of a subset as data_dir")
+        if self.zero_init_residual:
+            from tunegap.models.init import RESIDUAL_MODELS
+
+            model = self.get_workload().model
+            if model not in RESIDUAL_MODELS:
+                raise ValueError(f"zero_init_residual is not allowed for model {model!r}: it "
+                                 f"needs residual blocks ({', '.join(RESIDUAL_MODELS)})")
         if self.optimizer == "nesterov" and self.momentum == 0:
             raise ValueError("momentum 0 is not allowed with optimizer nesterov: use a "
                              "momentum > 0, or optimizer sgd")

@@ -333,7 +333,7 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            loss = self._loss(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         g_sq = None
@@ -345,6 +345,19 @@ class Engine:
         self.optimizer.step()
         self.updates += 1
         return loss.detach(), logits.detach()
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss. Under the authors' protocol with ghost batches, the mean of
+        each chunk's mean loss, as main_gbn.py accumulates them (chunks of unequal size then
+        weigh alike); otherwise the batch mean."""
+        smoothing = self.config.label_smoothing
+        ghost = self.config.ghost_batch_size
+        if self.config.authors and ghost is not None and y.shape[0] > ghost:
+            chunks = max(1, y.shape[0] // ghost)
+            losses = [F.cross_entropy(part, target, label_smoothing=smoothing)
+                      for part, target in zip(logits.chunk(chunks), y.chunk(chunks), strict=True)]
+            return torch.stack(losses).mean()
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
     def _measure_noise(self, x: torch.Tensor, y: torch.Tensor, g_sq: torch.Tensor | None) -> None:
         """Add one gradient-noise measurement (McCandlish et al. 2018) from this step."""

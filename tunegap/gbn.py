@@ -6,9 +6,9 @@ A large batch is split into consecutive "ghost" batches of `ghost_batch_size` sa
 every ghost batch is normalized with its own mean and variance, so that the noise BatchNorm
 injects stays that of small-batch training while the weight update uses the whole batch.
 
-The authors' code (github.com/eladhoffer/bigBatch) runs forward and backward once per ghost
-batch (`torch.split` + a plain BatchNorm per chunk). This module computes the same function in
-one pass over the batch:
+The authors' code (github.com/eladhoffer/bigBatch main_gbn.py) runs forward and backward once
+per ghost batch (``input.chunk(B // mini_batch_size)`` + a plain BatchNorm per chunk). This
+module computes the same function in one pass over the batch:
 
 * normalization: the batch is viewed as ``[ghosts, ghost_size, C, spatial]`` (a view, no
   copy) and the per-(ghost, channel) statistics come from a few fused reductions and
@@ -19,9 +19,19 @@ one pass over the batch:
   in order; its closed form (weights ``m * (1 - m) ** (G - k)``, or ``1 / num_batches`` for
   ``momentum=None``) is applied in one step, with the unbiased per-ghost variance.
 
+How a batch that is not a multiple of the ghost size is split (`split`):
+
+* ``"fixed"`` (the default): ghost batches of exactly ``ghost_batch_size`` samples and one
+  smaller last ghost batch with the remainder (100 samples, ghost 32: 32, 32, 32, 4).
+* ``"chunk"``: the authors' ``x.chunk(B // ghost_batch_size)``, torch.chunk's semantics:
+  ghost batches of ``ceil(B / (B // ghost_batch_size))`` samples, the last possibly smaller
+  (100, ghost 32: 3 chunks of 34, 34, 32). Only the batch the layer sees counts: for an
+  epoch's smaller last batch main_gbn.py still asks for ``batch_size // mini_batch_size``
+  chunks of the configured batch size, which this layer cannot know.
+
 Layers are drop-ins for ``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` (they subclass them): same
-constructor (plus ``ghost_batch_size``), parameters, buffers and ``state_dict`` keys, so a
-model trained with ghost batches loads into plain BatchNorm for inference.
+constructor (plus ``ghost_batch_size`` and ``split``), parameters, buffers and ``state_dict``
+keys, so a model trained with ghost batches loads into plain BatchNorm for inference.
 """
 
 from __future__ import annotations
@@ -82,6 +92,23 @@ def _validate_ghost_batch_size(value: object) -> int | None:
     if value <= 0:
         raise ValueError(f"ghost_batch_size must be a positive int or None, got {value}")
     return int(value)
+
+
+SPLITS = ("fixed", "chunk")
+
+
+def _validate_split(value: object) -> str:
+    if value not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {value!r}")
+    return str(value)
+
+
+def _ghost_size(batch: int, ghost: int, split: str) -> int:
+    """The size of the full ghost batches of a batch of `batch` (> `ghost`) samples."""
+    if split == "chunk":
+        # torch.chunk(k): chunks of ceil(batch / k), so there may be fewer than k of them.
+        return -(-batch // (batch // ghost))
+    return ghost
 
 
 def _segments(batch: int, ghost: int) -> list[tuple[int, int, int, int]]:
@@ -247,6 +274,8 @@ class GhostBatchNorm(_BatchNorm):
     (the last group may be smaller) is normalized with its own statistics, and the running
     statistics and ``num_batches_tracked`` end up as if BatchNorm had seen the ghost batches
     one after another, which is what the authors' chunked implementation does.
+    ``split="chunk"`` splits as the authors' ``torch.chunk`` does instead (see the module
+    docstring); in eval mode, or for a batch no larger than the ghost size, both are the same.
     """
 
     def __init__(
@@ -260,6 +289,7 @@ class GhostBatchNorm(_BatchNorm):
         dtype: torch.dtype | None = None,
         *,
         ghost_batch_size: int | None = None,
+        split: str = "fixed",
     ) -> None:
         super().__init__(
             num_features,
@@ -271,6 +301,7 @@ class GhostBatchNorm(_BatchNorm):
             dtype=dtype,
         )
         self.ghost_batch_size = ghost_batch_size
+        self.split = split
 
     @property
     def ghost_batch_size(self) -> int | None:
@@ -281,8 +312,21 @@ class GhostBatchNorm(_BatchNorm):
     def ghost_batch_size(self, value: int | None) -> None:
         self._ghost_batch_size = _validate_ghost_batch_size(value)
 
+    @property
+    def split(self) -> str:
+        """Either "fixed" (ghosts of exactly ghost_batch_size, a smaller remainder) or "chunk"
+        (the authors' torch.chunk(B // ghost_batch_size))."""
+        return self._split
+
+    @split.setter
+    def split(self, value: str) -> None:
+        self._split = _validate_split(value)
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+        return (
+            f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}, "
+            f"split={self.split!r}"
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -294,6 +338,7 @@ class GhostBatchNorm(_BatchNorm):
             return super().forward(input)
 
         n_batch = input.shape[0]
+        ghost = _ghost_size(n_batch, ghost, self.split)
         spatial = math.prod(input.shape[2:])
         # F.batch_norm refuses to normalize a single value per channel; so would the
         # chunked method on the offending chunk.
@@ -305,21 +350,22 @@ class GhostBatchNorm(_BatchNorm):
 
         y, mean, var = _ghost_batch_norm(input, self.weight, self.bias, ghost, self.eps)
         if self.training and self.track_running_stats and self.running_mean is not None:
-            self._update_running_stats(mean, var, n_batch, spatial)
+            self._update_running_stats(mean, var, n_batch, spatial, ghost)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n_batch: int, spatial: int) -> None:
+    def _update_running_stats(
+        self, mean: Tensor, var: Tensor, n_batch: int, spatial: int, ghost: int
+    ) -> None:
         """Apply BatchNorm's running-statistics update once per ghost batch, in closed form.
 
         Sequentially, ghost k (1..G) does ``r = (1 - f_k) * r + f_k * s_k``. Unrolled:
         ``r_G = prod_k (1 - f_k) * r_0 + sum_k f_k * prod_{j>k} (1 - f_j) * s_k``, which is
         ``(1-m)^G * r_0 + sum_k m (1-m)^(G-k) s_k`` for a fixed momentum m, and
         ``(t0 * r_0 + sum_k s_k) / (t0 + G)`` for the cumulative average (momentum None,
-        f_k = 1 / (t0 + k), t0 = num_batches_tracked before the batch).
+        f_k = 1 / (t0 + k), t0 = num_batches_tracked before the batch). `ghost` is the size
+        of the full ghost batches of this batch.
         """
-        ghost = self.ghost_batch_size
-        assert ghost is not None
         n_ghosts = mean.shape[0]
         running_mean, running_var = self.running_mean, self.running_var
         assert running_mean is not None and running_var is not None
@@ -418,7 +464,9 @@ def _replace(
     return model
 
 
-def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int | None) -> nn.Module:
+def convert_to_ghost_bn(
+    model: nn.Module, ghost_batch_size: int | None, *, split: str = "fixed"
+) -> nn.Module:
     """Turn every `nn.BatchNorm1d` / `nn.BatchNorm2d` in `model` into its ghost version.
 
     >>> from torch import nn
@@ -426,7 +474,9 @@ def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int | None) -> nn.Mo
     >>> type(net[1]).__name__, net[1].ghost_batch_size
     ('GhostBatchNorm2d', 32)
 
-    Layers that already are Ghost BatchNorm get the new ghost size. Parameters and buffers
+    `split` is how a batch that is not a multiple of the ghost size is split: "fixed" or the
+    authors' "chunk" (see `GhostBatchNorm`). Layers that already are Ghost BatchNorm get the
+    new ghost size and split. Parameters and buffers
     (running statistics, `num_batches_tracked`) are carried over as the same tensors, with
     momentum, eps, affine, track_running_stats and the train/eval mode. Only these exact
     types are converted: a user subclass of BatchNorm may rely on its own forward. Modules
@@ -434,10 +484,12 @@ def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int | None) -> nn.Mo
     returned.
     """
     ghost = _validate_ghost_batch_size(ghost_batch_size)
+    split = _validate_split(split)
     for module in model.modules():
         if isinstance(module, GhostBatchNorm):
             module.ghost_batch_size = ghost
-    return _replace(model, _TO_GHOST, ghost_batch_size=ghost)
+            module.split = split
+    return _replace(model, _TO_GHOST, ghost_batch_size=ghost, split=split)
 
 
 def convert_to_batch_norm(model: nn.Module) -> nn.Module:

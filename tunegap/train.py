@@ -107,7 +107,9 @@ def check_data(config: TrialConfig) -> None:
 
     # A dataset without a declared size is counted once loaded (see main), not loaded twice.
     declared = dataset_hooks(config.get_workload().dataset).train_size is not None
-    check_workload_data(config.workload, config.data_dir, [config.batch_size] if declared else ())
+    subsets = [(config.train_size, config.batch_size)] if config.train_size else []
+    check_workload_data(config.workload, config.data_dir, [config.batch_size] if declared else (),
+                        subsets=subsets if declared else [])
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -149,14 +151,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         data = load_workload_data(config)
         # The files' own count: a subset, or a dataset sized only by loading it.
         check_batch_sizes(config.workload, data.train_size, [config.batch_size])
+        engine = Engine(config, data=data, num_workers=args.workers)
     except (OSError, ValueError) as err:
         fail(prog, err)
-    engine = Engine(config, data=data, num_workers=args.workers)
     r = engine.resolved
     print(
         f"# {config.workload} B={config.batch_size} ghost={config.ghost_batch_size} "
         f"lr={r.lr:.4g} epochs={r.epochs} decay_epochs={list(r.decay_epochs)} "
-        f"updates={r.total_updates} device={engine.device}",
+        f"updates={r.total_updates} optimizer={config.optimizer} schedule={r.schedule} "
+        f"protocol={config.protocol} device={engine.device}",
         flush=True,
     )
     try:

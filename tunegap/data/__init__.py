@@ -4,7 +4,8 @@
 `load_streaming_dataset("imagenet")` a `StreamingData` for `StreamingLoader`. Each on-disk
 format has its own reader module (`mnist1d`, `mnist`, `cifar`, `imagenet`), read without
 torchvision, and registers itself with `register_dataset` when this package is imported; a
-user registers their own the same way (see `register_dataset`).
+user registers their own the same way (see `register_dataset`). `authors_pipeline` gives the
+dataset kwargs and augmentation of the authors' input pipelines (`--protocol authors`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tunegap.data.cifar import load_cifar10, load_cifar100, read_cifar_batch
 from tunegap.data.imagenet import find_imagenet, list_image_folder, load_imagenet
 from tunegap.data.mnist import load_mnist, read_idx
 from tunegap.data.mnist1d import load_mnist1d
+from tunegap.data.protocols import authors_pipeline
 from tunegap.data.streaming import (
     STREAMING_DATASETS,
     ImageFolderDataset,
@@ -53,6 +55,7 @@ __all__ = [
     "StreamingData",
     "StreamingLoader",
     "TensorData",
+    "authors_pipeline",
     "find_imagenet",
     "get_augment",
     "list_image_folder",

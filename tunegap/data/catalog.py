@@ -30,11 +30,12 @@ class DatasetInfo:
     std: tuple[float, ...] | None = None
 
 
-# The readers normalize images per channel with these usual mean and std, so zero padding of
-# a normalized image (the crop augmentation) pads with the mean colour; the authors padded
-# CIFAR with grey (fill=127) before normalizing, nearly the same. (The authors normalized
-# CIFAR with ImageNet statistics and MNIST with mean = std = 0.5: a per-channel shift and
-# scale of the inputs, which the BatchNorm after every network's first layer largely absorbs.)
+# The readers normalize images per channel with these usual mean and std (`normalize=
+# "standard"`, the default), so zero padding of a normalized image (the crop augmentation)
+# pads with the mean colour. The authors' pipeline (bigBatch preprocess.py) differs:
+# CIFAR normalized with ImageNet statistics and MNIST with mean = std = 0.5, MNIST padded
+# with black and CIFAR with fill=127; `normalize="authors"` (AUTHORS_STATS) and the
+# augmentations of `tunegap.data.protocols` reproduce it, for `--protocol authors`.
 DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist1d": DatasetInfo(num_classes=10, input_shape=(1, 40)),
     "mnist": DatasetInfo(10, (1, 28, 28), (0.1307,), (0.3081,)),
@@ -42,6 +43,32 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+# bigBatch preprocess.py get_transform: MNIST (0.5, 0.5), everything else its ImageNet stats.
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+AUTHORS_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.5,), (0.5,)),
+    "cifar10": _IMAGENET_STATS,
+    "cifar100": _IMAGENET_STATS,
+    "imagenet": _IMAGENET_STATS,
+}
+NORMALIZATIONS = ("standard", "authors")
+
+
+def normalization(dataset: str, normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a built-in reader normalizes `dataset` with: "standard" (DATASET_INFO, the
+    dataset's own statistics) or "authors" (AUTHORS_STATS, bigBatch's preprocess.py)."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize {normalize!r} is not allowed for {dataset}: use one of "
+            f"{', '.join(NORMALIZATIONS)}"
+        )
+    if normalize == "authors":
+        return AUTHORS_STATS[dataset]
+    info = DATASET_INFO[dataset]
+    assert info.mean is not None and info.std is not None
+    return info.mean, info.std
+
 
 # A dataset function returns TensorData, or a mapping that `load_dataset` turns into one.
 DatasetFunction = Callable[..., TensorData | Mapping[str, Any]]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tunegap.data.cache import data_root, download_or_raise, file_lock, searched, unreadable
-from tunegap.data.catalog import DATASET_INFO, register_dataset
+from tunegap.data.catalog import DATASET_INFO, normalization, register_dataset
 from tunegap.data.tensors import TensorData, normalize_images
 
 
@@ -103,7 +103,10 @@ def read_cifar_batch(
     return images, labels
 
 
-def _load_cifar(dataset: str, data_dir: str | Path | None, download: bool) -> TensorData:
+def _load_cifar(
+    dataset: str, data_dir: str | Path | None, download: bool, normalize: str
+) -> TensorData:
+    mean, std = normalization(dataset, normalize)
     layout = _CIFAR[dataset]
     root = data_root(data_dir)
     folder = root / layout.folder
@@ -129,7 +132,6 @@ def _load_cifar(dataset: str, data_dir: str | Path | None, download: bool) -> Te
         if not all(p.is_file() for p in needed):
             raise FileNotFoundError(not_found)
     info = DATASET_INFO[dataset]
-    assert info.mean is not None and info.std is not None
     splits = {}
     for split, names in (("train", layout.train), ("test", layout.test)):
         parts = [read_cifar_batch(folder / name, layout.label_key) for name in names]
@@ -137,7 +139,7 @@ def _load_cifar(dataset: str, data_dir: str | Path | None, download: bool) -> Te
         labels = np.concatenate([p[1] for p in parts])
         if labels.size and not 0 <= labels.min() <= labels.max() < info.num_classes:
             raise ValueError(f"{folder}: labels outside 0..{info.num_classes - 1}")
-        splits[split] = (normalize_images(images, info.mean, info.std), torch.from_numpy(labels))
+        splits[split] = (normalize_images(images, mean, std), torch.from_numpy(labels))
     return TensorData(
         name=dataset,
         x_train=splits["train"][0],
@@ -181,22 +183,28 @@ def _check_cifar100(*, data_dir: str | Path | None = None, **_: object) -> None:
 
 
 @register_dataset("cifar10", check=_check_cifar10, train_size=_CIFAR["cifar10"].train_size)
-def load_cifar10(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
+def load_cifar10(
+    *, data_dir: str | Path | None = None, download: bool = True, normalize: str = "standard"
+) -> TensorData:
     """CIFAR-10, 50,000 train / 10,000 test 3x32x32 images.
 
     Reads `data_dir/cifar-10-batches-py/` (data_batch_1..5, test_batch), extracting
-    `data_dir/cifar-10-python.tar.gz` first if only the archive is there.
+    `data_dir/cifar-10-python.tar.gz` first if only the archive is there. `normalize`:
+    "standard" (CIFAR-10's own mean/std) or "authors" (bigBatch's ImageNet mean/std).
     """
-    return _load_cifar("cifar10", data_dir, download)
+    return _load_cifar("cifar10", data_dir, download, normalize)
 
 
 @register_dataset(
     "cifar100", check=_check_cifar100, train_size=_CIFAR["cifar100"].train_size
 )
-def load_cifar100(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
+def load_cifar100(
+    *, data_dir: str | Path | None = None, download: bool = True, normalize: str = "standard"
+) -> TensorData:
     """CIFAR-100 with its 100 fine labels, 50,000 train / 10,000 test 3x32x32 images.
 
     Reads `data_dir/cifar-100-python/` (train, test), extracting
-    `data_dir/cifar-100-python.tar.gz` first if only the archive is there.
+    `data_dir/cifar-100-python.tar.gz` first if only the archive is there. `normalize`:
+    "standard" (CIFAR-100's own mean/std) or "authors" (bigBatch's ImageNet mean/std).
     """
-    return _load_cifar("cifar100", data_dir, download)
+    return _load_cifar("cifar100", data_dir, download, normalize)

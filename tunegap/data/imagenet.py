@@ -206,6 +206,7 @@ def load_imagenet(
     max_gib: float = 16.0,
     workers: int | None = None,
     cache: bool = True,
+    train_transform: str | None = None,
 ) -> TensorData:
     """An ImageFolder ImageNet (or a subset of it) decoded into memory as `TensorData`.
 
@@ -215,8 +216,16 @@ def load_imagenet(
     (`tunegap.data.load_imagenet_streaming`). Every image is resized (shorter side
     `resize`) and centre-cropped to `image_size`; training augmentation is then the
     loader's job (e.g. "crop_flip"). Decoded subsets are cached as .npz in the ImageNet
-    folder when it is writable.
+    folder when it is writable. `train_transform` is the streaming reader's
+    (`load_imagenet_streaming`): centre crops held in memory cannot be re-cropped, so only
+    None is allowed here; the authors' "scale_crop" needs streaming.
     """
+    if train_transform is not None:
+        raise ValueError(
+            f"train_transform {train_transform!r} needs the images decoded per epoch: "
+            "in-memory ImageNet holds centre crops, so stream it (a Workload with "
+            "streaming=True)"
+        )
     root = find_imagenet(data_dir)
     classes, train = list_image_folder(root / "train")
     _, test = list_image_folder(root / "val", classes)

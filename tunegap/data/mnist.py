@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tunegap.data.cache import data_root, download_or_raise, searched
-from tunegap.data.catalog import DATASET_INFO, register_dataset
+from tunegap.data.catalog import DATASET_INFO, normalization, register_dataset
 from tunegap.data.tensors import TensorData, normalize_images
 
 # idx type codes (yann.lecun.com/exdb/mnist): magic = 0x00 0x00 <type> <number of dims>.
@@ -123,13 +123,17 @@ def mnist_train_size(*, data_dir: str | Path | None = None, **_: object) -> int:
 
 
 @register_dataset("mnist", check=check_mnist, train_size=mnist_train_size)
-def load_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> TensorData:
+def load_mnist(
+    *, data_dir: str | Path | None = None, download: bool = True, normalize: str = "standard"
+) -> TensorData:
     """MNIST, 60,000 train / 10,000 test 1x28x28 images, from the four idx files.
 
     Looks in `data_dir`, `data_dir/MNIST/raw` (torchvision's layout) and `data_dir/mnist`;
     each file may be plain or gzipped. The uint8 files load in a second or two, so they are
-    read directly, not cached.
+    read directly, not cached. `normalize`: "standard" (MNIST's mean 0.1307 / std 0.3081)
+    or "authors" (bigBatch's 0.5 / 0.5, so black is -1).
     """
+    mean, std = normalization("mnist", normalize)
     root = data_root(data_dir)
     files = _find_mnist(root)
     if files is None:
@@ -152,13 +156,11 @@ def load_mnist(*, data_dir: str | Path | None = None, download: bool = True) -> 
                 f"MNIST {split} files do not match: images {x.shape}, labels {y.shape} "
                 f"({files[f'x_{split}']}, {files[f'y_{split}']})"
             )
-    info = DATASET_INFO["mnist"]
-    assert info.mean is not None and info.std is not None
     return TensorData(
         name="mnist",
-        x_train=normalize_images(arrays["x_train"][:, None], info.mean, info.std),
+        x_train=normalize_images(arrays["x_train"][:, None], mean, std),
         y_train=torch.from_numpy(arrays["y_train"].astype(np.int64)),
-        x_test=normalize_images(arrays["x_test"][:, None], info.mean, info.std),
+        x_test=normalize_images(arrays["x_test"][:, None], mean, std),
         y_test=torch.from_numpy(arrays["y_test"].astype(np.int64)),
-        num_classes=info.num_classes,
+        num_classes=DATASET_INFO["mnist"].num_classes,
     )

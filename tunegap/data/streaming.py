@@ -36,9 +36,12 @@ def _random_resized_crop(
 ) -> Any:
     """Inception-style crop (8%-100% of the area, aspect 3/4-4/3), resized to `size`.
 
-    The authors' ImageNet training transform (RandomSizedCrop + flip). Randomness from
-    `generator`, or where it is None from torch's global generator (which a DataLoader
-    seeds per worker).
+    torchvision's RandomResizedCrop, the usual ImageNet training transform since Goyal et
+    al. 2017 (with a flip). Not the authors' AlexNet transform: bigBatch's preprocess.py
+    has it (inception_preproccess) but AlexNet's own `input_transform` overrides it with
+    Scale(256) + RandomCrop(224) + flip (`_scale_random_crop`, `train_transform=
+    "scale_crop"`, what `--protocol authors` uses). Randomness from `generator`, or where it
+    is None from torch's global generator (which a DataLoader seeds per worker).
     """
     w, h = img.size
     area = w * h
@@ -59,11 +62,37 @@ def _random_resized_crop(
     )
 
 
+def _scale_random_crop(
+    img: Any, resize: int, size: int, image_module: Any, generator: torch.Generator | None = None
+) -> Any:
+    """Shorter side to `resize`, then a random `size` x `size` crop: the authors' AlexNet
+    training transform (bigBatch models/alexnet.py `input_transform`: Scale(256) +
+    RandomCrop(224), then a flip), with 2017 torchvision's Scale arithmetic (the longer
+    side truncated, bilinear). Randomness as in `_random_resized_crop`."""
+    w, h = img.size
+    if min(w, h) != resize:
+        if w < h:
+            w, h = resize, int(resize * h / w)
+        else:
+            w, h = int(resize * w / h), resize
+        img = img.resize((w, h), image_module.Resampling.BILINEAR)
+    left = int(torch.randint(0, w - size + 1, (), generator=generator))
+    top = int(torch.randint(0, h - size + 1, (), generator=generator))
+    return img.crop((left, top, left + size, top + size))
+
+
+# How `ImageFolderDataset` crops a training image (before its flip).
+TRAIN_TRANSFORMS = ("random_resized_crop", "scale_crop")
+
+
 class ImageFolderDataset(Dataset):
     """An ImageFolder split decoded image by image: for ImageNet, which does not fit in memory.
 
-    `train=True` gives the authors' training transform (random-resized crop + horizontal
-    flip), `train=False` the evaluation one (shorter side to `resize`, centre crop). Items
+    `train=True` gives the training transform, `train=False` the evaluation one (shorter
+    side to `resize`, centre crop). The training transform is `train_transform`:
+    "random_resized_crop" (the default: torchvision's RandomResizedCrop, Goyal-style, at
+    `image_size`) or "scale_crop" (the authors' AlexNet one: shorter side to `resize`, a
+    random `image_size` crop), then a horizontal flip either way. Items
     are (float32 CHW normalized image, int label). `max_per_class` keeps the first images of
     each class (sorted by name), for a subset.
 
@@ -84,7 +113,19 @@ class ImageFolderDataset(Dataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         max_per_class: int | None = None,
+        train_transform: str = "random_resized_crop",
     ) -> None:
+        if train_transform not in TRAIN_TRANSFORMS:
+            raise ValueError(
+                f"train_transform {train_transform!r} is not allowed: use one of "
+                f"{', '.join(TRAIN_TRANSFORMS)}"
+            )
+        if train_transform == "scale_crop" and resize < image_size:
+            raise ValueError(
+                f"resize {resize} is smaller than image_size {image_size}: scale_crop crops "
+                "the resized image"
+            )
+        self.train_transform = train_transform
         self.classes, self.samples = list_image_folder(split_dir, classes)
         if max_per_class is not None:
             self.samples = keep_per_class(self.samples, max_per_class)
@@ -113,9 +154,13 @@ class ImageFolderDataset(Dataset):
         if train:
             image_module = pil_image()
             with image_module.open(path) as img:
-                img = _random_resized_crop(
-                    img.convert("RGB"), self.image_size, image_module, generator
-                )
+                img = img.convert("RGB")
+                if self.train_transform == "scale_crop":
+                    img = _scale_random_crop(
+                        img, self.resize, self.image_size, image_module, generator
+                    )
+                else:
+                    img = _random_resized_crop(img, self.image_size, image_module, generator)
                 array = np.asarray(img, dtype=np.uint8)
             if bool(torch.rand((), generator=generator) < 0.5):
                 array = array[:, ::-1]
@@ -183,12 +228,17 @@ def load_imagenet_streaming(
     image_size: int = 224,
     resize: int | None = None,
     max_per_class: int | None = None,
+    train_transform: str = "random_resized_crop",
 ) -> StreamingData:
     """An ImageFolder ImageNet (`train/<class>/*`, `val/<class>/*`) to stream from disk.
 
-    Training images get the authors' random-resized crop + flip at `image_size`, validation
-    images the shorter side resized to `resize` (default `image_size * 8/7`: 256 for 224)
-    and a centre crop. `max_per_class` keeps the first images of each class in both splits.
+    Validation images get the shorter side resized to `resize` (default `image_size * 8/7`:
+    256 for 224) and a centre crop. Training images get `train_transform` + flip:
+    "random_resized_crop" (default; torchvision's RandomResizedCrop at `image_size`, the
+    Goyal et al. recipe, not the authors') or "scale_crop" (the authors' AlexNet
+    Scale(256) + RandomCrop(224): shorter side to `resize`, a random `image_size` crop; see
+    `tunegap.data.protocols.authors_pipeline`). `max_per_class` keeps the first images of
+    each class in both splits.
     """
     root = find_imagenet(data_dir)
     if resize is None:
@@ -197,6 +247,7 @@ def load_imagenet_streaming(
         "image_size": image_size,
         "resize": resize,
         "max_per_class": max_per_class,
+        "train_transform": train_transform,
     }
     train = ImageFolderDataset(root / "train", train=True, **common)
     test = ImageFolderDataset(root / "val", train=False, classes=train.classes, **common)

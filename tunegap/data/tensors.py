@@ -9,6 +9,7 @@ as one gather (`random_crop_flip`, named in `AUGMENTATIONS`).
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -88,15 +89,17 @@ def random_crop_flip(
     *,
     padding: int = 4,
     flip: bool = True,
+    fill: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
-    """Per image: a random `H x W` crop of the zero-padded image, then a coin-flip mirror.
+    """Per image: a random `H x W` crop of the padded image, then a coin-flip mirror.
 
     The standard CIFAR augmentation (pad 4, crop 32, flip), for a whole NCHW batch on its
     own device in one gather: no per-image Python loop, no host copy of the images. The
     random offsets and flips are drawn on the CPU from `generator` (the loader's, so a seed
     gives the same augmentation on every device), and only those 3 numbers per image are
     moved to the batch's device. With `padding=0` and `flip=False` the batch is returned
-    as is. Normalized images padded with zeros are padded with the dataset's mean colour.
+    as is. The padding is `fill`, one value or one per channel, in the batch's (normalized)
+    units: the default 0 pads normalized images with the dataset's mean colour.
     """
     if x.dim() != 4:
         raise ValueError(f"random_crop_flip needs an NCHW batch, got shape {tuple(x.shape)}")
@@ -114,12 +117,27 @@ def random_crop_flip(
     cols = offsets[:, 1:] + torch.arange(w, device=device)  # [n, w]
     cols = torch.where(mirror[:, None], cols.flip(1), cols)
     index = (rows[:, :, None] * padded_w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, -1)
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    padded = _pad(x, padding, fill) if padding else x
     return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
-# Names a Workload can give in `augment`. Padding 4 is the authors' CIFAR transform (pad to
-# 40, crop 32, flip); padding 2 their MNIST one (pad to 32, crop 28, flip).
+def _pad(x: torch.Tensor, padding: int, fill: float | Sequence[float]) -> torch.Tensor:
+    """`x` padded by `padding` on each side with `fill` (a scalar or one value per channel)."""
+    if isinstance(fill, numbers.Real):
+        return F.pad(x, (padding, padding, padding, padding), value=float(fill))
+    values = torch.tensor([float(v) for v in fill], dtype=x.dtype, device=x.device)
+    n, c, h, w = x.shape
+    if values.numel() != c:
+        raise ValueError(f"fill has {values.numel()} values but the batch has {c} channels")
+    padded = values.view(1, c, 1, 1).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding : padding + h, padding : padding + w] = x
+    return padded
+
+
+# Names a Workload can give in `augment`. The geometry of padding 4 is the authors' CIFAR
+# transform (pad to 40, crop 32, flip), of padding 2 their MNIST one (pad to 32, crop 28,
+# flip), but these pad with the normalized mean colour (0); the authors' pad colours are
+# "mnist_authors" and "cifar_authors" (tunegap.data.protocols).
 AUGMENTATIONS: Registry[Augment] = Registry("augmentation")
 AUGMENTATIONS.add("crop_flip", random_crop_flip)
 AUGMENTATIONS.add("crop_flip_pad2", functools.partial(random_crop_flip, padding=2))

@@ -118,7 +118,10 @@ def check_inputs(study: Study, options: RunOptions) -> None:
     from tunegap.workloads import check_workload_data
 
     try:
-        check_workload_data(study.workload, options.data_dir, sorted(study_batch_sizes(study)))
+        subsets = {(c.train_size, c.batch_size) for c in study.trial_configs()
+                   if c.train_size is not None}
+        check_workload_data(study.workload, options.data_dir, sorted(study_batch_sizes(study)),
+                            subsets=subsets)
     except ValueError as err:
         raise StudyError(str(err).splitlines()[0]) from None
     check_ray_address(options.address)

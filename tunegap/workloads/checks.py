@@ -16,7 +16,8 @@ from tunegap.workloads.workload import Workload
 
 
 def check_workload_data(
-    workload: str, data_dir: str | None, batch_sizes: Iterable[int] = ()
+    workload: str, data_dir: str | None, batch_sizes: Iterable[int] = (), *,
+    subsets: Iterable[tuple[int, int]] = (),
 ) -> None:
     """Raise a one-line ValueError unless `workload`'s data is in `data_dir` (None: the
     default folder) and every batch size fits in its training set.
@@ -25,7 +26,9 @@ def check_workload_data(
     existence, readability and headers, never decoding the data; a dataset without one is
     not checked. The training-set size comes from its `train_size` hook; an in-memory
     dataset without one is loaded to count it (only when batch sizes are given), a streaming
-    one without one is not sized.
+    one without one is not sized. `subsets` are (train_size, batch_size) pairs of trials
+    that train on a subset (`TrialConfig.train_size`): each must fit in the training set, and
+    its batch in the subset.
 
     >>> check_workload_data("mnist1d-cnn", None, [32, 8000])
     >>> check_workload_data("mnist1d-cnn", None, [16384])
@@ -41,12 +44,22 @@ def check_workload_data(
             hooks.check(**kwargs)
         except (OSError, ValueError) as err:
             raise ValueError(_one_line(err)) from None
-    sizes = sorted(set(batch_sizes))
+    subsets = sorted(set(subsets))
+    for subset, batch in subsets:
+        if batch > subset:
+            raise ValueError(f"batch size {batch} is larger than train_size {subset}: use a "
+                             f"batch of at most {subset}, or a larger train_size")
+    sizes = sorted(set(batch_sizes) | {subset for subset, _ in subsets})
     if not sizes:
         return
     train_size = _train_size(definition, data_dir)
-    if train_size is not None:
-        check_batch_sizes(workload, train_size, sizes)
+    if train_size is None:
+        return
+    too_large = [subset for subset, _ in subsets if subset > train_size]
+    if too_large:
+        raise ValueError(f"train_size {max(too_large)} is larger than the {train_size} "
+                         f"training examples of workload {workload!r}: use at most {train_size}")
+    check_batch_sizes(workload, train_size, sizes)
 
 
 def check_batch_sizes(workload: str, train_size: int, batch_sizes: Iterable[int]) -> None:

@@ -4,7 +4,12 @@ Numbers come from the authors' code, github.com/eladhoffer/bigBatch ("bigBatch" 
 each model file's `regime` dict (epoch -> lr, momentum, weight decay), run_experiments.sh
 (epochs per experiment), main_gbn.py / main_normal.py (defaults: --epochs 200,
 --mini-batch-size 128 = B0, clip_grad_norm 5.0 on every step) and preprocess.py
-(augmentation). Where the code's schedule is not one constant-factor step decay, the
+(augmentation: our default pipelines keep its crop/flip geometry but not its normalization,
+pad colours or ImageNet crop; `--protocol authors` switches to the authors' pipelines,
+`tunegap.data.protocols.authors_pipeline`). Two rows are not the released code: VGG (no
+VGG for CIFAR is in bigBatch; the regime is reconstructed from convNet.pytorch) and
+WRN-16-4 (in bigBatch but not runnable: its constructor's name fails main_*.py's model
+filter). Where the code's schedule is not one constant-factor step decay, the
 Regime spells out each step (`lr_factors`, `weight_decays`). Large batch 4096: the
 paper's Table 1. Ghost batches default to B0 (tunegap.remedies).
 """
@@ -21,7 +26,13 @@ _CODE_COMMON = (
     "clip 5.0 (clip_grad_norm(..., 5.) in main_gbn.py and main_normal.py); large batch 4096 "
     "(paper Table 1)"
 )
-_CIFAR_AUGMENT = "augment crop_flip (preprocess.py pad_random_crop: pad 32->40, crop 32, flip)"
+_CIFAR_AUGMENT = (
+    "augment crop_flip (the geometry of preprocess.py pad_random_crop: pad 32->40, crop 32, "
+    "flip; but each dataset's own mean/std and padding with the mean colour, where the code "
+    "normalizes with ImageNet mean/std and pads with fill=127, which 2017 torchvision/Pillow "
+    "made (127, 0, 0); --protocol authors gives the code's: normalize='authors', augment "
+    "cifar_authors)"
+)
 
 _POSTER = (
     "Hoffer, Hubara & Soudry, NeurIPS 2017 poster (train_longer_poster_nips2017.pdf in "
@@ -50,7 +61,7 @@ def cifar_workload(
     source: str,
     paper: PaperNumbers | None,
 ) -> Workload:
-    """A CIFAR network of Table 1: the code's crop-and-flip augmentation, large batch 4096."""
+    """A CIFAR network of Table 1: the code's crop-and-flip geometry, large batch 4096."""
     return register_workload(
         Workload(
             name=name,
@@ -92,7 +103,10 @@ register_workload(
             f"F1 of Keskar et al. 2017 as in {_BIGBATCH} models/mnist_f1.py; regime there: lr "
             "0.1, momentum 0.9, wd 1e-4, lr 1e-2/1e-3/1e-4 at epochs 10/20/30; 50 epochs "
             "(run_experiments.sh mnist runs, --epochs 50); augment crop_flip_pad2 "
-            "(preprocess.py get_transform('mnist'): pad 28->32, crop 28, flip); " + _CODE_COMMON
+            "(the geometry of preprocess.py get_transform('mnist'): pad 28->32, crop 28, flip, but "
+            "MNIST's mean/std 0.1307/0.3081 and padding with the mean colour, where the code "
+            "normalizes with 0.5/0.5 and pads with black; --protocol authors gives the code's: "
+            "normalize='authors', augment mnist_authors); " + _CODE_COMMON
         ),
     )
 )
@@ -196,11 +210,12 @@ cifar_workload(
     cpus=2.0,
     gpus=1.0,
     source=(
-        f"VGG-16 with BatchNorm (Simonyan & Zisserman 2015); {_BIGBATCH} has no VGG file, "
-        "so model and regime are the authors' base code, github.com/eladhoffer/"
-        "convNet.pytorch models/vgg.py (CIFAR VGG, batch_norm=True): lr 0.1, momentum "
-        "0.9, wd 5e-4, lr x0.2 at epochs 60/120/160; 200 epochs = bigBatch main_*.py "
-        f"--epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
+        f"VGG-16 with BatchNorm (Simonyan & Zisserman 2015). A reconstruction: {_BIGBATCH} "
+        "has no VGG for CIFAR, so the paper's VGG row cannot be rerun from the released "
+        "code; model and regime are taken from the authors' base code, github.com/eladhoffer/"
+        "convNet.pytorch models/vgg.py (CIFAR VGG, batch_norm=True), a file from 2018, after "
+        "the paper: lr 0.1, momentum 0.9, wd 5e-4, lr x0.2 at epochs 60/120/160; 200 epochs "
+        f"= bigBatch main_*.py --epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
     ),
     paper=paper_row(92.30, 84.1, 88.6, 91.50, 93.03),
 )
@@ -225,7 +240,10 @@ cifar_workload(
         f"WideResNet-16-4 (Zagoruyko & Komodakis 2016) as in {_BIGBATCH} "
         "models/wide_resnet.py WResNet_cifar10 (multiplier 4, depth 16); regime there: "
         "lr 0.1, momentum 0.9, wd 1e-4, lr 2e-2/4e-3/1e-4 at epochs 60/120/140; 200 "
-        f"epochs = main_*.py --epochs default; {_CIFAR_AUGMENT}; " + _CODE_COMMON
+        "epochs = main_*.py --epochs default. Not runnable in the released code: its "
+        "constructor wide_WResNet fails main_*.py's model filter (name.islower()), so "
+        "--model cannot select it and how the paper's row was run is unknown; "
+        f"{_CIFAR_AUGMENT}; " + _CODE_COMMON
     ),
     paper=paper_row(73.70, 68.15, 69.05, 71.20, 73.57),
 )
@@ -264,10 +282,13 @@ register_workload(
             "default 200 is for CIFAR). B0=256: main_normal.py's reference batch for the sqrt "
             "rule and regime adaptation, and convNet.pytorch's default batch size; large "
             "batch 4096 (paper); clip 5.0 (main_*.py). Streams the ImageFolder tree from disk "
-            "(8 DataLoader workers) with the code's training transform, random-resized "
-            "crop 224 + flip (preprocess.py inception_preproccess; "
-            "tunegap.data.ImageFolderDataset), and resize 256 + centre crop 224 for "
-            "validation; augment crop_flip applies only to in-memory data of this workload"
+            "(8 DataLoader workers). Training transform by default: torchvision's "
+            "RandomResizedCrop 224 + flip (the Goyal et al. recipe; not the authors': "
+            "bigBatch's AlexNet input_transform overrides preprocess.py's with Scale(256) + "
+            "RandomCrop(224) + flip, which --protocol authors gives: train_transform="
+            "'scale_crop', tunegap.data.ImageFolderDataset); resize 256 + centre crop 224 "
+            "for validation (the code's Scale(256) + CenterCrop(224)); augment crop_flip "
+            "applies only to in-memory data of this workload"
         ),
     )
 )
