@@ -195,3 +195,20 @@ def test_header_facts_come_from_this_machine():
     assert set(regen.versions()) >= {"python", "torch", "ray", "mlflow"}
     assert "does the weight distance" in regen.question_of("diffusion").lower()
     assert "\n" not in regen.question_of("frontier")
+
+
+def test_a_companion_run_is_put_beside_the_main_one(run_dir, tmp_path):
+    dest = tmp_path / "studies" / "table1"
+    regen.write_folder(run_dir, dest, info("table1"))
+    trials, _ = build_tables(study_records(), study="table1")
+    authors = dest / "authors"
+    authors.mkdir()
+    compute_cells(trials, margin=1.0, accuracy="best").to_csv(authors / "cells.csv", index=False)
+    regen.add_comparison(dest, "authors", "protocols_markdown", "table1")
+    text = (dest / "README.md").read_text()
+    section = text[text.index("## Beside the run in `authors/`"):]
+    assert "clean: final-epoch test acc" in section and "authors: best-epoch test acc" in section
+    assert "verdict at 0.5" in section and "verdict at 1" in section
+    assert "| SB |" in section and "| LB |" in section
+    assert "Columns whose verdict is the same under both protocols:" in section
+    assert regen.COMPANIONS["table1"][1] == ("--protocol", "authors")

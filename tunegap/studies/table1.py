@@ -70,6 +70,40 @@ def table1_markdown(cells: pd.DataFrame, trials: pd.DataFrame, workload: str) ->
     return "\n".join(rows)
 
 
+def protocols_markdown(clean: pd.DataFrame, authors: pd.DataFrame, workload: str) -> str:
+    """Table 1 under both protocols, side by side: per column, each protocol's accuracy (the
+    one its verdicts judge) and verdict against its own SB, from the two cells tables."""
+    b0 = get_workload(workload).regime.base_batch_size
+    sides = {}
+    for name, cells in (("clean", clean), ("authors", authors)):
+        by_column = {column_of(r, b0): r for _, r in cells.iterrows()}
+        which = "best-epoch" if str(cells["accuracy"].iloc[0]) == "best" else "final-epoch"
+        sides[name] = (by_column, which, float(cells["margin"].iloc[0]))
+    head = ["column"]
+    for name, (_, which, margin) in sides.items():
+        head += [f"{name}: {which} test acc (mean ± std)", f"{name}: verdict at {margin:g}"]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for col in TABLE1_COLUMNS:
+        line = [col]
+        for by_column, _, _ in sides.values():
+            r = by_column.get(col)
+            if r is None:
+                line += ["-", "-"]
+                continue
+            std = r["test_acc_std"]
+            acc = f"{r['test_acc_mean']:.2f}" + (f" ± {std:.2f}" if pd.notna(std) else "")
+            if r["verdict"] in ("diverged", "error"):
+                acc = str(r["verdict"])
+            line += [acc, "(reference)" if col == "SB" else str(r["verdict"])]
+        rows.append("| " + " | ".join(line) + " |")
+    same = [c for c in TABLE1_COLUMNS[1:]
+            if c in sides["clean"][0] and c in sides["authors"][0]
+            and sides["clean"][0][c]["verdict"] == sides["authors"][0][c]["verdict"]]
+    rows += ["", f"Columns whose verdict is the same under both protocols: "
+                 f"{', '.join(same) if same else 'none'} (of {len(TABLE1_COLUMNS) - 1})."]
+    return "\n".join(rows)
+
+
 def figures(cells, trials, epochs) -> dict:
     return {
         "test_acc_vs_updates": plots.curves(epochs, trials, x="updates", y="test_acc",
