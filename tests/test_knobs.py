@@ -202,3 +202,33 @@ def test_bad_knob_values_are_one_line_and_exit_2(extra, named, data_dir, capsys)
     assert stop.value.code == 2
     assert len(err.strip().splitlines()) == 1 and named in err, err
     assert "Traceback" not in err
+
+
+def test_a_b0_cell_with_another_optimizer_is_not_the_baseline():
+    from tunegap.study import is_baseline
+
+    study = Study(name="k", workload="mnist1d-cnn", grid={"batch_size": (128,)},
+                  points=({"batch_size": 32, "optimizer": "adam"},))
+    flags = {(c.batch_size, c.optimizer): is_baseline(c.to_dict(), study.trial_settings())
+             for c in study.trial_configs()}
+    assert flags == {(32, "sgd"): True, (128, "sgd"): False, (32, "adam"): False}
+    shared = Study(name="k", workload="mnist1d-cnn", grid={"batch_size": (128,)},
+                   knobs={"optimizer": "adam"})
+    base = shared.baseline_config(0).to_dict()
+    assert is_baseline(base, shared.trial_settings()) and not is_baseline(base)
+
+
+@pytest.mark.parametrize(("space", "named"), [
+    ({"optimizer": (0, 1)}, "'optimizer'"),
+    ({"weight_decay": (0.0, 1e-3)}, "0 < low"),
+    ({"momentum": (0.9, 0.5)}, "momentum"),
+    ({"label_smoothing": ("a", "b")}, "label_smoothing"),
+])
+def test_optuna_ranges_of_the_new_knobs_are_checked(space, named):
+    from tunegap.study import StudyError
+
+    with pytest.raises(StudyError, match=named):
+        Study(name="k", workload="mnist1d-cnn", grid={"batch_size": (128,)}, search="optuna",
+              optuna_space=space)
+    Study(name="k", workload="mnist1d-cnn", grid={"batch_size": (128,)}, search="optuna",
+          optuna_space={"momentum": (0.5, 0.99), "weight_decay": (1e-5, 1e-3)})

@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,7 @@ class Study:
                 raise StudyError(f"study {self.name} has no Optuna space: use --search grid")
             if self.seeds != 1:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
+        _check_optuna_space(self.optuna_space)
         _check_scheduler(self)
         if self.epochs is not None:
             _check_count("--epochs", self.epochs, MAX_EPOCHS)
@@ -421,8 +422,35 @@ def _check_trial_count(study: Study) -> None:
         )
 
 
-def is_baseline(config: dict[str, Any]) -> bool:
-    """The small-batch reference: B0, plain BatchNorm, the workload's own lr and length."""
+# Knobs Optuna may draw from a range (the others it takes from the grid, as choices), and
+# those it draws on a log scale.
+RANGE_KNOBS = ("lr_exponent", "base_lr", "momentum", "weight_decay", "warmup_epochs",
+               "warmup_start_factor", "label_smoothing")
+LOG_RANGE_KNOBS = ("base_lr", "weight_decay")
+
+
+def _check_optuna_space(space: Mapping[str, Any]) -> None:
+    for knob, bounds in space.items():
+        if knob not in RANGE_KNOBS:
+            raise StudyError(f"the Optuna range of {knob!r} is not allowed: give ranges of "
+                             f"{', '.join(RANGE_KNOBS)}, and other knobs' values in the grid")
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise StudyError(f"the Optuna range of {knob} {bounds!r} is not allowed: give "
+                             "(low, high)") from None
+        positive = knob in LOG_RANGE_KNOBS
+        if not (math.isfinite(low) and math.isfinite(high) and low < high
+                and (low > 0 if positive else low >= 0)):
+            floor = "0 < low" if positive else "0 <= low"
+            raise StudyError(f"the Optuna range of {knob} {bounds!r} is not allowed: use "
+                             f"finite numbers with {floor} < high")
+
+
+def is_baseline(config: dict[str, Any], shared: Mapping[str, Any] | None = None) -> bool:
+    """The small-batch reference: B0, plain BatchNorm, the workload's own lr and length, and
+    the training knobs every trial of the study shares (`shared`, its `trial_settings()`;
+    the rest at their defaults), so a B0 cell with another optimizer is a cell, not it."""
     workload = get_workload(config["workload"])
     mult = config.get("regime_multiplier", 1.0)
     return (
@@ -430,7 +458,15 @@ def is_baseline(config: dict[str, Any]) -> bool:
         and config.get("ghost_batch_size") is None
         and (mult == MATCHED or float(mult) == 1.0)
         and config.get("base_lr") in (None, workload.regime.base_lr)
+        and all(config.get(k, default) == (shared or {}).get(k, default)
+                for k, default in _TRAINING_DEFAULTS.items())
     )
+
+
+# Each training knob's default (`TrialConfig`'s), and the protocol's.
+_TRAINING_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(TrialConfig) if f.name in (*TRAINING_KNOBS, "protocol")
+}
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,11 @@ def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def collect_records(
-    run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None
+    run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every trial of a Tune experiment as a plain record (see `tunegap.analysis.schema`)."""
+    """Every trial of a Tune experiment as a plain record (see `tunegap.analysis.schema`);
+    `shared` is the study's `trial_settings()`, which its baseline trains with."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(run_dir))
@@ -97,7 +99,7 @@ def collect_records(
         records.append({
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id),
-            "is_baseline": is_baseline(config),
+            "is_baseline": is_baseline(config, shared),
             "config": config,
             "resolved": resolved,
             "outcome": outcome,

@@ -390,7 +390,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     from tunegap.analysis.cells import compute_cells
     from tunegap.tracking.health import store_reachable
 
-    records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc)
+    records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc,
+                              shared=study.trial_settings())
     reachable = store_reachable(tracker.tracking_uri)
     unlogged = {str(r["trial_id"]) for r in records} if missed is None else set(missed)
     if reachable and unlogged:

@@ -21,7 +21,7 @@ from tunegap.config import TrialConfig
 from tunegap.names import DIVERGED, RESOLVED_PREFIX
 from tunegap.runner import trainable
 from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
-from tunegap.study import AUTO, RunOptions, Study, is_baseline, total_trials
+from tunegap.study import AUTO, LOG_RANGE_KNOBS, RunOptions, Study, is_baseline, total_trials
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def optuna_search(study: Study, run_dir: Path) -> tuple[Any, dict[str, Any]]:
             choices.insert(0, regime.base_batch_size)
         space[knob] = tune.choice(choices)
     for knob, (low, high) in study.optuna_space.items():
-        space[knob] = tune.loguniform(low, high) if knob == "base_lr" else tune.uniform(low, high)
+        log = knob in LOG_RANGE_KNOBS
+        space[knob] = tune.loguniform(low, high) if log else tune.uniform(low, high)
     baseline = {"batch_size": regime.base_batch_size, "lr_exponent": 0.0,
                 "base_lr": regime.base_lr}
     point = {k: v for k, v in baseline.items() if k in space}
@@ -174,9 +175,11 @@ def trainable_with_resources(study: Study, options: RunOptions) -> Any:
 
 def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
     """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`)."""
-    baseline = next(c for c in configs if c.seed == 0 and is_baseline(c.to_dict())).to_dict()
+    shared = study.trial_settings()
+    baseline = next(c for c in configs
+                    if c.seed == 0 and is_baseline(c.to_dict(), shared)).to_dict()
     if study.search == "frontier":
-        first = next(c for c in configs if not is_baseline(c.to_dict())).to_dict()
+        first = next(c for c in configs if not is_baseline(c.to_dict(), shared)).to_dict()
         template = {**first, "ghost_batch_size": study.grid.get("ghost_batch_size", (None,))[0]}
         return FrontierSearch(
             study.grid["batch_size"], study.workload_def.regime.base_batch_size, template,
