@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tunegap.runner.progress import ProgressPrinter, eta_seconds, format_duration
-from tunegap.runner.run import closing_sentence
+from tunegap.runner.finish import closing_sentence
 
 
 @dataclass
