@@ -71,3 +71,15 @@ TABLE1_COLUMNS: tuple[str, ...] = ("SB", "LB", "+LR", "+GBN", "+RA")
 # last epoch; it is kept in the tables but never counts as a seed of its cell.
 COMPLETED, ERROR, STOPPED = "completed", "error", "stopped"
 OUTCOMES: tuple[str, ...] = (COMPLETED, DIVERGED, STOPPED, ERROR)
+
+
+def ended_outcome(*, diverged: bool, epochs_done: float | None,
+                  planned_epochs: float | None) -> str:
+    """How a trial Tune ended without an error finished: diverged; stopped, when it ended
+    before the last epoch of its regime (a scheduler's doing: Tune reports such a trial as
+    TERMINATED, like one that ran to the end); else completed."""
+    if diverged:
+        return DIVERGED
+    if epochs_done is not None and planned_epochs is not None and epochs_done < planned_epochs:
+        return STOPPED
+    return COMPLETED

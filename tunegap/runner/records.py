@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 
 from tunegap.config import TrialConfig
-from tunegap.names import COMPLETED, DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX, STOPPED
+from tunegap.names import DIVERGED, ERROR, METRIC_NAMES, RESOLVED_PREFIX, ended_outcome
 from tunegap.runner.storage_faults import StorageUnwritable, trial_storage_fault
 from tunegap.study import is_baseline
 
@@ -115,17 +115,12 @@ def trial_outcome(status: str, history: list[dict[str, Any]], resolved: dict[str
     scheduler ended it before the last epoch of its regime) or completed."""
     if status == "ERROR":
         return ERROR
-    if history and history[-1].get(DIVERGED):
-        return DIVERGED
-    if status != "TERMINATED":
+    if status != "TERMINATED" and not (history and history[-1].get(DIVERGED)):
         return ERROR
     planned = resolved.get(f"{RESOLVED_PREFIX}epochs")
     done = max((row.get("epoch") or 0 for row in history), default=0)
-    # Tune reports a trial a scheduler stopped as TERMINATED, like one that ran to the end:
-    # only the epochs tell them apart (as the tracking callback does for its tag).
-    if planned is not None and done < planned:
-        return STOPPED
-    return COMPLETED
+    return ended_outcome(diverged=bool(history and history[-1].get(DIVERGED)),
+                         epochs_done=done, planned_epochs=planned)
 
 
 def _error_text(trial: Any) -> str:

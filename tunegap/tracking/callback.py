@@ -44,12 +44,12 @@ from mlflow.entities import Metric, Param
 from ray.tune import Callback
 
 from tunegap.names import (
-    COMPLETED,
     DIVERGED,
     ERROR,
     METRIC_NAMES,
     OPTIONAL_METRICS,
     RESOLVED_PREFIX,
+    ended_outcome,
 )
 from tunegap.tracking.health import store_reachable
 from tunegap.tracking.runs import (
@@ -69,9 +69,9 @@ logger = logging.getLogger(__name__)
 # The engine's per-epoch metrics plus `diverged` as 0/1.
 LOGGED_METRICS: tuple[str, ...] = (*METRIC_NAMES, DIVERGED)
 ERROR_CHARS = 5000
-# Outcomes only a run's tag records, beside `tunegap.names.OUTCOMES`: a trial cut short by
-# a scheduler or budget, and one still running when the experiment ended.
-STOPPED, INTERRUPTED = "stopped", "interrupted"
+# The outcome only a run's tag records, beside `tunegap.names.OUTCOMES`: a trial still
+# running when the experiment ended.
+INTERRUPTED = "interrupted"
 
 # The metric that tells how far a run got: always present and finite, equal to the step.
 _PROGRESS_METRIC = "updates"
@@ -358,10 +358,7 @@ def result_batch(
 
 
 def trial_outcome(last: Mapping[str, Any]) -> str:
-    if last.get(DIVERGED):
-        return DIVERGED
-    epoch = metric_value(last.get("epoch"))
-    planned = metric_value(last.get(_PLANNED_EPOCHS))
-    if epoch is not None and planned is not None and epoch < planned:
-        return STOPPED
-    return COMPLETED
+    """The outcome tag of a trial from its last result (`tunegap.names.ended_outcome`)."""
+    return ended_outcome(diverged=bool(last.get(DIVERGED)),
+                         epochs_done=metric_value(last.get("epoch")),
+                         planned_epochs=metric_value(last.get(_PLANNED_EPOCHS)))
