@@ -33,13 +33,20 @@ def store_reachable(uri: str, *, timeout_s: float = 3.0) -> bool:
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme not in ("http", "https"):
         return True
+    return health_problem(uri, timeout_s=timeout_s) is None
+
+
+def health_problem(server_uri: str, *, timeout_s: float) -> object | None:
+    """Why the MLflow server at `server_uri` does not answer `/health` within `timeout_s`
+    (the error's reason), or None when something answered (an HTTP error is an answer:
+    whether it is a usable MLflow API is the client's check)."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return True
+        with urllib.request.urlopen(server_uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
     except urllib.error.HTTPError:
-        return True  # something answered
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return getattr(exc, "reason", exc)
 
 
 @contextmanager

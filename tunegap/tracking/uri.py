@@ -42,6 +42,7 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock, Timeout
 
+from tunegap.tracking.health import health_problem
 from tunegap.tracking.text import one_line
 
 # scheme://userinfo@ — the last "@" before the path ends the userinfo.
@@ -219,20 +220,13 @@ def check_tracking_uri(uri: str, *, timeout_s: float = 5.0) -> None:
 
 
 def _probe_http(bare_uri: str, shown: str, timeout_s: float) -> None:
-    url = bare_uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        # Something answered; whether it is a usable MLflow API is the client's check.
-        return
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    reason = health_problem(bare_uri, timeout_s=timeout_s)
+    if reason is not None:
         raise TrackingUnavailable(
             f"MLflow server at {shown} cannot be reached ({one_line(reason)}): start it, e.g. "
             "`mlflow server --backend-store-uri sqlite:///mlflow.db --port 5000`, or pass a "
             "reachable tracking URI (sqlite:///mlflow.db works without a server)"
-        ) from exc
+        )
 
 
 def _check_sqlite(path: Path, shown: str, timeout_s: float) -> None:
