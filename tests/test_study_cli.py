@@ -67,6 +67,21 @@ CASES = [
     ("ghost_size", ["--tracking-uri", "sqlite:///{tmp}/empty"], "is a folder"),
     ("ghost_size", ["--tracking-uri", "sqlite:////proc/tunegap-test.db"], "/proc/tunegap-test.db"),
     ("ghost_size", ["--tracking-uri", "http://user:secret@127.0.0.1:9"], "127.0.0.1:9"),
+    # The training knobs (issue 13), on a study's command line.
+    ("ghost_size", ["--optimizer", "rmsprop"], "--optimizer"),
+    ("ghost_size", ["--momentum", "1"], "momentum 1.0"),
+    ("ghost_size", ["--weight-decay", "-0.1"], "weight_decay -0.1"),
+    ("ghost_size", ["--warmup-epochs", "nan"], "warmup_epochs nan"),
+    ("ghost_size", ["--schedule", "onecycle"], "--schedule"),
+    ("ghost_size", ["--label-smoothing", "1.5"], "label_smoothing 1.5"),
+    ("ghost_size", ["--train-size", "9000"], "train_size 9000"),
+    ("ghost_size", ["--train-size", "500"], "batch size 512 is larger than train_size 500"),
+    ("ghost_size", ["--max-updates", "-5"], "max_updates -5"),
+    ("regime_length", ["--max-updates", "50"], "with max_updates"),
+    ("ghost_size", ["--bn-weight-init", "normal"], "--bn-weight-init"),
+    ("ghost_size", ["--zero-init-residual"], "zero_init_residual"),
+    ("ghost_size", ["--protocol", "paper"], "--protocol"),
+    ("ghost_size", ["--optimizer", "nesterov", "--momentum", "0"], "nesterov"),
 ]
 
 

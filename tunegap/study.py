@@ -238,14 +238,17 @@ class Study:
         return get_workload(self.workload)
 
     def baseline_config(self, seed: int) -> TrialConfig:
-        return TrialConfig(
-            workload=self.workload,
-            batch_size=self.workload_def.regime.base_batch_size,
-            seed=seed,
-            epochs=self.epochs,
-            **self.instruments,
-            **self.trial_settings(),
-        )
+        try:
+            return TrialConfig(
+                workload=self.workload,
+                batch_size=self.workload_def.regime.base_batch_size,
+                seed=seed,
+                epochs=self.epochs,
+                **self.instruments,
+                **self.trial_settings(),
+            )
+        except (TypeError, ValueError) as err:
+            raise StudyError(str(err)) from None
 
     def trial_settings(self) -> dict[str, Any]:
         """What every trial of the study shares beyond its cell: the training knobs and
