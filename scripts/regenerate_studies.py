@@ -55,6 +55,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "diffusion": (),
     "frontier": ("--batch-sizes", "256,1024", "--margin", "1.0", "--max-seeds", "3",
                  "--epochs", "4"),
+    "warmup": (),
+    "optimizers": (),
 }
 # A second run of a study under other options, written to `studies/<name>/<subfolder>/`, and
 # the study module's function (cells_main, cells_companion, workload) -> markdown that puts

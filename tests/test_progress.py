@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunegap.runner.progress import ProgressPrinter, eta_seconds, format_duration
 from tunegap.runner.finish import closing_sentence
+from tunegap.runner.progress import ProgressPrinter, eta_seconds, format_duration
 
 
 @dataclass

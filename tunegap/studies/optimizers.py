@@ -1,0 +1,263 @@
+"""Steps to a target accuracy against batch size per optimizer (Shallue 2018, Zhang 2019).
+
+    python -m tunegap.studies.optimizers
+
+Shallue et al. ("Measuring the effects of data parallelism on neural network training",
+arXiv 1811.03600) measure the updates needed to reach a target against the batch size and
+find a perfect-scaling region (doubling B halves the steps) up to a knee, then diminishing
+returns; Zhang et al. ("Which algorithmic choices matter at which batch sizes?", arXiv
+1907.04164) show that momentum and Adam move the knee to larger batches than plain SGD.
+
+Every trial has the same budget of weight updates (`--max-updates`, default
+1000) at a constant learning rate (`--schedule`, default constant here, so the first
+crossing of the target does not depend on the budget; `--schedule step` scales the
+workload's decay points to the budget) and records the first update at which its test
+accuracy reaches `--target-acc` (default 85%, which the baseline reaches within the
+budget on MNIST-1D). Four optimizers at each
+batch size, all with lr = base_lr * (B/B0)^`--lr-exponent` (default 0.5, the paper's rule):
+
+- `SGD`: momentum 0, base lr = the workload's / (1 - its momentum), the same effective
+  learning rate as heavy-ball momentum (Shallue et al. compare optimizers at their
+  effective lr, lr / (1 - momentum));
+- `SGD+momentum`: heavy ball at 0.9 with the workload's base lr (at B0 this is the baseline);
+- `Nesterov`: Nesterov momentum 0.9, the workload's base lr;
+- `Adam`: beta1 0.9, base lr `--adam-lr` (default 1e-3, Kingma & Ba's).
+
+No lr is tuned per batch size, unlike Shallue et al.: the fitted knees are those of these
+rules. Per optimizer the perfect-scaling and diminishing-returns regions are fitted
+(`tunegap.analysis.scaling.fit_scaling_regions`) to the mean steps of the batch sizes where
+every seed reached the target; `scaling_fits.csv` has the fits. Each cell's final accuracy is
+judged against the small-batch baseline (B0, SGD+momentum, same budget) at the margin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pandas as pd
+
+from tunegap.analysis.scaling import fit_scaling_regions, fits_table
+from tunegap.cli import common_study_fields, int_list, study_command, study_parser
+from tunegap.study import Study, StudyError
+from tunegap.workloads import get_workload
+
+QUESTION = (
+    "How do the steps to a target accuracy fall with the batch size for SGD, momentum, "
+    "Nesterov and Adam, and where does perfect scaling end for each?"
+)
+OPTIMIZER_LABELS = ("SGD", "SGD+momentum", "Nesterov", "Adam")
+DEFAULT_MAX_UPDATES = 1000
+DEFAULT_TARGET = 85.0
+# A constant lr makes the first crossing of the target independent of the budget (a step
+# schedule scaled to the budget would decay earlier under a smaller one).
+DEFAULT_SCHEDULE = "constant"
+MOMENTUM = 0.9
+# The knobs the study sets in each cell: the common flags may not move them.
+OWN_KNOBS = ("optimizer", "momentum")
+
+
+def optimizer_label(row) -> str:
+    """SGD, SGD+momentum, Nesterov or Adam from a row's resolved optimizer and momentum."""
+    name = str(row["optimizer"])
+    if name == "sgd":
+        return "SGD+momentum" if float(row["momentum"]) > 0 else "SGD"
+    return {"nesterov": "Nesterov", "adam": "Adam"}.get(name, name)
+
+
+def steps_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (optimizer, batch size): how many seeds reached the target and their steps.
+
+    Every trial counts in `n_seeds` whatever its outcome (one that diverged or errored never
+    reached it). `steps` is the geometric mean over the seeds (the fit is in log space) and
+    is NaN unless every seed reached the target: a mean over the seeds that did would
+    flatter the cell.
+    """
+    trials = trials.assign(label=trials.apply(optimizer_label, axis=1))
+    rows = []
+    for (label, batch), group in trials.groupby(["label", "batch_size"], sort=True):
+        steps = pd.to_numeric(group["steps_to_target"], errors="coerce").astype(float)
+        reached = steps[np.isfinite(steps) & (steps > 0)]
+        every = len(reached) == len(group)
+        rows.append({
+            "optimizer": label, "batch_size": int(batch), "n_seeds": len(group),
+            "n_reached": len(reached),
+            "steps": float(np.exp(np.log(reached).mean())) if every and len(reached) else math.nan,
+        })
+    table = pd.DataFrame(rows, columns=["optimizer", "batch_size", "n_seeds", "n_reached", "steps"])
+    order = table["optimizer"].map({k: i for i, k in enumerate(OPTIMIZER_LABELS)})
+    return (table.assign(_o=order).sort_values(["_o", "batch_size"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))
+
+
+def scaling_fits(trials: pd.DataFrame) -> dict:
+    """`fit_scaling_regions` per optimizer over `steps_table`'s steps."""
+    steps = steps_table(trials)
+    return {label: fit_scaling_regions(group["batch_size"], group["steps"])
+            for label, group in steps.groupby("optimizer", sort=False)}
+
+
+def tables(cells, trials, epochs) -> dict[str, pd.DataFrame]:
+    """scaling_fits.csv: one row per optimizer (the knee, the slope beyond it, residuals)."""
+    return {"scaling_fits.csv": pd.DataFrame(fits_table(scaling_fits(trials)))}
+
+
+def figures(cells, trials, epochs) -> dict:
+    """Steps to target against batch size, log-log, one colour per optimizer, fits dashed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    steps = steps_table(trials)
+    fits = scaling_fits(trials)
+    drawn = False
+    for i, (label, group) in enumerate(steps.groupby("optimizer", sort=False)):
+        color = f"C{i}"
+        ok = group[group["steps"].notna()]
+        if ok.empty:
+            continue
+        drawn = True
+        ax.plot(ok["batch_size"], ok["steps"], "o", color=color, label=label)
+        fit = fits[label]
+        if fit.fitted:
+            b = np.geomspace(group["batch_size"].min(), group["batch_size"].max(), 100)
+            ax.plot(b, fit.predict(b), "--", color=color, lw=1.2,
+                    label=f"{label} fit: knee {fit.knee} {fit.knee_batch_size:.0f}")
+            if fit.knee == "inside":
+                ax.plot([fit.knee_batch_size], [fit.steps_at_knee], "x", color=color, ms=9)
+    target = trials["target_test_acc"].dropna()
+    goal = f"{target.iloc[0]:g}%" if len(target) else "the target"
+    if not drawn:
+        ax.text(0.5, 0.5, f"no batch size where every seed reached {goal}", ha="center",
+                transform=ax.transAxes)
+        return {"steps_to_target": fig}
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(f"updates to reach {goal} test accuracy (geometric mean over seeds)")
+    ax.set_title("steps to target vs batch size; dashed: perfect scaling then diminishing returns")
+    ax.legend(fontsize=7)
+    return {"steps_to_target": fig}
+
+
+def report(cells, trials, epochs) -> str:
+    """The steps per cell, the fit per optimizer and the verdicts, all from the tables."""
+    steps = steps_table(trials)
+    target = trials["target_test_acc"].dropna()
+    goal = f"{target.iloc[0]:g}% test accuracy" if len(target) else "the target accuracy"
+    lines = [
+        f"Updates to reach {goal} (geometric mean over the seeds; only where every seed of "
+        "the cell reached it), per optimizer and batch size.",
+        "",
+        "| optimizer | batch | reached | steps to target |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in steps.itertuples():
+        lines.append(f"| {r.optimizer} | {r.batch_size} | {r.n_reached}/{r.n_seeds} | "
+                     f"{_number(r.steps, '.0f')} |")
+    lines += ["", "Fits (perfect scaling, slope -1, up to a knee; a fitted slope in [-1, 0] "
+                  "beyond it; `tunegap.analysis.scaling`):", ""]
+    lines += [f"- {label}: {fit.summary()}." for label, fit in scaling_fits(trials).items()]
+    lines += ["", *verdict_lines(cells)]
+    return "\n".join(lines)
+
+
+def verdict_lines(cells: pd.DataFrame) -> list[str]:
+    """Per optimizer: the verdicts of its cells against the baseline at the margin."""
+    if cells is None or cells.empty:
+        return []
+    margin = float(cells["margin"].iloc[0])
+    lines = [f"Final test accuracy against the baseline at the margin of {margin:g} points:", ""]
+    grid = cells[~cells["is_baseline"]].assign(label=lambda c: c.apply(optimizer_label, axis=1))
+    for label in OPTIMIZER_LABELS:
+        group = grid[grid["label"] == label].sort_values("batch_size")
+        if group.empty:
+            continue
+        lines.append(f"- {label}: " + ", ".join(
+            f"B={r.batch_size} {r.verdict} ({_number(r.gap, '+.2f')})"
+            for r in group.itertuples()) + ".")
+    return lines
+
+
+def _number(value: object, spec: str) -> str:
+    return format(float(value), spec) if value is not None and pd.notna(value) else "—"
+
+
+def parser():
+    p = study_parser("optimizers", __doc__, seeds=2)
+    p.set_defaults(max_updates=DEFAULT_MAX_UPDATES, schedule=DEFAULT_SCHEDULE)
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
+                   default=(32, 64, 128, 256, 512))
+    p.add_argument("--target-acc", type=float, default=DEFAULT_TARGET,
+                   help=f"test accuracy (percent) for steps-to-target (default {DEFAULT_TARGET:g})")
+    p.add_argument("--lr-exponent", type=_exponent, default=0.5,
+                   help="lr = base_lr * (B/B0)^exponent for every optimizer (default 0.5)")
+    p.add_argument("--adam-lr", type=_positive, default=1e-3,
+                   help="Adam's base lr at B0 (default 1e-3)")
+    return p
+
+
+def _exponent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr-exponent {text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"--lr-exponent {text!r} is not allowed: use 0..1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--adam-lr {text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--adam-lr {text!r} is not allowed: use a number > 0")
+    return value
+
+
+def build(args) -> Study:
+    fields = common_study_fields(args)
+    taken = [k for k in OWN_KNOBS if k in fields["knobs"]]
+    if taken:
+        raise StudyError(f"--{taken[0]} is not allowed here: the optimizers study sets each "
+                         "cell's optimizer and momentum itself")
+    if fields["knobs"].get("max_updates") is None:
+        raise StudyError("--max-updates is needed: the study compares optimizers at one "
+                         "budget of updates")
+    try:
+        regime = get_workload(args.workload).regime
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    # The workload's momentum, where it is 0.9, is left implicit so the heavy-ball cell at B0
+    # is the baseline itself rather than a second, identical trial.
+    heavy = None if regime.momentum == MOMENTUM else MOMENTUM
+    sgd_lr = round(regime.base_lr / (1.0 - MOMENTUM), 12)
+    points = []
+    for b in args.batch_sizes:
+        scaled = {"batch_size": b, "lr_exponent": args.lr_exponent}
+        points += [
+            {**scaled, "optimizer": "sgd", "momentum": 0.0, "base_lr": sgd_lr},
+            {**scaled, "optimizer": "sgd", "momentum": heavy},
+            {**scaled, "optimizer": "nesterov", "momentum": MOMENTUM},
+            {**scaled, "optimizer": "adam", "momentum": MOMENTUM, "base_lr": args.adam_lr},
+        ]
+    return Study(
+        name="optimizers",
+        points=tuple(points),
+        question=QUESTION,
+        figures=figures,
+        report=report,
+        tables=tables,
+        target_test_acc=args.target_acc,
+        **fields,
+    )
+
+
+main = study_command(parser, build)
+
+
+if __name__ == "__main__":
+    main()
