@@ -16,7 +16,6 @@ checkpoints save, and both feed the same training step and the same evaluation l
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -54,6 +53,7 @@ from tunegap.probes import (
     top_hessian_eigenvalue,
 )
 from tunegap.regime import ResolvedRegime
+from tunegap.registry import accepts_keyword
 
 # Training samples the sharpness probe uses: a fixed subset, so epochs are comparable.
 SHARPNESS_SAMPLES = 1024
@@ -108,15 +108,6 @@ def data_pipeline(config: TrialConfig) -> tuple[dict[str, Any], str | None]:
     from tunegap.data.protocols import authors_pipeline
 
     return authors_pipeline(workload.dataset, workload.augment, kwargs)
-
-
-def accepts_keyword(function: Any, name: str) -> bool:
-    """Whether `function(name=...)` is a valid call: a parameter `name`, or **kwargs."""
-    try:
-        params = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def default_workers(cpus_per_trial: float) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -230,3 +231,11 @@ def load_entry_points() -> None:
         if callable(loaded) and not isinstance(loaded, ModuleType | type):
             loaded()
 
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether `function(name=...)` is a valid call: a parameter `name`, or **kwargs."""
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)

@@ -93,7 +93,7 @@ def _train_size(workload: Workload, data_dir: str | None) -> int | None:
         if workload.streaming:
             return None
         # Imported here: tunegap.engine pulls in the models and the training loop.
-        from tunegap.engine import accepts_keyword
+        from tunegap.registry import accepts_keyword
 
         if data_dir is None or not accepts_keyword(DATASETS.get(workload.dataset), "data_dir"):
             kwargs.pop("data_dir")
