@@ -23,7 +23,8 @@ NO_GHOST_WORDS = ("none", "bn", "off")
 # `tunegap.optim`, which builds them).
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars")
 BN_WEIGHT_INITS = ("one", "uniform")
-# "authors": bigBatch's own loop and input pipelines (`tunegap.protocol`), "clean" ours.
+# "authors": bigBatch's own loop (`tunegap.engine`) and input pipelines
+# (`tunegap.data.protocols`); "clean" ours.
 PROTOCOLS = ("clean", "authors")
 # The models whose files in bigBatch set BatchNorm weights to 1 (ResNet, WRN).
 AUTHORS_UNIT_BN_MODELS = ("resnet44", "cifar_resnet", "wrn16_4")

@@ -144,8 +144,9 @@ class Study:
     # Training knobs for every trial, the baseline's included (e.g. {"optimizer": "adam",
     # "train_size": 2000}); a grid or point that names one overrides it there.
     knobs: dict[str, Any] = field(default_factory=dict)
-    # "clean" (ours) or "authors" (bigBatch's loop and pipelines, `tunegap.protocol`), for
-    # every trial; the authors report the best epoch, so "authors" judges best accuracy.
+    # "clean" (ours) or "authors" (bigBatch's loop in the engine, its input pipelines in
+    # `tunegap.data.protocols`) for every trial; the authors report the best epoch, so
+    # "authors" judges the best epoch's accuracy unless `accuracy` says otherwise.
     protocol: str = "clean"
 
     def __post_init__(self) -> None:
