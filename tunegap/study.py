@@ -105,6 +105,15 @@ class Study:
     `scheduler` ("none", "asha" or "median") stops trials early on their test accuracy,
     measured in weight updates so batch sizes compare by work done; a stopped trial is kept
     (outcome "stopped") but is no seed of its cell. Not with `seeds="auto"` or the frontier.
+
+    `knobs` sets training knobs for every trial, the baseline's included (e.g.
+    {"optimizer": "adam", "max_updates": 2000}); `grid` and `points` may vary them too (the
+    baseline is then B0 with the shared knobs only). `protocol="authors"` trains every
+    trial as the authors' code does and judges best-epoch accuracy by default.
+    >>> study = Study(name="adam_quick", workload="mnist1d-cnn", knobs={"optimizer": "adam"},
+    ...               grid={"batch_size": (512,), "schedule": ("step", "cosine")})
+    >>> [(c.batch_size, c.optimizer, c.schedule) for c in study.trial_configs()]
+    [(32, 'adam', 'step'), (512, 'adam', 'step'), (512, 'adam', 'cosine')]
     """
 
     name: str
