@@ -3,6 +3,7 @@
     python scripts/regenerate_studies.py                  # every study, then the README table
     python scripts/regenerate_studies.py --only frontier  # one study (the table covers all)
     python scripts/regenerate_studies.py --dry-run        # print the commands, run nothing
+    python scripts/regenerate_studies.py --only table1 --companion-only  # table1 --protocol authors
 
 Per study: run its recorded command (`COMMANDS`: `tunegap run NAME` at its defaults, in a new
 temporary folder for `--storage-path` and the MLflow `--tracking-uri`, `--quiet`), then
@@ -375,6 +376,12 @@ def run_study(name: str, dest: Path, common: dict[str, object],
     print(f"== {name}: {wall:.0f} s, written to {dest}", flush=True)
     if extra or name not in COMPANIONS:
         return True
+    return run_companion(name, dest, common)
+
+
+def run_companion(name: str, dest: Path, common: dict[str, object]) -> bool:
+    """Run study `name`'s companion (`COMPANIONS`) into its subfolder of `dest` and put the
+    two runs side by side in `dest`/README.md."""
     subfolder, options, combine = COMPANIONS[name]
     if not run_study(name, dest / subfolder, common, options):
         return False
@@ -404,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", action="extend", choices=list(COMMANDS), metavar="NAME",
                    help=f"regenerate only these studies (of {', '.join(COMMANDS)})")
+    p.add_argument("--companion-only", action="store_true",
+                   help="run only the companion runs of the studies named (COMPANIONS), beside "
+                        "their folders as they are")
     p.add_argument("--dry-run", action="store_true",
                    help="print each command and the README table; run and write nothing")
     p.add_argument("--studies-root", type=Path, default=STUDIES_ROOT, help=argparse.SUPPRESS)
@@ -417,7 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Taken once, before any study folder is rewritten (which would make the tree dirty).
     common = {"hardware": hardware(), "versions": versions(), "commit": git_commit()}
-    failed = [n for n in names if not run_study(n, args.studies_root / n, common)]
+    if args.companion_only:
+        failed = [n for n in names if n in COMPANIONS
+                  and not run_companion(n, args.studies_root / n, common)]
+    else:
+        failed = [n for n in names if not run_study(n, args.studies_root / n, common)]
     args.readme.write_text(replace_table(args.readme.read_text(),
                                          readme_table(args.studies_root)))
     print(f"README table rewritten in {args.readme}")
