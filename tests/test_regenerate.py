@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -212,3 +213,13 @@ def test_a_companion_run_is_put_beside_the_main_one(run_dir, tmp_path):
     assert "| SB |" in section and "| LB |" in section
     assert "Columns whose verdict is the same under both protocols:" in section
     assert regen.COMPANIONS["table1"][1] == ("--protocol", "authors")
+
+
+def test_every_study_interpretation_takes_the_three_tables():
+    import inspect
+
+    for name in regen.COMMANDS:
+        module = importlib.import_module(f"tunegap.studies.{name}")
+        found = getattr(module, "interpretation", None)
+        if found is not None:
+            assert len(inspect.signature(found).parameters) == 3, name

@@ -88,11 +88,11 @@ def report(cells, trials, epochs) -> str:
             f"| {r.batch_size} | {r.rule} | {r.lr_exponent:g} | {_number(warm, 'g')} | "
             f"{r.n_used}/{r.n_seeds} | {_number(r.test_acc_mean, '.2f')} | "
             f"{_number(r.gap, '+.2f')} | {r.verdict} |")
-    lines += ["", *interpretation(table)]
+    lines += ["", *rule_sentences(table)]
     return "\n".join(lines)
 
 
-def interpretation(table: pd.DataFrame) -> list[str]:
+def rule_sentences(table: pd.DataFrame) -> list[str]:
     """Sentences from the cells: per batch size the closest rule and the warm-up's effect."""
     out = []
     for batch, group in table[table["rule"] != "baseline"].groupby("batch_size", sort=True):
