@@ -175,7 +175,7 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
         "tunegap run frontier --batch-sizes 256,1024 --margin 1.0 --max-seeds 3 --epochs 4 "
         "--storage-path $TMP/results --tracking-uri sqlite:///$TMP/mlflow.db --quiet")
     assert list(regen.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
-                                    "table1", "diffusion", "frontier"]
+                                    "table1", "diffusion", "frontier", "warmup", "optimizers"]
 
     def no_run(*args, **kwargs):
         raise AssertionError("--dry-run ran a command")
