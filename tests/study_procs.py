@@ -96,8 +96,11 @@ class MlflowServer:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2):
                     return self
             except OSError:
-                assert self.proc.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server never answered"
+                exited = self.proc.poll() is not None
+                if exited or time.monotonic() >= deadline:
+                    self.kill()  # a server that never answered must not outlive the test
+                    raise AssertionError("mlflow server exited" if exited
+                                         else "mlflow server never answered") from None
                 time.sleep(0.5)
 
     def kill(self) -> None:
