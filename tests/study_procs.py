@@ -1,5 +1,6 @@
 """A study's driver as a real process: started in its own session (like a terminal job), its
-progress read from the run folder, signals sent to the whole process group."""
+progress read from the run folder, signals sent to the whole process group; and
+`refused_line`, a study's command run in-process on bad input."""
 
 from __future__ import annotations
 
@@ -111,3 +112,20 @@ class MlflowServer:
 
 def remount(where: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)
+
+
+def refused_line(module, argv: list[str], tmp_path: Path, capsys) -> str:
+    """Run a study module's `main(argv)` in-process with its results and MLflow store in
+    `tmp_path`; assert it refused in one line with exit status 2, no traceback and no
+    results folder, and return that line."""
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        module.main([*argv, "--storage-path", str(tmp_path / "results"),
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "results").exists()
+    return lines[0]

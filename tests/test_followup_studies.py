@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from study_procs import refused_line
 
 from tunegap.analysis.scaling import (
     FITTED,
@@ -213,18 +214,6 @@ def test_optimizers_analysis_fits_each_optimizer_from_its_complete_cells():
     assert "SGD fit: knee inside 128" in labels and "Adam fit: knee at least 512" in labels
 
 
-def run_refused(module, argv, tmp_path, capsys) -> str:
-    with pytest.raises(SystemExit) as stop:
-        module.main([*argv, "--storage-path", str(tmp_path / "results"),
-                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "results").exists()
-    return lines[0]
-
-
 @pytest.mark.parametrize("module, argv, named", [
     (warmup, ["--warmup-fraction", "0"], "--warmup-fraction '0' is not allowed"),
     (warmup, ["--warmup-fraction", "soon"], "--warmup-fraction 'soon' is not a number"),
@@ -241,7 +230,7 @@ def run_refused(module, argv, tmp_path, capsys) -> str:
     (optimizers, ["--workload", "nowhere"], "unknown workload 'nowhere'"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_study_options_are_one_line_and_exit_2(module, argv, named, tmp_path, capsys):
-    assert named in run_refused(module, argv, tmp_path, capsys)
+    assert named in refused_line(module, argv, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- end to end, real Ray + MLflow

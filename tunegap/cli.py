@@ -177,6 +177,24 @@ def non_negative(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def number_in(flag: str, *, low: float, high: float | None = None,
+              low_open: bool = False) -> Callable[[str], float]:
+    """A finite number from `low` (excluded with `low_open`) up to `high` (None: no bound),
+    for a study's own options; the message says the range."""
+    as_number = number(flag)
+    floor = f"> {low:g}" if low_open else f">= {low:g}"
+    allowed = f"a number {floor}" + ("" if high is None else f" and <= {high:g}")
+
+    def parse(text: str) -> float:
+        value = as_number(text)
+        above = value > low if low_open else value >= low
+        if not (math.isfinite(value) and above and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not allowed: use {allowed}")
+        return value
+
+    return parse
+
+
 def integer(flag: str) -> Callable[[str], int]:
     """Any integer; the knob's own check (e.g. `TrialConfig`) says what is allowed."""
 

@@ -91,6 +91,11 @@ _SHORT = {
 }
 
 
+def format_number(value: object, spec: str) -> str:
+    """`value` formatted with `spec` (e.g. "+.2f"), or "—" where it is missing (None, NaN)."""
+    return format(float(value), spec) if value is not None and pd.notna(value) else "—"
+
+
 def format_value(col: str, value: Any) -> str:
     """How one value of column `col` reads: a missing ghost size is "BN", other missing
     values "—", whole numbers without a decimal point."""

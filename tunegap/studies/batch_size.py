@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
+from tunegap.analysis.report import format_number
 from tunegap.cli import common_study_fields, int_list, positive_int, study_command, study_parser
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
@@ -253,7 +254,7 @@ def report(cells, trials, epochs) -> str:
         key = (r.batch_size, r.remedy)
         lines.append(f"| {r.batch_size} | {r.remedy} | "
                      f"{steps_text(r.n_seeds, r.n_reached, r.steps_mean)} | "
-                     f"{_number(noise.get(key), '.0f')} | {_number(sharp.get(key), '.2f')} |")
+                     f"{format_number(noise.get(key), '.0f')} | {format_number(sharp.get(key), '.2f')} |")
     partial = steps[(steps["n_reached"] > 0) & ~steps["all_reached"]]
     if len(partial):
         lines += ["", f"{len(partial)} cell(s) where not every seed reached {goal}: "
@@ -266,10 +267,6 @@ def report(cells, trials, epochs) -> str:
                   + (f"about {critical:.0f}, the {how}." if math.isfinite(critical)
                      else f"none ({how}).")]
     return "\n".join(lines)
-
-
-def _number(value: object, spec: str) -> str:
-    return format(float(value), spec) if value is not None and pd.notna(value) else "—"
 
 
 def parser():

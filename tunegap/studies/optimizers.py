@@ -32,14 +32,20 @@ judged against the small-batch baseline (B0, SGD+momentum, same budget) at the m
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
 import pandas as pd
 
+from tunegap.analysis.report import format_number
 from tunegap.analysis.scaling import fit_scaling_regions, fits_table
-from tunegap.cli import common_study_fields, int_list, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    int_list,
+    number_in,
+    study_command,
+    study_parser,
+)
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
@@ -155,7 +161,7 @@ def report(cells, trials, epochs) -> str:
     ]
     for r in steps.itertuples():
         lines.append(f"| {r.optimizer} | {r.batch_size} | {r.n_reached}/{r.n_seeds} | "
-                     f"{_number(r.steps, '.0f')} |")
+                     f"{format_number(r.steps, '.0f')} |")
     lines += ["", "Fits (perfect scaling, slope -1, up to a knee; a fitted slope in [-1, 0] "
                   "beyond it; `tunegap.analysis.scaling`):", ""]
     lines += [f"- {label}: {fit.summary()}." for label, fit in scaling_fits(trials).items()]
@@ -175,13 +181,9 @@ def verdict_lines(cells: pd.DataFrame) -> list[str]:
         if group.empty:
             continue
         lines.append(f"- {label}: " + ", ".join(
-            f"B={r.batch_size} {r.verdict} ({_number(r.gap, '+.2f')})"
+            f"B={r.batch_size} {r.verdict} ({format_number(r.gap, '+.2f')})"
             for r in group.itertuples()) + ".")
     return lines
-
-
-def _number(value: object, spec: str) -> str:
-    return format(float(value), spec) if value is not None and pd.notna(value) else "—"
 
 
 def parser():
@@ -191,31 +193,11 @@ def parser():
                    default=(32, 64, 128, 256, 512))
     p.add_argument("--target-acc", type=float, default=DEFAULT_TARGET,
                    help=f"test accuracy (percent) for steps-to-target (default {DEFAULT_TARGET:g})")
-    p.add_argument("--lr-exponent", type=_exponent, default=0.5,
+    p.add_argument("--lr-exponent", type=number_in("--lr-exponent", low=0, high=1), default=0.5,
                    help="lr = base_lr * (B/B0)^exponent for every optimizer (default 0.5)")
-    p.add_argument("--adam-lr", type=_positive, default=1e-3,
+    p.add_argument("--adam-lr", type=number_in("--adam-lr", low=0, low_open=True), default=1e-3,
                    help="Adam's base lr at B0 (default 1e-3)")
     return p
-
-
-def _exponent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lr-exponent {text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise argparse.ArgumentTypeError(f"--lr-exponent {text!r} is not allowed: use 0..1")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--adam-lr {text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"--adam-lr {text!r} is not allowed: use a number > 0")
-    return value
 
 
 def build(args) -> Study:

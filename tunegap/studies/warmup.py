@@ -27,7 +27,14 @@ import math
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, int_list, study_command, study_parser
+from tunegap.analysis.report import format_number
+from tunegap.cli import (
+    common_study_fields,
+    int_list,
+    number_in,
+    study_command,
+    study_parser,
+)
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
@@ -85,9 +92,9 @@ def report(cells, trials, epochs) -> str:
     for r in table.itertuples():
         warm = getattr(r, "warmup_epochs", math.nan)
         lines.append(
-            f"| {r.batch_size} | {r.rule} | {r.lr_exponent:g} | {_number(warm, 'g')} | "
-            f"{r.n_used}/{r.n_seeds} | {_number(r.test_acc_mean, '.2f')} | "
-            f"{_number(r.gap, '+.2f')} | {r.verdict} |")
+            f"| {r.batch_size} | {r.rule} | {r.lr_exponent:g} | {format_number(warm, 'g')} | "
+            f"{r.n_used}/{r.n_seeds} | {format_number(r.test_acc_mean, '.2f')} | "
+            f"{format_number(r.gap, '+.2f')} | {r.verdict} |")
     lines += ["", *rule_sentences(table)]
     return "\n".join(lines)
 
@@ -118,30 +125,13 @@ def _state(cell) -> str:
     return f"{cell['gap']:+.2f} ({cell['verdict']})"
 
 
-def _number(value: object, spec: str) -> str:
-    return format(float(value), spec) if value is not None and pd.notna(value) else "—"
-
-
 def parser():
     p = study_parser("warmup", __doc__, seeds=2)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
-    p.add_argument("--warmup-fraction", type=_fraction, default=0.1,
+    p.add_argument("--warmup-fraction", type=number_in("--warmup-fraction", low=0, high=1, low_open=True), default=0.1,
                    help="warm-up length of the linear+warmup rule, as a fraction of the "
                         "epochs (default 0.1)")
     return p
-
-
-def _fraction(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--warmup-fraction {text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise argparse.ArgumentTypeError(
-            f"--warmup-fraction {text!r} is not allowed: use a number with 0 < f <= 1")
-    return value
 
 
 def build(args) -> Study:
