@@ -305,10 +305,16 @@ def result_text(cells: pd.DataFrame, *, frontier: bool = False) -> str:
     grid = cells[~cells["is_baseline"].astype(bool)]
     counts = grid["verdict"].value_counts()
     parts = [f"{v} {int(counts.get(v, 0))}" for v in ("closed", "open", "inconclusive")]
-    parts += [f"{v} {int(counts[v])}" for v in ("diverged", "error") if counts.get(v, 0)]
+    parts += [f"{v} {int(counts[v])}" for v in ("at the margin", "diverged", "error")
+              if counts.get(v, 0)]
     text = ", ".join(parts) + f" at margin {float(cells['margin'].iloc[0]):g}"
     if "verdict_holm" in grid.columns:
-        text += f" (Holm: closed {int((grid['verdict_holm'] == 'closed').sum())})"
+        holm = grid["verdict_holm"]
+        text += (f" (Holm: closed {int((holm == 'closed').sum())}, "
+                 f"open {int((holm == 'open').sum())})")
+    if len(grid):
+        done = grid["verdict"].isin(("closed", "open", "at the margin")).sum()
+        text += f"; decided or at the margin {int(done)}/{len(grid)}"
     if frontier:
         text = "; ".join(_frontier_parts(grid)) + f". Cells: {text}"
     return text

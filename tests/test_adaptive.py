@@ -13,7 +13,7 @@ import random
 import pytest
 from ray.tune.search import Searcher
 
-from tunegap.analysis.verdict import decide_gap
+from tunegap.analysis.decide import decide_gap
 from tunegap.runner.adaptive import (
     FrontierSearch,
     SeedsUntilDecided,

@@ -74,8 +74,8 @@ def test_every_child_gets_its_cells_gap_verdict_and_interval(tmp_path):
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["mnist1d"]
         if row["trial_id"].startswith("lb"):
             assert run.data.metrics["gap"] == pytest.approx(large["gap"])
-            assert run.data.metrics["gap_ci90_low"] < large["gap"] < run.data.metrics[
-                "gap_ci90_high"]
+            assert run.data.metrics["gap_ci_low"] < large["gap"] < run.data.metrics[
+                "gap_ci_high"]
             assert run.data.tags["verdict"] == large["verdict"] == "open"
     parent = client.get_run(tracker.parent_run_id)
     note = parent.data.tags["mlflow.note.content"]

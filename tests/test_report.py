@@ -18,7 +18,7 @@ def test_markdown_table_rows(cells):
     )
     assert "| seeds used |" in table.splitlines()[0]
     columns = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "seeds",
-               "test_acc", "gap", "gap_ci90", "verdict", "verdict_holm"]
+               "test_acc", "gap", "gap_ci", "verdict", "verdict_holm"]
     table = markdown_table(cells, columns=columns)
     lines = table.splitlines()
     assert lines[0] == (
@@ -29,7 +29,7 @@ def test_markdown_table_rows(cells):
     assert len(lines) == 2 + 6
     assert lines[2] == "| 32 | BN | 0 | 1 | 3/3 | 97.00 ± 1.00 | +0.00 | — | baseline | baseline |"
     remedies = cells[cells["regime_multiplier"] == "matched"].iloc[0]
-    low, high = remedies["gap_ci90_low"], remedies["gap_ci90_high"]
+    low, high = remedies["gap_ci_low"], remedies["gap_ci_high"]
     assert (
         f"| 1024 | 32 | 0.5 | matched | 2/2 | 96.30 ± 0.28 | +0.70 | [{low:+.2f}, {high:+.2f}] | "
         "inconclusive | inconclusive |"

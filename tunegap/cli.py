@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from tunegap.analysis.verdict import ACCURACIES, DEFAULT_MARGIN
+from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
 from tunegap.regime import MATCHED
 from tunegap.registry import PluginError, load_plugins
 from tunegap.study import (

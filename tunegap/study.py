@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from tunegap.analysis.verdict import ACCURACIES, DEFAULT_MARGIN
+from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign
 from tunegap.config import PROTOCOLS, TrialConfig
 from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
@@ -100,7 +100,7 @@ class Study:
     `margin` (points, finite, >= 0; default 0.5) is the largest loss that still counts as no
     gap, declared before the run; `accuracy` ("final" or "best") is the test accuracy each
     trial is judged by (the last epoch's or the best epoch's). Both are part of `describe()`,
-    so `--resume` refuses another margin. The verdicts are `tunegap.analysis.verdict`'s.
+    so `--resume` refuses another margin. The verdicts are `tunegap.analysis.decide`'s.
 
     `scheduler` ("none", "asha" or "median") stops trials early on their test accuracy,
     measured in weight updates so batch sizes compare by work done; a stopped trial is kept
@@ -127,7 +127,7 @@ class Study:
     epochs: int | None = None
     include_baseline: bool = True
     # The largest loss in points that still counts as no gap, declared before the run (see
-    # `tunegap.analysis.verdict`), and which accuracy of a trial is judged.
+    # `tunegap.analysis.decide`), and which accuracy of a trial is judged.
     margin: float = DEFAULT_MARGIN
     # None: "final", or "best" under the authors' protocol (they report the best epoch).
     accuracy: str | None = None
@@ -267,6 +267,15 @@ class Study:
         if self.protocol != "clean":
             settings["protocol"] = self.protocol
         return settings
+
+    @property
+    def design(self) -> SeedDesign:
+        """The planned looks each cell is judged at (`tunegap.analysis.decide.SeedDesign`):
+        one look at `seeds`, or min_seeds doubling up to max_seeds when seeds are decided on
+        the way ("auto", the frontier)."""
+        if self.seeds == AUTO or self.search == "frontier":
+            return SeedDesign.adaptive(self.min_seeds, self.max_seeds)
+        return SeedDesign.fixed(int(self.seeds))
 
     @property
     def first_seeds(self) -> int:

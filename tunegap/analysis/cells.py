@@ -7,13 +7,17 @@ failed with an error) where no seed is usable, and `decide_gap`'s verdict elsewh
 `accuracy="best"` judges each trial by its best-epoch test accuracy (`best_test_acc`, as
 the paper's authors report) instead of its final one.
 
+The rule, its words and its error control live in `tunegap.analysis.decide`; a study's
+`SeedDesign` (its planned looks) sets the interval's confidence, 90% for one look.
+
 Multiplicity: the headline `verdict` is a per-cell decision: each cell that reads "closed"
-is, on its own, wrong at most 5% of the time. Over a map of many cells some will read
-"closed" by chance. `p_value` is each cell's one-sided Welch p-value of the "closed" test
-(H0: gap >= M), `p_value_holm` its Holm adjustment over every decidable non-baseline cell of
-the map (`holm`), and `verdict_holm` is "closed" only where `p_value_holm` < 0.05 ("closed"
-demoted to "inconclusive" elsewhere, other verdicts unchanged): it controls the family-wise
-error over the whole map, i.e. the chance that *any* "closed" in it is wrong is at most 5%.
+(or "open") is, on its own, wrong at most 5% of the time. Over a map of many cells some
+will read so by chance. `p_value` is each cell's one-sided Welch p-value of the "closed"
+test (H0: gap >= M) and `p_value_open` of the "open" test (H0: gap <= M); `p_value_holm` and
+`p_value_open_holm` are their Holm adjustments (after Bonferroni over the design's looks)
+over every decidable non-baseline cell of the map, and `verdict_holm` keeps "closed" or
+"open" only where its adjusted p-value is < 0.05 (`decide.map_verdicts`): the chance that
+*any* "closed" of the map is wrong is at most 5%, and the same for *any* "open".
 
 The key helpers (`plain_value`, `knob_keys`, `value_order`, `sorted_keys`, `sort_cells`) are
 also how the tables and figures group and order cells, so every view lists them alike.
@@ -28,18 +32,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunegap.analysis.verdict import (
+from tunegap.analysis.decide import (
     ACCURACIES,
-    CONFIDENCE,
+    BASELINE,
     DEFAULT_MARGIN,
-    FAMILY_ALPHA,
+    DIVERGED_CELL,
+    ERROR_CELL,
+    INCONCLUSIVE,
     OPTIONAL_KNOBS,
     VERDICTS,
     GapDecision,
+    SeedDesign,
     check_margin,
-    closed_p_value,
     decide_gap,
-    holm,
+    gap_p_values,
+    map_verdicts,
 )
 from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED, TRAINING_KNOBS
 
@@ -63,7 +70,8 @@ def _tells_cells_apart(trials_df: pd.DataFrame, knob: str) -> bool:
 
 
 def compute_cells(
-    trials_df: pd.DataFrame, *, margin: float = DEFAULT_MARGIN, accuracy: str = "final"
+    trials_df: pd.DataFrame, *, margin: float = DEFAULT_MARGIN, accuracy: str = "final",
+    design: SeedDesign | None = None,
 ) -> pd.DataFrame:
     """One row per cell (knob setting) of `trials_df`: its gap to the baseline and the
     verdict at `margin` points (see the module docstring and `decide_gap`).
@@ -76,20 +84,23 @@ def compute_cells(
     usable seeds is judged on those alone and still reports its `n_diverged` and `n_error`.
     A trial a scheduler ended early (outcome "stopped") is no seed at all: it counts only in
     `n_stopped`, never in `n_seeds`; a cell whose trials were all stopped is inconclusive.
+    `design` is the study's `SeedDesign` (default: one look at the seeds there are); its
+    confidence is the gap interval's.
 
     Columns, in order: workload, the knobs (`cell_knobs`), multiplier (resolved),
     is_baseline (any seed of the cell is a baseline trial), n_seeds, n_used, n_diverged,
     n_error, n_stopped, test_acc_mean,
     test_acc_std (NaN for one seed), test_acc_ci95_low/high (the cell's Student-t 95%
     interval over seeds, clipped to [0, 100]; NaN for one seed), gap,
-    gap_ci90_low/high (Welch's 90% interval of the gap; NaN on the baseline row and with
+    gap_ci_low/high (Welch's 90% interval of the gap; NaN on the baseline row and with
     fewer than 2 usable seeds a side), margin, verdict, limiting_side, seeds_to_decide
     (nullable integer), p_value (one-sided Welch p of H0: gap >= margin), p_value_holm,
     verdict_holm, train_test_gap (mean), updates (mean over used seeds, else over all),
     accuracy ("final" or "best"), baseline_test_acc, baseline_test_acc_std,
-    baseline_n_seeds. "test_acc_*" are of the accuracy chosen. Rows are sorted baseline
-    first, then by the knobs. `cells.attrs` holds margin, accuracy, confidence, holm_cells
-    (the size of the Holm family) and the baseline's numbers.
+    baseline_n_seeds, looks (the design's planned seed counts, e.g. "3,6,12"), confidence.
+    "test_acc_*" are of the accuracy chosen. Rows are sorted baseline first, then by the
+    knobs. `cells.attrs` holds margin, accuracy, confidence, looks, holm_cells (the size of
+    each Holm family) and the baseline's numbers.
 
     Raises ValueError when there is no baseline trial, when no baseline seed completed with
     a finite accuracy, when the table mixes workloads, for a margin that is not a finite
@@ -99,6 +110,8 @@ def compute_cells(
         raise ValueError(f"accuracy {accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}")
     margin = check_margin(margin)
     acc_col = ACCURACIES[accuracy]
+    if design is None:
+        design = SeedDesign.fixed(2)
     knobs = cell_knobs(trials_df)
     for col in ("is_baseline", "outcome", acc_col):
         if col not in trials_df.columns:
@@ -148,19 +161,20 @@ def compute_cells(
         n_seeds = len(everything) - n_stopped
         n_diverged = n_seeds - len(acc) - n_error
         baseline_row = bool(is_base.iloc[positions].any())
-        decision = GapDecision("inconclusive", math.nan, math.nan, math.nan, None, None)
-        p_value = math.nan
+        decision = GapDecision(INCONCLUSIVE, math.nan, math.nan, math.nan, None, None)
+        p_value = p_open = math.nan
         if baseline_row:
-            verdict = "baseline"
+            verdict = BASELINE
             gap = base_mean - float(acc.mean()) if len(acc) else math.nan
         elif len(acc):
-            decision = decide_gap(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
+            decision = decide_gap(base_acc.to_numpy(), acc.to_numpy(), margin=margin,
+                                  confidence=design.confidence)
             verdict, gap = decision.verdict, decision.gap
-            p_value = closed_p_value(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
+            p_value, p_open = gap_p_values(base_acc.to_numpy(), acc.to_numpy(), margin=margin)
         elif n_diverged or n_error:
-            verdict, gap = ("diverged" if n_diverged else "error"), math.nan
+            verdict, gap = (DIVERGED_CELL if n_diverged else ERROR_CELL), math.nan
         else:
-            verdict, gap = "inconclusive", math.nan  # every trial of the cell was stopped
+            verdict, gap = INCONCLUSIVE, math.nan  # every trial of the cell was stopped
         updates_from = used if len(used) else trials
         rows.append(
             {
@@ -177,31 +191,31 @@ def compute_cells(
                 "test_acc_std": float(acc.std(ddof=1)) if len(acc) >= 2 else math.nan,
                 **_accuracy_interval(acc),
                 "gap": gap,
-                "gap_ci90_low": decision.low,
-                "gap_ci90_high": decision.high,
+                "gap_ci_low": decision.low,
+                "gap_ci_high": decision.high,
                 "margin": margin,
                 "verdict": verdict,
                 "limiting_side": decision.limiting_side,
                 "seeds_to_decide": decision.seeds_to_decide,
                 "p_value": p_value,
+                "p_value_open": p_open,
                 "train_test_gap": _mean(used, "train_test_gap"),
                 "updates": _mean(updates_from, "updates"),
                 "accuracy": accuracy,
                 "baseline_test_acc": base_mean,
                 "baseline_test_acc_std": base_std,
                 "baseline_n_seeds": len(base_acc),
+                "looks": ",".join(map(str, design.looks)),
+                "confidence": design.confidence,
             }
         )
     cells = pd.DataFrame(rows)
-    cells.insert(cells.columns.get_loc("p_value") + 1, "p_value_holm", holm(cells["p_value"]))
-    cells.insert(
-        cells.columns.get_loc("p_value_holm") + 1,
-        "verdict_holm",
-        [
-            _holm_verdict(v, p)
-            for v, p in zip(cells["verdict"], cells["p_value_holm"], strict=True)
-        ],
-    )
+    adj_closed, adj_open, holm_verdicts = map_verdicts(
+        cells["verdict"].tolist(), cells["p_value"], cells["p_value_open"], design=design)
+    at = cells.columns.get_loc("p_value_open") + 1
+    cells.insert(at, "p_value_holm", adj_closed)
+    cells.insert(at + 1, "p_value_open_holm", adj_open)
+    cells.insert(at + 2, "verdict_holm", holm_verdicts)
     # Nullable integers, as in the trials table, so a missing ghost size ("BN") stays <NA>.
     for col in ("ghost_batch_size", "epochs_override", "seeds_to_decide"):
         if col in cells:
@@ -210,7 +224,8 @@ def compute_cells(
     cells.attrs.update(
         margin=margin,
         accuracy=accuracy,
-        confidence=CONFIDENCE,
+        confidence=design.confidence,
+        looks=design.looks,
         holm_cells=int(cells["p_value"].notna().sum()),
         baseline_test_acc=base_mean,
         baseline_test_acc_std=base_std,
@@ -221,16 +236,10 @@ def compute_cells(
 
 def verdict_counts(cells: pd.DataFrame, column: str = "verdict") -> dict[str, int]:
     """How many non-baseline cells of `cells` have each verdict in `column` ("verdict" or
-    "verdict_holm"): {"closed": n, "open": n, "inconclusive": n, "diverged": n, "error": n},
-    zeros included."""
+    "verdict_holm"): {"closed": n, "open": n, "at the margin": n, "inconclusive": n,
+    "diverged": n, "error": n}, zeros included."""
     values = cells.loc[~cells["is_baseline"].astype(bool), column].tolist()
-    return {v: values.count(v) for v in VERDICTS if v != "baseline"}
-
-
-def _holm_verdict(verdict: str, p_holm: float) -> str:
-    if verdict != "closed":
-        return verdict
-    return "closed" if math.isfinite(p_holm) and p_holm < FAMILY_ALPHA else "inconclusive"
+    return {v: values.count(v) for v in VERDICTS if v != BASELINE}
 
 
 def _accuracy_interval(acc: pd.Series) -> dict[str, float]:

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from tunegap.analysis.cells import plain_value, sort_cells
-from tunegap.analysis.verdict import OPTIONAL_KNOBS
+from tunegap.analysis.decide import OPTIONAL_KNOBS
 from tunegap.names import CELL_KNOBS
 
 __all__ = [
@@ -33,7 +33,7 @@ DEFAULT_TABLE_COLUMNS: tuple[str, ...] = (
     "test_acc",
     "test_acc_ci95",
     "gap",
-    "gap_ci90",
+    "gap_ci",
     "verdict",
     "verdict_holm",
     "seeds_to_decide",
@@ -64,7 +64,7 @@ _HEADERS = {
     "test_acc": "test acc (%)",
     "test_acc_ci95": "95% interval",
     "gap": "gap (pts)",
-    "gap_ci90": "gap 90% interval",
+    "gap_ci": "gap interval",
     "verdict": "verdict",
     "verdict_holm": "verdict (Holm)",
     "seeds_to_decide": "seeds to decide",
@@ -141,7 +141,7 @@ def markdown_table(cells: pd.DataFrame, columns: Sequence[str] | None = None) ->
 
     `columns` picks from: batch_size, ghost_batch_size, lr_exponent, regime_multiplier,
     base_lr_override, epochs_override, multiplier, seeds (usable seeds "n_used/n_seeds"),
-    test_acc (mean ± std), test_acc_ci95, gap, gap_ci90 (Welch's 90% interval of the gap),
+    test_acc (mean ± std), test_acc_ci95, gap, gap_ci (Welch's interval of the gap at the design's confidence: 90% for one look),
     verdict (per cell), verdict_holm (Holm over the map), seeds_to_decide, p_value (of the
     "closed" test), p_value_holm, train_test_gap, updates. Default: DEFAULT_TABLE_COLUMNS
     plus the overrides the study set.
@@ -173,10 +173,10 @@ def _cell_text(col: str, row: pd.Series) -> str:
         if not math.isfinite(mean):
             return "—"
         return f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}"
-    if col in ("test_acc_ci95", "gap_ci90"):
-        stem = "test_acc_ci95" if col == "test_acc_ci95" else "gap_ci90"
+    if col in ("test_acc_ci95", "gap_ci"):
+        stem = "test_acc_ci95" if col == "test_acc_ci95" else "gap_ci"
         low, high = row.get(f"{stem}_low", math.nan), row.get(f"{stem}_high", math.nan)
-        sign = "+" if col == "gap_ci90" else ""
+        sign = "+" if col == "gap_ci" else ""
         return f"[{low:{sign}.2f}, {high:{sign}.2f}]" if math.isfinite(low) else "—"
     if col in ("p_value", "p_value_holm"):
         value = row.get(col, math.nan)

@@ -2,7 +2,7 @@
 
 Both keep a `SeedLedger`: per cell (a trial config without its seed) the seeds handed out,
 those still running, and the accuracy of each finished one. A cell's verdict is
-`tunegap.analysis.verdict.decide_gap` on those accuracies against the baseline's, the same
+`tunegap.analysis.decide.decide_gap` on those accuracies against the baseline's, the same
 rule the map uses at the end, so a cell stops getting seeds once the map would call it
 closed or open.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from tunegap.analysis.verdict import GapDecision, decide_gap
+from tunegap.analysis.decide import GapDecision, decide_gap
 from tunegap.names import DIVERGED
 from tunegap.study import cell_key
 

@@ -77,7 +77,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
         record["mlflow_run_id"] = run_ids.get(record["trial_id"])
     trials_df, epochs_df = tables.build_tables(records, study=study.name)
     files = list(tables.write_tables(trials_df, epochs_df, run_dir).values())
-    cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy)
+    cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy,
+                          design=study.design)
     outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
@@ -180,6 +181,14 @@ def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
     return f"{name}: {trials}; {cells_part}. Tables, map and summary.md are in {run_dir}"
 
 
+def decided_share(counts: Mapping[str, int]) -> str:
+    """"9 of 12 cells (75%)": cells decided (closed or open) or at the margin, of all the
+    cells compared with the baseline."""
+    total = sum(counts.values())
+    done = sum(counts.get(v, 0) for v in ("closed", "open", "at the margin"))
+    return f"{done} of {total} cells ({100 * done / total:.0f}%)" if total else "no cells"
+
+
 def and_list(items: Sequence[str]) -> str:
     """"a", "a and b", "a, b and c"."""
     if len(items) < 2:
@@ -203,8 +212,9 @@ def publish(tracker: Any, study: Study, outcome: StudyOutcome, wall_seconds: flo
             "train_seconds": float(trials_df["train_seconds"].fillna(0).sum()),
             **{f"trials_{o}": counts.get(o, 0) for o in OUTCOMES},
             "margin": float(study.margin),
-            **{f"cells_{v}": n for v, n in verdict_counts(outcome.cells).items()
-               if v in ("closed", "open", "inconclusive")},
+            **{f"cells_{v.replace(' ', '_')}": n
+               for v, n in verdict_counts(outcome.cells).items()
+               if v in ("closed", "open", "at the margin", "inconclusive")},
             **({"figure_errors": figure_errors} if figure_errors else {}),
         })
     except Exception as err:
@@ -240,8 +250,9 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
                    baseline_sentence: str) -> str:
     from tunegap.analysis.cells import verdict_counts
 
+    from tunegap.analysis.decide import rule_sentence
+
     margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
-    which = "best-epoch" if study.accuracy == "best" else "final-epoch"
     decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
     per_cell = verdict_counts(cells)
     holm = verdict_counts(cells, "verdict_holm")
@@ -253,12 +264,12 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         f"- seeds: {study.seeds}; search: {study.search}; protocol: {study.protocol}"
         + (f"; every trial with {', '.join(f'{k}={v}' for k, v in study.knobs.items())}"
            if study.knobs else ""),
-        f"- verdict per cell: Welch 90% interval of gap = baseline - cell against the margin "
-        f"{margin:g} points declared before the run: closed if its upper end <= {margin:g}, "
-        f"open if its lower end > {margin:g}, else inconclusive; {which} test accuracy; "
-        f"Holm over {int(decidable.sum())} cells in verdict_holm",
+        f"- verdict per cell: {rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy))}; "
+        f"the Holm families are the {int(decidable.sum())} decidable cells",
         "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
-        + f" (verdict_holm: closed {holm['closed']}, inconclusive {holm['inconclusive']})",
+        + f" (verdict_holm: closed {holm['closed']}, open {holm['open']}, "
+        f"at the margin {holm['at the margin']}, inconclusive {holm['inconclusive']})",
+        f"- decided or at the margin: {decided_share(per_cell)}",
         f"- wall time {wall_seconds:.0f} s; sum of trial training time {train_seconds:.0f} s",
         "",
         table,

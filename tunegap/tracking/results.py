@@ -2,7 +2,7 @@
 into the UI.
 
 `log_study_results` gives every child run its cell's ``gap`` (baseline - cell, in points),
-``gap_ci90_low`` / ``gap_ci90_high`` and the tags ``verdict`` / ``verdict_holm``; the parent
+``gap_ci_low`` / ``gap_ci_high`` and the tags ``verdict`` / ``verdict_holm``; the parent
 its description (``mlflow.note.content``: summary.md, its images pointing at the parent's
 artifacts so they render in the UI) and its figures as MLflow images; and every run the
 study's data set as an input (`dataset_entity`). `ui_lines` are the last lines a study
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Columns of the cells table each child run gets: metrics, then tags.
-CHILD_METRICS: tuple[str, ...] = ("gap", "gap_ci90_low", "gap_ci90_high")
+CHILD_METRICS: tuple[str, ...] = ("gap", "gap_ci_low", "gap_ci_high")
 CHILD_TAGS: tuple[str, ...] = ("verdict", "verdict_holm")
 # MLflow keeps the description in one tag, at most this long (mlflow.utils.validation).
 _MAX_NOTE_CHARS = 8000
@@ -131,7 +131,7 @@ def child_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> dict[str, Mapping[
 
 
 def _knob_columns() -> tuple[str, ...]:
-    from tunegap.analysis.verdict import OPTIONAL_KNOBS
+    from tunegap.analysis.decide import OPTIONAL_KNOBS
     from tunegap.names import CELL_KNOBS
 
     return CELL_KNOBS + OPTIONAL_KNOBS

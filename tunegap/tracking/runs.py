@@ -41,7 +41,7 @@ child run ``B<batch>-g<ghost>-a<lr_exponent>-r<regime_multiplier>-s<seed>`` (one
             logged as NaN.
 
 At the end of a study (`tunegap.tracking.results`) each child also gets the metric ``gap``
-(its cell's gap = baseline - cell, in points), ``gap_ci90_low`` / ``gap_ci90_high`` (the
+(its cell's gap = baseline - cell, in points), ``gap_ci_low`` / ``gap_ci_high`` (the
 cell's Welch 90% interval) and the tags ``verdict`` / ``verdict_holm``; the parent gets
 ``summary.md`` as its description (``mlflow.note.content``), the figures as MLflow images,
 and every run the study's data set as an input.
