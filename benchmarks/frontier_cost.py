@@ -1,4 +1,4 @@
-"""What the frontier's bisection saves: its trial-epochs against the full grid's, same answer?
+"""What the frontier's fixed sequences save: its trial-epochs against the full grid's, same answer?
 
     python benchmarks/frontier_cost.py                                  # 256,512 at 2 epochs
     python benchmarks/frontier_cost.py --batch-sizes 256,1024 --epochs 4 --max-seeds 3
@@ -69,16 +69,16 @@ def main() -> None:
           f"python {sys.version.split()[0]}")
     print("| | trials | trial-epochs | wall (s) |")
     print("|---|---:|---:|---:|")
-    print(f"| frontier (bisection) | {len(adaptive.trials)} | {spent} | {adaptive_wall:.0f} |")
+    print(f"| frontier (fixed sequences) | {len(adaptive.trials)} | {spent} | {adaptive_wall:.0f} |")
     print(f"| full grid | {len(full.trials)} | {grid_spent} | {grid_wall:.0f} |")
     print(f"| ratio (frontier / grid) | | {spent / grid_spent:.2f}x | "
           f"{adaptive_wall / grid_wall:.2f}x |")
     print("\n| B | closing multiplier, frontier | closing multiplier, full grid | same |")
     print("|---:|---:|---:|---|")
     for a, g in zip(mine.itertuples(), theirs.itertuples(), strict=True):
-        same = (a.closing_multiplier == g.closing_multiplier
-                or (math.isnan(a.closing_multiplier) and math.isnan(g.closing_multiplier)))
-        print(f"| {a.batch_size} | {a.closing_multiplier:g} | {g.closing_multiplier:g} | "
+        same = (a.smallest_closed_multiplier == g.smallest_closed_multiplier
+                or (math.isnan(a.smallest_closed_multiplier) and math.isnan(g.smallest_closed_multiplier)))
+        print(f"| {a.batch_size} | {a.smallest_closed_multiplier:g} | {g.smallest_closed_multiplier:g} | "
               f"{'yes' if same else 'no'} |")
 
 

@@ -15,6 +15,7 @@ from ray.tune.search import Searcher
 
 from tunegap.analysis.decide import decide_gap
 from tunegap.runner.adaptive import (
+    FixedSequences,
     FrontierSearch,
     SeedsUntilDecided,
     probe_config,
@@ -74,28 +75,34 @@ def seeds_by_cell(suggested: list[dict]) -> dict[str, list[int]]:
     return out
 
 
-def test_seeds_until_decided_stops_each_cell_once_decided_and_respects_the_budget():
+def test_seeds_until_decided_judges_only_at_the_planned_looks():
     cells = [cell(256), cell(512), cell(1024)]
     means = {32: 97.0, 256: 96.9, 512: 92.0, 1024: 96.5}  # closed, open, hard to decide
     first = [{**c, "seed": s} for s in range(3) for c in [BASE, *cells]]
     searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=8)
+    design = searcher.ledger.design
+    assert design.looks == (3, 6, 8)
     suggested = drive(searcher, normal_accuracy(means, 0.6))
     seeds = seeds_by_cell(suggested)
     accuracy = normal_accuracy(means, 0.6)
-    base = [accuracy({**BASE, "seed": s}) for s in seeds[cell_key(BASE)]]
+    base_seeds = seeds[cell_key(BASE)]
     for c in cells:
         got = seeds[cell_key(c)]
         assert got == list(range(len(got))), "seeds are 0, 1, 2, ... without gaps or repeats"
-        assert 3 <= len(got) <= 8
-        decision = decide_gap(base, [accuracy({**c, "seed": s}) for s in got], margin=1.0)
-        # Either decided, or the budget is spent: nothing else stops a cell.
-        assert decision.verdict != "inconclusive" or len(got) == 8 or len(base) == 8
+        assert len(got) in design.looks, "a cell stops only at a planned look"
+        assert len(base_seeds) >= len(got), "the baseline follows each cell to its look"
+        # At the look it stopped at (with the baseline's seeds up to that look), the cell
+        # was decided or at the margin, or the last look was reached.
+        base = [accuracy({**BASE, "seed": s}) for s in base_seeds[:len(got)]]
+        decision = decide_gap(base, [accuracy({**c, "seed": s}) for s in got], margin=1.0,
+                              confidence=design.confidence)
+        assert decision.verdict != "inconclusive" or len(got) == 8
     assert len(seeds[cell_key(cell(512))]) == 3  # open at once: no seed wasted on it
     assert len(seeds[cell_key(cell(1024))]) > 3  # the hard one got more
 
 
-def test_a_noisy_baseline_gets_the_extra_seeds():
-    # The baseline spreads far more than the cell: its seeds are what narrows the interval.
+def test_the_baseline_grows_with_the_cell_to_each_look():
+    # The baseline spreads far more than the cell: the cell is undecided at the first look.
     def accuracy(config: dict) -> float:
         rng = random.Random(json.dumps(config, sort_keys=True))
         sd = 2.0 if config["batch_size"] == 32 else 0.05
@@ -106,11 +113,8 @@ def test_a_noisy_baseline_gets_the_extra_seeds():
     suggested = drive(searcher, accuracy)
     extra = suggested[len(first):]
     assert extra, "an inconclusive cell got no more seeds"
-    # The baseline's seeds come first, until its budget is spent; only then the cell's.
-    kinds = [c["batch_size"] for c in extra]
-    assert kinds[0] == 32
-    assert kinds == sorted(kinds), kinds
-    assert len(seeds_by_cell(suggested)[cell_key(BASE)]) == 6
+    seeds = seeds_by_cell(suggested)
+    assert len(seeds[cell_key(BASE)]) == len(seeds[cell_key(cell(256))]) == 6
 
 
 def test_state_survives_save_and_restore_midway(tmp_path):
@@ -148,7 +152,7 @@ def test_a_diverging_cell_stops_and_errors_count_as_unusable():
     assert len(seeds_by_cell(suggested)[cell_key(cell(2048))]) == 3
 
 
-def test_frontier_bisects_to_the_smallest_closed_multiplier():
+def test_frontier_brackets_with_two_fixed_sequences():
     # The gap closes from multiplier 5 on at B=256 (matched 8); never at B=1024 (matched 32).
     def accuracy(config: dict) -> float:
         rng = random.Random(json.dumps(config, sort_keys=True))
@@ -160,17 +164,34 @@ def test_frontier_bisects_to_the_smallest_closed_multiplier():
 
     template = {**BASE, "ghost_batch_size": 32, "lr_exponent": 0.5}
     searcher = FrontierSearch([256, 1024], 32, template, {**BASE, "seed": 0},
-                              margin=1.0, min_seeds=3, max_seeds=5)
+                              margin=1.0, min_seeds=3, max_seeds=6)
     suggested = drive(searcher, accuracy)
     probed = {b: sorted({c["regime_multiplier"] for c in suggested if c["batch_size"] == b})
               for b in (256, 1024)}
-    assert probed[256][0] == 1.0 and 8.0 in probed[256]
-    assert 5.0 in probed[256] and 4.0 in probed[256]  # the two sides of the frontier
-    assert len(probed[256]) <= 5  # bisection, not the whole grid of 8
-    assert probed[1024] == [32.0]  # matched is not closed: nothing below is tried
+    # Closed from matched down (8 closed, 4 not: stop); open from 1 up (1, 2, 4 open, 8 not).
+    assert probed[256] == [1.0, 2.0, 4.0, 8.0]
+    # Never closed: the closed sequence stops at matched, the open one climbs to it.
+    assert probed[1024] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     line = {ln.batch_size: ln for ln in searcher.lines}
-    assert line[256].hi == 5 and line[256].lo == 4 and line[1024].hi is None
-    assert len(suggested) <= frontier_budget([256, 1024], 32, 5)
+    assert line[256].bracket() == (4, 8)
+    assert line[1024].bracket() == (32, None)
+    assert all(ln.done for ln in searcher.lines)
+    assert len(suggested) <= frontier_budget([256, 1024], 32, 6)
+
+
+def test_fixed_sequences_stop_at_the_first_failure():
+    line = FixedSequences(1024, 32)
+    assert line.multipliers == [1, 2, 4, 8, 16, 32]
+    assert line.next_multiplier() == 32
+    line.settle(32, "closed")
+    assert line.next_multiplier() == 16
+    line.settle(16, "inconclusive")  # the closed sequence stops here
+    assert line.next_multiplier() == 1
+    line.settle(1, "open")
+    line.settle(2, "at the margin")  # and the open one here
+    assert line.done and line.next_multiplier() is None
+    assert line.bracket() == (1, 32)
+    assert FixedSequences(96, 3).multipliers == [1, 2, 3]
 
 
 def test_probe_config_and_seed_budget_checks():

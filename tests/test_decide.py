@@ -8,8 +8,6 @@ from gap_records import study_records, trial
 from scipy import stats
 
 from tunegap.analysis.cells import compute_cells, verdict_counts
-from tunegap.analysis.report import baseline_summary
-from tunegap.analysis.tables import build_tables, read_tables, write_tables
 from tunegap.analysis.decide import (
     MAX_SEEDS_TO_DECIDE,
     VERDICTS,
@@ -18,6 +16,8 @@ from tunegap.analysis.decide import (
     decide_gap,
     holm,
 )
+from tunegap.analysis.report import baseline_summary
+from tunegap.analysis.tables import build_tables, read_tables, write_tables
 
 CELL_COLUMNS = [
     "workload", "batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier",

@@ -36,21 +36,35 @@ def test_frontier_study_writes_one_row_per_batch_size(tmp_path, data_dir, ray_se
         device="cpu", data_dir=str(data_dir), quiet=True))
     table = pd.read_csv(outcome.run_dir / frontier.FRONTIER_FILE)
     assert list(table["batch_size"]) == [128, 256]
-    assert {"closing_multiplier", "closing_updates", "closing_epochs", "seeds", "verdict",
-            "multipliers_probed"} <= set(table.columns)
+    assert {"largest_open_multiplier", "smallest_closed_multiplier", "smallest_closed_updates",
+            "bracket", "undecided_between", "multipliers_probed"} <= set(table.columns)
     assert (outcome.run_dir / "frontier.png").exists()
     cells = outcome.cells[~outcome.cells["is_baseline"]]
     for row in table.itertuples():
-        probes = cells[cells["batch_size"] == row.batch_size]
+        probes = cells[cells["batch_size"] == row.batch_size].sort_values("multiplier")
         # Matched is always probed first; nothing above matched ever is.
         assert probes["multiplier"].max() == row.matched_multiplier
-        closed = probes[probes["verdict"] == "closed"]
-        if math.isnan(row.closing_multiplier):
-            assert closed.empty and row.verdict.startswith("not closed")
-        else:
-            # The closing multiplier is the smallest closed probe, and the row's numbers are
-            # that cell's.
-            assert row.closing_multiplier == closed["multiplier"].min()
-            best = closed.loc[closed["multiplier"].idxmin()]
-            assert row.closing_updates == best["updates"]
+        verdict = dict(zip(probes["multiplier"], probes["verdict"], strict=True))
+        # The bracket re-walked by hand: closed from the top while closed, open from the
+        # bottom while open.
+        grid = sorted(verdict)
+        closed_run = []
+        for m in reversed(grid):
+            if verdict[m] != "closed":
+                break
+            closed_run.append(m)
+        open_run = []
+        for m in grid:
+            if verdict[m] != "open":
+                break
+            open_run.append(m)
+        want_closed = min(closed_run) if closed_run else math.nan
+        want_open = max(open_run) if open_run else math.nan
+        assert (row.smallest_closed_multiplier == want_closed
+                or (math.isnan(row.smallest_closed_multiplier) and math.isnan(want_closed)))
+        assert (row.largest_open_multiplier == want_open
+                or (math.isnan(row.largest_open_multiplier) and math.isnan(want_open)))
+        if closed_run:
+            assert row.smallest_closed_updates == probes.loc[
+                probes["multiplier"] == want_closed, "updates"].iloc[0]
     assert set(outcome.trials["outcome"]) == {"completed"}

@@ -33,7 +33,7 @@ def fake_run(run_dir: Path, *, summary: str = SUMMARY) -> pd.DataFrame:
     cells.to_csv(run_dir / "cells.csv", index=False)
     (run_dir / "summary.md").write_text(summary)
     (run_dir / "gap_map.png").write_bytes(b"\x89PNG fake")
-    pd.DataFrame({"batch_size": [1024], "closing_multiplier": [4.0]}).to_csv(
+    pd.DataFrame({"batch_size": [1024], "smallest_closed_multiplier": [4.0]}).to_csv(
         run_dir / "frontier.csv", index=False)
     (run_dir / "tunegap_study.json").write_text("{}")  # Tune state: never copied
     return cells

@@ -37,6 +37,7 @@ end < 0, **equivalent** when it lies within [-margin, margin], else **inconclusi
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -115,7 +116,7 @@ class SeedDesign:
     looks: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if not self.looks or any(b <= a for a, b in zip(self.looks, self.looks[1:])):
+        if not self.looks or any(b <= a for a, b in itertools.pairwise(self.looks)):
             raise ValueError(f"looks {self.looks!r} are not allowed: use increasing seed counts")
 
     @classmethod

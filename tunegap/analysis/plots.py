@@ -21,9 +21,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from tunegap.analysis.cells import cell_knobs, knob_keys, plain_value, sorted_keys, value_order
+from tunegap.analysis.decide import OPTIONAL_KNOBS
 from tunegap.analysis.fits import fit_diffusion, fit_diffusion_phase
 from tunegap.analysis.report import describe, format_value
-from tunegap.analysis.decide import OPTIONAL_KNOBS
 from tunegap.names import CELL_KNOBS, COMPLETED
 
 __all__ = ["curves", "diffusion_plot", "error_vs_batch", "gap_heatmap"]

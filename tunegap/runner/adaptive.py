@@ -1,18 +1,22 @@
 """Tune searchers that decide as they go: seeds until each cell is decided, and the frontier.
 
 Both keep a `SeedLedger`: per cell (a trial config without its seed) the seeds handed out,
-those still running, and the accuracy of each finished one. A cell's verdict is
-`tunegap.analysis.decide.decide_gap` on those accuracies against the baseline's, the same
-rule the map uses at the end, so a cell stops getting seeds once the map would call it
-closed or open.
+those still running, and the accuracy of each finished one. A cell is judged only at the
+planned looks of the study's `SeedDesign` (`tunegap.analysis.decide`): when it and the
+baseline both have the look's seeds, `decide_gap` at the design's confidence (Bonferroni over
+the looks) decides whether it gets more, the same rule the map applies at the end. So the
+chance that a cell at the margin ends "closed" stays at 5% however many times it was looked
+at, and the same for "open" (`benchmarks/verdict_error.py` simulates this very ledger).
 
-- `SeedsUntilDecided` (`--seeds auto`): every cell and the baseline start with `min_seeds`;
-  then an inconclusive cell gets one more seed at a time (the baseline instead, when its
-  spread is what limits the cell's interval) until it is decided or has `max_seeds`.
-- `FrontierSearch` (the `frontier` study): per batch size, the smallest regime multiplier in
-  [1, matched] whose cell is closed, by bisection on a log scale over whole multipliers; each
-  probed multiplier is a cell decided as above, and "not closed" (open, or inconclusive at
-  `max_seeds`) sends the bisection up.
+- `SeedsUntilDecided` (`--seeds auto`): every cell and the baseline start with the first
+  look's seeds; a cell neither decided nor at the margin grows to the next look (the
+  baseline with it, where it has fewer), until the last look.
+- `FrontierSearch` (the `frontier` study): per batch size, two fixed sequences over the
+  multipliers 1, 2, 4, ... up to matched, each probe a cell decided as above: "closed" is
+  tested from matched down, stopping at the first probe that is not closed; "open" from 1 up,
+  stopping at the first that is not open. A fixed sequence keeps the family-wise error of
+  each at 5% without adjustment, whatever the gap does with the multiplier, and the two give
+  the frontier as a bracket: the largest multiplier decided open, the smallest decided closed.
 
 Both are ordinary `ray.tune.search.Searcher`s: they run inside the study's one Tuner, and
 Tune saves their state with the experiment, so `--resume` continues where they stopped.
@@ -28,12 +32,16 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from tunegap.analysis.decide import GapDecision, decide_gap
+from tunegap.analysis.decide import (
+    CLOSED,
+    DECIDED,
+    OPEN,
+    GapDecision,
+    SeedDesign,
+    decide_gap,
+)
 from tunegap.names import DIVERGED
 from tunegap.study import cell_key
-
-CLOSED, OPEN, INCONCLUSIVE = "closed", "open", "inconclusive"
-BASELINE = "baseline"
 
 
 @dataclass
@@ -54,9 +62,11 @@ class CellSeeds:
 class SeedLedger:
     """Seeds handed out, running and finished, per cell; one cell is the baseline."""
 
-    def __init__(self, baseline: dict[str, Any], *, margin: float, accuracy: str) -> None:
+    def __init__(self, baseline: dict[str, Any], *, margin: float, accuracy: str,
+                 design: SeedDesign) -> None:
         self.margin = margin
         self.accuracy = accuracy
+        self.design = design
         self.cells: dict[str, CellSeeds] = {}
         self.baseline = self.add_cell(baseline)
         self.by_trial: dict[str, str] = {}
@@ -100,34 +110,46 @@ class SeedLedger:
         return any(cell.running for cell in self.cells.values())
 
     def decide(self, key: str) -> GapDecision:
-        return decide_gap(
-            self.cells[self.baseline].usable(), self.cells[key].usable(), margin=self.margin
-        )
+        return decide_gap(self.cells[self.baseline].usable(), self.cells[key].usable(),
+                          margin=self.margin, confidence=self.design.confidence)
 
     def hopeless(self, key: str) -> bool:
         """Every finished seed diverged or failed: more seeds would not decide a gap."""
         cell = self.cells[key]
         return len(cell.values) >= 2 and not cell.usable()
 
-    def wants_seed(self, key: str, max_seeds: int) -> str | None:
-        """Which cell should get the next seed for `key` to be decided: `key` itself, the
-        baseline, or None (decided, out of seeds, or waiting for a running seed)."""
+    def wants_seed(self, key: str) -> str | None:
+        """Which cell should get the next seed for `key` to be judged: `key` itself, the
+        baseline, or None (settled, past the last look, or waiting for a running seed).
+
+        The cell is judged only when its seeds are exactly a planned look and the baseline
+        has at least as many; it settles when decided or at the
+        margin, or when that look was the last; otherwise it grows to the next look.
+        """
         if self.pending(key) or self.pending(self.baseline) or self.hopeless(key):
             return None
-        decision = self.decide(key)
-        if decision.verdict != INCONCLUSIVE:
-            return None
         cell, base = self.cells[key], self.cells[self.baseline]
-        if decision.limiting_side == BASELINE and len(base.seeds) < max_seeds:
-            return self.baseline
-        if len(cell.seeds) < max_seeds:
+        looks = self.design.looks
+        have = len(cell.seeds)
+        if have < looks[0]:
             return key
-        if len(base.seeds) < max_seeds and len(base.usable()) < 2:
+        look = max(n for n in looks if n <= have)
+        if have > look:
+            return key  # on the way to the next look: not judged in between
+        if len(base.seeds) < look:
             return self.baseline
-        return None
+        if self.settled(key):
+            return None
+        return key if self.design.next_look(have) is not None else None
+
+    def settled(self, key: str) -> bool:
+        """Decided (closed or open) or at the margin: no more seeds would change the answer
+        the design can give."""
+        return self.decide(key).verdict in (*DECIDED, "at the margin")
 
     def state(self) -> dict[str, Any]:
-        return {"margin": self.margin, "accuracy": self.accuracy, "cells": self.cells,
+        return {"margin": self.margin, "accuracy": self.accuracy, "design": self.design,
+                "cells": self.cells,
                 "baseline": self.baseline, "by_trial": self.by_trial, "best": self.best}
 
     def load(self, state: dict[str, Any]) -> None:
@@ -166,20 +188,23 @@ class StatefulSearcher(Searcher):
 
 
 class SeedsUntilDecided(StatefulSearcher):
-    """`min_seeds` for every cell and the baseline, then seeds where the verdict is open to
-    doubt, up to `max_seeds` a cell (see the module docstring).
+    """The first look's seeds for every cell and the baseline, then seeds, look by look,
+    where the verdict is open to doubt (see the module docstring).
 
     `first` is the order of the first round (e.g. longest trials first); configs carry every
-    key of a trial config, their `seed` included.
+    key of a trial config, their `seed` included. `design` defaults to
+    `SeedDesign.adaptive(min_seeds, max_seeds)`.
     """
 
     def __init__(self, first: Sequence[dict[str, Any]], baseline: dict[str, Any], *,
-                 margin: float, max_seeds: int, accuracy: str = "final") -> None:
+                 margin: float, max_seeds: int, min_seeds: int = 3,
+                 design: SeedDesign | None = None, accuracy: str = "final") -> None:
         super().__init__(metric="test_acc", mode="max")
-        self.ledger = SeedLedger(baseline, margin=margin, accuracy=accuracy)
+        design = design or SeedDesign.adaptive(min_seeds, max_seeds)
+        self.ledger = SeedLedger(baseline, margin=margin, accuracy=accuracy, design=design)
         self.queue = [dict(c) for c in first]
         self.keys = [self.ledger.add_cell(c) for c in self.queue]
-        self.max_seeds = max_seeds
+        self.max_seeds = design.looks[-1]
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.queue:
@@ -188,7 +213,7 @@ class SeedsUntilDecided(StatefulSearcher):
         for key in dict.fromkeys(self.keys):
             if key == self.ledger.baseline:
                 continue
-            target = self.ledger.wants_seed(key, self.max_seeds)
+            target = self.ledger.wants_seed(key)
             if target is not None:
                 return self.ledger.hand_out(target, trial_id)
         return None if self.ledger.any_pending() else Searcher.FINISHED
@@ -200,45 +225,84 @@ class SeedsUntilDecided(StatefulSearcher):
         self.queue, self.keys, self.max_seeds = state["queue"], state["keys"], state["max_seeds"]
 
 
+def frontier_multipliers(matched: int) -> list[int]:
+    """The multipliers a frontier line may probe: 1, 2, 4, ... below matched, and matched."""
+    out = [1]
+    while out[-1] * 2 < matched:
+        out.append(out[-1] * 2)
+    if out[-1] < matched:
+        out.append(matched)
+    return out
+
+
 @dataclass
-class Bisection:
-    """The frontier at one batch size: multipliers known closed (`hi`) and not (`lo`)."""
+class FixedSequences:
+    """The frontier at one batch size: "closed" tested from matched down, "open" from 1 up,
+    each stopping at its first failure (see the module docstring)."""
 
     batch_size: int
     matched: int
-    lo: int | None = None  # largest probed multiplier that is not closed
-    hi: int | None = None  # smallest probed multiplier that is closed
+    multipliers: list[int] = field(default_factory=list)
+    verdicts: dict[int, str] = field(default_factory=dict)
+    top: int = -1  # index of the next multiplier the closed sequence tests
+    bottom: int = 0  # index of the next multiplier the open sequence tests
+    closed_done: bool = False
+    open_done: bool = False
     probing: int | None = None
-    probed: list[tuple[int, str]] = field(default_factory=list)
-    done: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.multipliers:
+            self.multipliers = frontier_multipliers(self.matched)
+        self.top = len(self.multipliers) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.closed_done and self.open_done
 
     def next_multiplier(self) -> int | None:
-        """Matched first (does anything close?), then 1, then the log midpoint."""
-        if self.done:
-            return None
-        if not self.probed:
-            return self.matched
-        if self.hi is None:
-            self.done = True  # not closed even at matched
-            return None
-        if self.lo is None:
-            return 1 if self.hi > 1 else self._finish()
-        if self.hi - self.lo <= 1:
-            return self._finish()
-        mid = round(math.sqrt(self.lo * self.hi))
-        return min(max(mid, self.lo + 1), self.hi - 1)
-
-    def _finish(self) -> None:
-        self.done = True
+        """The closed sequence's next probe first, then the open sequence's; None when both
+        have stopped."""
+        self._advance()
+        if not self.closed_done:
+            return self.multipliers[self.top]
+        if not self.open_done:
+            return self.multipliers[self.bottom]
         return None
 
     def settle(self, multiplier: int, verdict: str) -> None:
-        self.probed.append((multiplier, verdict))
+        self.verdicts[multiplier] = verdict
         self.probing = None
-        if verdict == CLOSED:
-            self.hi = multiplier if self.hi is None else min(self.hi, multiplier)
-        else:
-            self.lo = multiplier if self.lo is None else max(self.lo, multiplier)
+        self._advance()
+
+    def _advance(self) -> None:
+        """Walk each sequence over the probes already judged."""
+        while not self.closed_done:
+            if self.top < 0:
+                self.closed_done = True
+            elif (m := self.multipliers[self.top]) in self.verdicts:
+                if self.verdicts[m] == CLOSED:
+                    self.top -= 1
+                else:
+                    self.closed_done = True
+            else:
+                break
+        while not self.open_done:
+            if self.bottom >= len(self.multipliers):
+                self.open_done = True
+            elif (m := self.multipliers[self.bottom]) in self.verdicts:
+                if self.verdicts[m] == OPEN:
+                    self.bottom += 1
+                else:
+                    self.open_done = True
+            else:
+                break
+
+    def bracket(self) -> tuple[int | None, int | None]:
+        """(largest multiplier decided open, smallest decided closed), None where none is."""
+        largest_open = self.multipliers[self.bottom - 1] if self.bottom > 0 else None
+        smallest_closed = (self.multipliers[self.top + 1]
+                           if self.top + 1 < len(self.multipliers) else None)
+        return largest_open, smallest_closed
 
 
 def probe_config(template: dict[str, Any], batch_size: int, multiplier: int) -> dict[str, Any]:
@@ -250,7 +314,7 @@ def probe_config(template: dict[str, Any], batch_size: int, multiplier: int) -> 
 
 
 class FrontierSearch(StatefulSearcher):
-    """Per batch size, bisect the regime multiplier for the smallest closed cell.
+    """Per batch size, the frontier's bracket by two fixed sequences of probes.
 
     A probe is `template` (a whole trial config) at one batch size and whole multiplier;
     a ghost batch as large as the batch is plain BatchNorm, as in grids.
@@ -258,38 +322,37 @@ class FrontierSearch(StatefulSearcher):
 
     def __init__(self, batch_sizes: Iterable[int], base_batch_size: int,
                  template: dict[str, Any], baseline: dict[str, Any], *,
-                 margin: float, min_seeds: int, max_seeds: int, accuracy: str = "final") -> None:
+                 margin: float, min_seeds: int, max_seeds: int,
+                 design: SeedDesign | None = None, accuracy: str = "final") -> None:
         super().__init__(metric="test_acc", mode="max")
-        self.ledger = SeedLedger(baseline, margin=margin, accuracy=accuracy)
-        self.queue = [{**baseline, "seed": s} for s in range(min_seeds)]
+        design = design or SeedDesign.adaptive(min_seeds, max_seeds)
+        self.ledger = SeedLedger(baseline, margin=margin, accuracy=accuracy, design=design)
+        self.queue = [{**baseline, "seed": s} for s in range(design.looks[0])]
         self.template = dict(template)
-        self.min_seeds, self.max_seeds = min_seeds, max_seeds
-        self.lines = [Bisection(b, max(1, math.ceil(b / base_batch_size))) for b in batch_sizes]
+        self.lines = [FixedSequences(b, max(1, math.ceil(b / base_batch_size)))
+                      for b in batch_sizes]
         self.probe_keys: dict[tuple[int, int], str] = {}
 
-    def _probe_key(self, line: Bisection, multiplier: int) -> str:
+    def _probe_key(self, line: FixedSequences, multiplier: int) -> str:
         key = self.probe_keys.get((line.batch_size, multiplier))
         if key is None:
             key = self.ledger.add_cell(probe_config(self.template, line.batch_size, multiplier))
             self.probe_keys[(line.batch_size, multiplier)] = key
         return key
 
-    def _advance(self, line: Bisection, trial_id: str) -> dict | None:
-        """A trial for this batch size's bisection, or None if it must wait or is done."""
+    def _advance(self, line: FixedSequences, trial_id: str) -> dict | None:
+        """A trial for this batch size's sequences, or None if it must wait or is done."""
         if line.probing is None:
             multiplier = line.next_multiplier()
             if multiplier is None:
                 return None
             line.probing = multiplier
         key = self._probe_key(line, line.probing)
-        cell = self.ledger.cells[key]
-        if len(cell.seeds) < self.min_seeds:
-            return self.ledger.hand_out(key, trial_id)
-        if self.ledger.pending(key) or self.ledger.pending(self.ledger.baseline):
-            return None
-        target = self.ledger.wants_seed(key, self.max_seeds)
+        target = self.ledger.wants_seed(key)
         if target is not None:
             return self.ledger.hand_out(target, trial_id)
+        if self.ledger.pending(key) or self.ledger.pending(self.ledger.baseline):
+            return None
         line.settle(line.probing, self.ledger.decide(key).verdict)
         return self._advance(line, trial_id)
 

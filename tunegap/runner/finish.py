@@ -249,7 +249,6 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
                    baseline_sentence: str) -> str:
     from tunegap.analysis.cells import verdict_counts
-
     from tunegap.analysis.decide import rule_sentence
 
     margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)

@@ -184,11 +184,12 @@ def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
         return FrontierSearch(
             study.grid["batch_size"], study.workload_def.regime.base_batch_size, template,
             baseline, margin=study.margin, min_seeds=study.min_seeds,
-            max_seeds=study.max_seeds, accuracy=study.accuracy,
+            max_seeds=study.max_seeds, design=study.design, accuracy=study.accuracy,
         )
     return SeedsUntilDecided(
         [c.to_dict() for c in sort_longest_first(configs)], baseline,
-        margin=study.margin, max_seeds=study.max_seeds, accuracy=study.accuracy,
+        margin=study.margin, max_seeds=study.max_seeds, design=study.design,
+        accuracy=study.accuracy,
     )
 
 

@@ -3,13 +3,14 @@
     tunegap run frontier --batch-sizes 256,1024 --margin 1.0 --max-seeds 3 --epochs 4
 
 Per batch size, with the paper's remedies (sqrt learning-rate scaling, ghost batches of B0
-unless --ghost-size), the smallest regime multiplier in [1, matched] whose cell is closed at
---margin, found by bisection on a log scale over whole multipliers (matched first, then 1,
-then the midpoint of the two nearest probes); each probe gets seeds until it is decided,
-from --min-seeds up to --max-seeds. The bisection assumes the gap shrinks as training
-lengthens: where it does not, the frontier is still the smallest closed multiplier probed,
-with an open or inconclusive one just below, but a closed multiplier below an open probe
-would go unseen (`benchmarks/frontier_cost.py` runs the full grid beside it to check).
+unless --ghost-size), the frontier as a bracket over the multipliers 1, 2, 4, ... up to
+matched: the largest multiplier decided open and the smallest decided closed at --margin.
+Two fixed sequences find it (`tunegap.runner.adaptive.FixedSequences`): "closed" is tested
+from matched down, stopping at the first probe not closed; "open" from 1 up, stopping at the
+first not open. A fixed sequence controls the family-wise error of each at 5% without any
+adjustment and without assuming the gap shrinks with training; each probe gets seeds at the
+planned looks from --min-seeds to --max-seeds (Bonferroni over the looks). Probes between
+the two ends that neither sequence decided are reported as such.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from tunegap.cli import common_study_fields, int_list, positive_int, study_command, study_parser
+from tunegap.runner.adaptive import FixedSequences
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
@@ -35,41 +37,66 @@ NOISE_PHASE = 0.5
 
 
 def frontier_table(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
-    """One row per batch size: the closing multiplier and what was probed, from the cells."""
+    """One row per batch size: the bracket (largest open, smallest closed multiplier, with
+    their updates), re-walked from the map's own verdicts by the search's fixed sequences,
+    and every probe with its verdict."""
     rows = []
     probes = cells[~cells["is_baseline"]]
     b0 = int(trials.loc[trials["is_baseline"], "batch_size"].iloc[0])
     for batch_size, group in probes.groupby("batch_size", sort=True):
         group = group.sort_values("multiplier")
-        closed = group[group["verdict"] == "closed"]
         matched = max(1, math.ceil(int(batch_size) / b0))
+        line = FixedSequences(int(batch_size), matched)
+        by_multiplier = {round(m): row for m, row in zip(group["multiplier"],
+                                                               group.to_dict("records"),
+                                                               strict=True)}
+        for m in line.multipliers:
+            if m in by_multiplier:
+                line.verdicts[m] = str(by_multiplier[m]["verdict"])
+        line.next_multiplier()  # walks both sequences over the verdicts
+        largest_open, smallest_closed = line.bracket()
+        between = [m for m in line.multipliers
+                   if (largest_open is None or m > largest_open)
+                   and (smallest_closed is None or m < smallest_closed) and m in by_multiplier]
         probed = " ".join(f"{m:g}:{v}" for m, v in zip(group["multiplier"], group["verdict"],
                                                        strict=True))
-        if len(closed):
-            best = closed.iloc[0]
-            below = group[group["multiplier"] < best["multiplier"]]
-            verdict = "closed"
-            note = (f"open or inconclusive at {below['multiplier'].iloc[-1]:g}"
-                    if len(below) else "closed at multiplier 1")
-        else:
-            best = group.iloc[-1]
-            verdict = f"not closed up to matched ({best['verdict']} at {best['multiplier']:g})"
-            note = "no multiplier up to matched closes the gap at this margin"
-        sel = (trials["batch_size"] == batch_size) & (trials["multiplier"] == best["multiplier"])
+
+        def pick(m: int | None, col: str, rows_by=by_multiplier) -> float:
+            return float(rows_by[m][col]) if m is not None else math.nan
+
+        sel = (trials["batch_size"] == batch_size) & (trials["multiplier"] == smallest_closed)
         rows.append({
             "batch_size": int(batch_size),
             "matched_multiplier": matched,
-            "closing_multiplier": float(best["multiplier"]) if len(closed) else math.nan,
-            "closing_updates": float(best["updates"]) if len(closed) else math.nan,
-            "closing_epochs": float(trials.loc[sel, "resolved_epochs"].mean())
-            if len(closed) else math.nan,
+            "largest_open_multiplier": float(largest_open) if largest_open else math.nan,
+            "largest_open_updates": pick(largest_open, "updates"),
+            "smallest_closed_multiplier": float(smallest_closed) if smallest_closed
+            else math.nan,
+            "smallest_closed_updates": pick(smallest_closed, "updates"),
+            "smallest_closed_epochs": float(trials.loc[sel, "resolved_epochs"].mean())
+            if smallest_closed else math.nan,
             "largest_probe_updates": float(group["updates"].iloc[-1]),
-            "seeds": int(best["n_seeds"]),
-            "verdict": verdict,
+            "bracket": bracket_text(largest_open, smallest_closed, matched),
+            "undecided_between": " ".join(
+                f"{m}:{by_multiplier[m]['verdict']}" for m in between),
             "multipliers_probed": probed,
-            "note": note,
+            "procedure": "fixed sequences: closed from matched down, open from 1 up, "
+                         "each at 5% family-wise",
         })
     return pd.DataFrame(rows)
+
+
+def bracket_text(largest_open: int | None, smallest_closed: int | None, matched: int) -> str:
+    """"open at 4, closed at 8", "open up to matched (32)", ..."""
+    if largest_open is None and smallest_closed is None:
+        return "nothing decided"
+    if smallest_closed is None:
+        return (f"open up to matched ({matched})" if largest_open == matched
+                else f"open at {largest_open}, nothing closed up to matched ({matched})")
+    if largest_open is None:
+        return ("closed from multiplier 1" if smallest_closed == 1
+                else f"closed at {smallest_closed}, nothing decided open below")
+    return f"open at {largest_open}, closed at {smallest_closed}"
 
 
 def baseline_updates(trials: pd.DataFrame) -> float:
@@ -103,14 +130,18 @@ def frontier_plot(table: pd.DataFrame, *, sb_updates: float, critical_batch: flo
     own updates (the matched prediction) and the critical batch size marked."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
-    done = table[table["closing_updates"].notna()]
-    ax.plot(done["batch_size"], done["closing_updates"], "o-", color="tab:blue",
-            label="updates to close (smallest closed multiplier)")
-    never = table[table["closing_updates"].isna()]
-    if len(never):
-        # Not closed even at matched: at least the matched number of updates, drawn as such.
-        ax.plot(never["batch_size"], never["largest_probe_updates"], "^", color="tab:red", markersize=9,
-                label="not closed up to matched (more than this)")
+    closed = table[table["smallest_closed_updates"].notna()]
+    opened = table[table["largest_open_updates"].notna()]
+    # The bracket: a bar from the largest open to the smallest closed probe's updates.
+    for r in table.itertuples():
+        low, high = r.largest_open_updates, r.smallest_closed_updates
+        if math.isfinite(low) and math.isfinite(high):
+            ax.plot([r.batch_size, r.batch_size], [low, high], color="tab:grey", linewidth=3,
+                    alpha=0.5)
+    ax.plot(closed["batch_size"], closed["smallest_closed_updates"], "v", color="tab:blue",
+            markersize=9, label="smallest multiplier decided closed")
+    ax.plot(opened["batch_size"], opened["largest_open_updates"], "^", color="tab:red",
+            markersize=9, label="largest multiplier decided open")
     ax.axhline(sb_updates, color="grey", linestyle="--",
                label=f"small batch's updates ({sb_updates:g}): the matched prediction")
     if math.isfinite(critical_batch):
@@ -120,7 +151,7 @@ def frontier_plot(table: pd.DataFrame, *, sb_updates: float, critical_batch: flo
     ax.set_yscale("log")
     ax.set_xlabel("batch size B")
     ax.set_ylabel("weight updates")
-    ax.set_title("closure frontier")
+    ax.set_title("closure frontier: the bracket per batch size")
     ax.legend(fontsize=8)
     return fig
 
@@ -142,14 +173,22 @@ def report(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> s
     lines = [
         "## Closure frontier",
         "",
-        "| B | matched | closing multiplier | updates | epochs | seeds | verdict | probed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| B | matched | bracket | open at (updates) | closed at (updates) | undecided between "
+        "| probed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
-        lines.append(f"| {r.batch_size} | {r.matched_multiplier} | {number_or_dash(r.closing_multiplier)} | "
-                     f"{number_or_dash(r.closing_updates)} | {number_or_dash(r.closing_epochs)} | {r.seeds} | "
-                     f"{r.verdict} | {r.multipliers_probed} |")
+        lines.append(
+            f"| {r.batch_size} | {r.matched_multiplier} | {r.bracket} | "
+            f"{number_or_dash(r.largest_open_multiplier)} ({number_or_dash(r.largest_open_updates)}) | "
+            f"{number_or_dash(r.smallest_closed_multiplier)} "
+            f"({number_or_dash(r.smallest_closed_updates)}) | {r.undecided_between or '-'} | "
+            f"{r.multipliers_probed} |")
     lines += [
+        "",
+        "Search: two fixed sequences per batch size over the multipliers 1, 2, 4, ... up to "
+        "matched; closed tested from matched down, open from 1 up, each stopping at its first "
+        "failure, so each family's error is at most 5% without adjustment.",
         "",
         f"Small batch's own updates (the paper's matched prediction): "
         f"{baseline_updates(trials):g}. Critical batch size from the noise scale: "
