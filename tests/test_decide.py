@@ -491,3 +491,32 @@ def test_cells_from_parquet_equal_cells_from_memory(tmp_path, tables, cells):
     write_tables(*tables, tmp_path)
     again = compute_cells(read_tables(tmp_path)[0])
     pd.testing.assert_frame_equal(again, cells)
+
+
+def test_map_verdicts_adjust_open_as_well_as_closed():
+    from tunegap.analysis.decide import SeedDesign, map_verdicts
+
+    # Two cells open at p = 0.03 alone: over a family of two, Holm needs 0.025.
+    verdicts = ["open", "open", "closed", "at the margin"]
+    p_closed = [0.97, 0.98, 0.001, 0.4]
+    p_open = [0.03, 0.02, 0.999, 0.6]
+    adj_c, adj_o, out = map_verdicts(verdicts, p_closed, p_open, design=SeedDesign.fixed(3))
+    assert adj_o[1] == pytest.approx(4 * 0.02) and out[:2] == ["inconclusive", "inconclusive"]
+    assert out[2] == "closed" and out[3] == "at the margin"
+    # With three planned looks every p-value is first multiplied by 3.
+    adj_c3, _, _ = map_verdicts(verdicts, p_closed, p_open, design=SeedDesign.adaptive(3, 12))
+    assert adj_c3[2] == pytest.approx(min(1.0, 4 * 3 * 0.001))
+
+
+def test_seed_designs():
+    from tunegap.analysis.decide import SeedDesign
+
+    assert SeedDesign.adaptive(3, 12).looks == (3, 6, 12)
+    assert SeedDesign.adaptive(3, 8).looks == (3, 6, 8)
+    assert SeedDesign.adaptive(2, 2).looks == (2,)
+    assert SeedDesign.fixed(5).confidence == pytest.approx(0.90)
+    assert SeedDesign.adaptive(3, 12).alpha == pytest.approx(0.05 / 3)
+    assert SeedDesign.adaptive(3, 12).next_look(6) == 12
+    assert SeedDesign.adaptive(3, 12).next_look(12) is None
+    with pytest.raises(ValueError, match="looks"):
+        SeedDesign(looks=(3, 3))

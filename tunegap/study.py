@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,9 @@ class Study:
     # `tunegap.data.protocols`) for every trial; the authors report the best epoch, so
     # "authors" judges the best epoch's accuracy unless `accuracy` says otherwise.
     protocol: str = "clean"
+    # The comparisons the study's question asks (`tunegap.analysis.effects`): the trials
+    # table -> pairs of cells judged seed by seed, written to effects.csv and the summary.
+    comparisons: Callable[[pd.DataFrame], Sequence[Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum():

@@ -148,11 +148,18 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     counts = trials_df["outcome"].value_counts().to_dict()
     if study.report is not None:
         table = table + "\n\n" + study.report(cells, trials_df, epochs_df)
+    effects = study_effects(study, trials_df)
+    if effects is not None and len(effects):
+        from tunegap.analysis.effects import effects_markdown
+
+        table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
                              baseline_sentence=report.baseline_summary(cells))
     files.append(write_text_atomically(run_dir / "summary.md", summary))
     own_tables = study.tables(cells, trials_df, epochs_df) if study.tables else {}
+    if effects is not None:
+        own_tables = {"effects.csv": effects, **own_tables}
     for name, frame in {"cells.csv": cells, **own_tables}.items():
         files.append(write_text_atomically(run_dir / name, frame.to_csv(index=False)))
     print(table, flush=True)
@@ -160,6 +167,17 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     outcome = StudyOutcome(run_dir=run_dir, parent_run_id="", trials=trials_df,
                            epochs=epochs_df, cells=cells, table=table, files=files)
     return outcome, figure_errors
+
+
+def study_effects(study: Study, trials_df: pd.DataFrame) -> pd.DataFrame | None:
+    """The study's paired comparisons (`tunegap.analysis.effects`), or None where it asks
+    none."""
+    if study.comparisons is None:
+        return None
+    from tunegap.analysis.effects import compute_effects
+
+    return compute_effects(trials_df, study.comparisons(trials_df), margin=study.margin,
+                           accuracy=str(study.accuracy), design=study.design)
 
 
 def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,

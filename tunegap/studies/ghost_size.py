@@ -10,6 +10,7 @@ The map is the gap (points of test accuracy below the baseline) per (batch, ghos
 from __future__ import annotations
 
 from tunegap.analysis import plots
+from tunegap.analysis.effects import comparisons_within
 from tunegap.cli import common_study_fields, ghost_list, int_list, study_command, study_parser
 from tunegap.study import Study
 
@@ -26,6 +27,12 @@ def figures(cells, trials, epochs) -> dict:
             title="gap to small batch (points): batch size x ghost batch size",
         )
     }
+
+
+def comparisons(trials):
+    """At each batch size, each ghost size against plain BatchNorm, seed by seed."""
+    return comparisons_within(trials, group_by=["batch_size"], vary=["ghost_batch_size"],
+                              reference=[None])
 
 
 def parser():
@@ -46,6 +53,7 @@ def build(args) -> Study:
         },
         question=QUESTION,
         figures=figures,
+        comparisons=comparisons,
         **common_study_fields(args),
     )
 

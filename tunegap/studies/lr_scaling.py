@@ -11,6 +11,7 @@ base learning rate (log scale) jointly with the batch size (categorical).
 from __future__ import annotations
 
 from tunegap.analysis import plots
+from tunegap.analysis.effects import comparisons_within
 from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
@@ -55,6 +56,11 @@ def parser():
     return p
 
 
+def comparisons(trials):
+    """At each batch size, every pair of exponents, seed by seed: which one is better."""
+    return comparisons_within(trials, group_by=["batch_size"], vary=["lr_exponent"])
+
+
 def build(args) -> Study:
     fields = common_study_fields(args)
     if args.search == "optuna":
@@ -75,6 +81,7 @@ def build(args) -> Study:
         grid={"batch_size": args.batch_sizes, "lr_exponent": args.exponents},
         question=QUESTION,
         figures=figures,
+        comparisons=comparisons,
         **fields,
     )
 

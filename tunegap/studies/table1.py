@@ -10,6 +10,8 @@ seeds, beside the paper's numbers where the workload is one of the paper's.
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 
 from tunegap.analysis import plots
@@ -111,6 +113,23 @@ def figures(cells, trials, epochs) -> dict:
     }
 
 
+def comparisons(trials: pd.DataFrame) -> list:
+    """Each remedy against the column before it, seed by seed: +LR vs LB, +GBN vs +LR (does
+    GBN add to LR?), +RA vs +GBN (does RA add to GBN?)."""
+    from tunegap.analysis.cells import plain_value
+    from tunegap.analysis.effects import Comparison
+    from tunegap.names import CELL_KNOBS
+
+    b0 = get_workload(trials["workload"].iloc[0]).regime.base_batch_size
+    knobs = {}
+    for _, row in trials.iterrows():
+        knobs.setdefault(column_of(row, b0),
+                         {k: plain_value(row[k]) for k in CELL_KNOBS if k in row})
+    order = [c for c in TABLE1_COLUMNS[1:] if c in knobs]
+    return [Comparison(label=f"{a} vs {b}", a=knobs[a], b=knobs[b])
+            for b, a in itertools.pairwise(order)]
+
+
 def parser():
     p = study_parser("table1", __doc__, seeds=3)
     p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None,
@@ -125,7 +144,7 @@ def build(args) -> Study:
         raise StudyError(str(err)) from None
     points = tuple({k: v for k, v in kw.items() if k != "workload"} for _, kw in rows[1:])
     return Study(name="table1", points=points, question=QUESTION, figures=figures,
-                 report=report, **common_study_fields(args))
+                 report=report, comparisons=comparisons, **common_study_fields(args))
 
 
 def report(cells, trials, epochs) -> str:

@@ -161,7 +161,16 @@ def build(args) -> Study:
         raise StudyError(f"--batch-sizes {','.join(map(str, args.batch_sizes))} has no batch "
                          f"size other than the baseline's B0={b0}: give a larger one")
     return Study(name="warmup", points=tuple(points), question=QUESTION, figures=figures,
-                 report=report, **fields)
+                 report=report, comparisons=comparisons, **fields)
+
+
+def comparisons(trials):
+    """At each batch size, every pair of rules (linear, linear with warm-up, sqrt), seed by
+    seed: does warm-up help linear scaling, and does either beat sqrt?"""
+    from tunegap.analysis.effects import comparisons_within
+
+    return comparisons_within(trials, group_by=["batch_size"],
+                              vary=["lr_exponent", "warmup_epochs"])
 
 
 main = study_command(parser, build)

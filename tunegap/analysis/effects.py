@@ -1,0 +1,245 @@
+"""Paired comparisons between cells of one study: does one remedy beat another?
+
+A trial's seed fixes its initial weights and its data order, so two cells of a study that
+ran the same seeds can be compared seed by seed: `compute_effects(trials, comparisons, ...)`
+gives, per `Comparison` (cell A against cell B, each picked by knob values), the mean of
+d = acc_A - acc_B over the seeds both have, its paired t interval at the design's confidence
+and `decide.paired_effect`'s verdict (better, worse, equivalent at the margin,
+inconclusive). Over the table, Holm at 5% on the "better" tests, on the "worse" tests and on
+the equivalence tests, each a family of its own (`verdict_holm`), after Bonferroni over the
+design's looks when seeds were added on the way.
+
+A study names its questions as comparisons (`Study.comparisons`): table1's "+GBN against
++LR", ghost_size's "ghost 32 against plain BN at B=512", ...
+
+>>> import pandas as pd
+>>> trials = pd.DataFrame({"batch_size": [512] * 4, "ghost_batch_size": [32, 32, None, None],
+...     "seed": [0, 1, 0, 1], "outcome": ["completed"] * 4, "test_acc": [91.0, 93.0, 90.0, 92.1]})
+>>> effects = compute_effects(trials, [Comparison(label="GBN vs BN",
+...     a={"batch_size": 512, "ghost_batch_size": 32},
+...     b={"batch_size": 512, "ghost_batch_size": None})], margin=0.5)
+>>> effects[["comparison", "n_pairs", "verdict"]].values.tolist()
+[['GBN vs BN', 2, 'better']]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunegap.analysis.cells import plain_value
+from tunegap.analysis.decide import (
+    ACCURACIES,
+    BETTER,
+    EQUIVALENT,
+    FAMILY_ALPHA,
+    INCONCLUSIVE,
+    WORSE,
+    SeedDesign,
+    check_margin,
+    holm,
+    paired_effect,
+)
+from tunegap.names import COMPLETED
+
+EFFECTS_FILE = "effects.csv"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """Cell A against cell B: each the trials whose knobs take these values (None matches a
+    missing value, e.g. a ghost size of None for plain BatchNorm)."""
+
+    label: str
+    a: Mapping[str, Any] = field(default_factory=dict)
+    b: Mapping[str, Any] = field(default_factory=dict)
+
+
+def compute_effects(trials_df: pd.DataFrame, comparisons: Sequence[Comparison], *,
+                    margin: float, accuracy: str = "final",
+                    design: SeedDesign | None = None) -> pd.DataFrame:
+    """One row per comparison: comparison, a, b (the knob values), n_pairs, a_mean, b_mean
+    (over the paired seeds), effect (mean of A - B, points), effect_ci_low/high, verdict,
+    p_better, p_worse, p_equivalent (TOST), their Holm adjustments, verdict_holm, margin,
+    confidence. Seeds count when completed with a finite accuracy on both sides."""
+    margin = check_margin(margin)
+    design = design or SeedDesign.fixed(2)
+    acc_col = ACCURACIES[accuracy]
+    rows = []
+    for comparison in comparisons:
+        a = _by_seed(trials_df, comparison.a, acc_col)
+        b = _by_seed(trials_df, comparison.b, acc_col)
+        effect = paired_effect(a, b, margin=margin, confidence=design.confidence)
+        shared = sorted(set(a) & set(b))
+        rows.append({
+            "comparison": comparison.label,
+            "a": _describe(comparison.a),
+            "b": _describe(comparison.b),
+            "n_pairs": effect.n_pairs,
+            "a_mean": float(np.mean([a[s] for s in shared])) if shared else math.nan,
+            "b_mean": float(np.mean([b[s] for s in shared])) if shared else math.nan,
+            "effect": effect.effect,
+            "effect_ci_low": effect.low,
+            "effect_ci_high": effect.high,
+            "verdict": effect.verdict,
+            "p_better": effect.p_better,
+            "p_worse": effect.p_worse,
+            "p_equivalent": _tost(a, b, margin),
+            "margin": margin,
+            "confidence": design.confidence,
+        })
+    columns = ["comparison", "a", "b", "n_pairs", "a_mean", "b_mean", "effect",
+               "effect_ci_low", "effect_ci_high", "verdict", "p_better", "p_worse",
+               "p_equivalent", "p_better_holm", "p_worse_holm", "p_equivalent_holm",
+               "verdict_holm", "margin", "confidence"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    effects = pd.DataFrame(rows)
+    looks = len(design.looks)
+    for name in ("better", "worse", "equivalent"):
+        raw = np.minimum(1.0, looks * effects[f"p_{name}"].to_numpy(dtype=float))
+        effects[f"p_{name}_holm"] = holm(raw)
+    effects["verdict_holm"] = [
+        _holm_verdict(r) for r in effects.to_dict("records")
+    ]
+    return effects[columns]
+
+
+def comparisons_within(trials_df: pd.DataFrame, *, group_by: Sequence[str],
+                       vary: Sequence[str], reference: Sequence[Any] | None = None,
+                       ) -> list[Comparison]:
+    """Comparisons between the non-baseline cells of `trials_df` that share the `group_by`
+    knobs and differ in the `vary` ones: each against `reference` (values of `vary`) where
+    given and present, else every pair (the later value, in knob order, as A).
+
+    >>> import pandas as pd
+    >>> trials = pd.DataFrame({"is_baseline": [False] * 3, "batch_size": [512] * 3,
+    ...                        "ghost_batch_size": [16, 32, None]})
+    >>> [c.label for c in comparisons_within(trials, group_by=["batch_size"],
+    ...                                      vary=["ghost_batch_size"], reference=[None])]
+    ['batch_size=512: ghost_batch_size=16 vs ghost_batch_size=BN', 'batch_size=512: ghost_batch_size=32 vs ghost_batch_size=BN']
+    """
+    from tunegap.analysis.cells import knob_keys, sorted_keys
+
+    rows = trials_df[~trials_df["is_baseline"].fillna(False).astype(bool)]
+    keys = sorted_keys(knob_keys(rows, [*group_by, *vary]))
+    groups: dict[tuple, list[tuple]] = {}
+    for key in keys:
+        groups.setdefault(key[:len(group_by)], []).append(key[len(group_by):])
+    ref = tuple(plain_value(v) for v in reference) if reference is not None else None
+    out = []
+    for group, values in groups.items():
+        where = dict(zip(group_by, group, strict=True))
+        if ref is not None:
+            pairs = [(v, ref) for v in values if v != ref] if ref in values else []
+        else:
+            pairs = [(values[j], values[i]) for i in range(len(values))
+                     for j in range(i + 1, len(values))]
+        for a, b in pairs:
+            a_knobs = {**where, **dict(zip(vary, a, strict=True))}
+            b_knobs = {**where, **dict(zip(vary, b, strict=True))}
+            label = (f"{_describe(where)}: {_describe(dict(zip(vary, a, strict=True)))} vs "
+                     f"{_describe(dict(zip(vary, b, strict=True)))}")
+            out.append(Comparison(label=label, a=a_knobs, b=b_knobs))
+    return out
+
+
+def effects_markdown(effects: pd.DataFrame) -> str:
+    """The comparisons as a markdown table, with the rule in one sentence under it."""
+    if effects.empty:
+        return ""
+    lines = [
+        "| comparison | pairs | A (%) | B (%) | A - B (pts) | interval | verdict | verdict (Holm) |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in effects.to_dict("records"):
+        interval = (f"[{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+                    if math.isfinite(r["effect_ci_low"]) else "—")
+        lines.append(
+            f"| {r['comparison']} | {r['n_pairs']} | {_num(r['a_mean'])} | {_num(r['b_mean'])} "
+            f"| {_num(r['effect'], '+.2f')} | {interval} | {r['verdict']} | "
+            f"{r['verdict_holm']} |")
+    conf = 100 * float(effects["confidence"].iloc[0])
+    margin = float(effects["margin"].iloc[0])
+    lines += ["", f"Paired comparisons on the seeds both cells ran: the {conf:.3g}% paired t "
+                  f"interval of A - B; better if it lies above 0, worse if below, equivalent "
+                  f"if within ±{margin:g} points, else inconclusive; verdict (Holm): Holm at "
+                  f"5% over these {len(effects)} comparisons, for each kind of claim."]
+    return "\n".join(lines)
+
+
+def _holm_verdict(row: Mapping[str, Any]) -> str:
+    def holds(name: str) -> bool:
+        value = row[f"p_{name}_holm"]
+        return math.isfinite(value) and value < FAMILY_ALPHA
+
+    if holds("better"):
+        return BETTER
+    if holds("worse"):
+        return WORSE
+    if holds("equivalent"):
+        return EQUIVALENT
+    return INCONCLUSIVE
+
+
+def _tost(a: Mapping[int, float], b: Mapping[int, float], margin: float) -> float:
+    """The p-value of equivalence within ±margin: the larger of the two one-sided paired t
+    p-values (H0: effect <= -margin, H0: effect >= margin)."""
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds])
+    if len(d) < 2:
+        return math.nan
+    if np.ptp(d) == 0:
+        return 0.0 if abs(float(d.mean())) < margin else 1.0
+    from scipy import stats
+
+    se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    low = stats.t.sf((d.mean() + margin) / se, len(d) - 1)
+    high = stats.t.cdf((d.mean() - margin) / se, len(d) - 1)
+    return float(max(low, high))
+
+
+def _by_seed(trials: pd.DataFrame, knobs: Mapping[str, Any], acc_col: str) -> dict[int, float]:
+    mask = (trials["outcome"] == COMPLETED).to_numpy().copy()
+    for knob, value in knobs.items():
+        if knob not in trials.columns:
+            return {}
+        # A list, not Series.map: pandas would turn None back into NaN in a float column.
+        mask &= np.array([_same(plain_value(v), value) for v in trials[knob].tolist()],
+                         dtype=bool)
+    out = {}
+    for seed, acc in zip(trials.loc[mask, "seed"], trials.loc[mask, acc_col], strict=True):
+        acc = float(acc) if acc is not None and not pd.isna(acc) else math.nan
+        if math.isfinite(acc):
+            out[int(seed)] = acc
+    return out
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    wanted = plain_value(wanted)
+    if value is None or wanted is None:
+        return value is None and wanted is None
+    if isinstance(value, int | float) and isinstance(wanted, int | float):
+        return math.isclose(float(value), float(wanted))
+    return str(value) == str(wanted)
+
+
+def _describe(knobs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_knob_text(k, v)}" for k, v in knobs.items())
+
+
+def _knob_text(knob: str, value: Any) -> str:
+    if knob == "ghost_batch_size" and value is None:
+        return "BN"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _num(value: float, spec: str = ".2f") -> str:
+    return format(value, spec) if math.isfinite(value) else "—"
