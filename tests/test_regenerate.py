@@ -141,11 +141,13 @@ def test_readme_table_counts_each_study_verdicts_at_its_margin(run_dir, tmp_path
         "| study | question | result (generated from its cells.csv) |",
         "|---|---|---|",
         "| `ghost_size` | Which ghosts? | [closed 0, open 1, inconclusive 2, diverged 1, error 1 "
-        "at margin 0.5 (Holm: closed 0)](studies/ghost_size/README.md) |",
+        "at margin 0.5 (Holm: closed 0, open 1); decided or at the margin 1/5]"
+        "(studies/ghost_size/README.md) |",
         # No README written: the question is the module's.
         f"| `frontier` | {regen.question_of('frontier')} | [B=256: closed at multiplier 4; "
         "B=1024: not closed (probed up to 32). Cells: closed 2, open 2, inconclusive 2 at "
-        "margin 1 (Holm: closed 1)](studies/frontier/README.md) |",
+        "margin 1 (Holm: closed 1, open 2); decided or at the margin 4/6]"
+        "(studies/frontier/README.md) |",
     ]
 
 

@@ -14,7 +14,7 @@ def cells():
 def test_markdown_table_rows(cells):
     table = markdown_table(cells)
     assert table.splitlines()[0].endswith(
-        "| gap (pts) | gap 90% interval | verdict | verdict (Holm) | seeds to decide |"
+        "| gap (pts) | gap interval | verdict | verdict (Holm) | seeds to decide |"
     )
     assert "| seeds used |" in table.splitlines()[0]
     columns = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "seeds",
@@ -23,7 +23,7 @@ def test_markdown_table_rows(cells):
     lines = table.splitlines()
     assert lines[0] == (
         "| batch | ghost | lr exponent | multiplier | seeds used | test acc (%) | gap (pts) | "
-        "gap 90% interval | verdict | verdict (Holm) |"
+        "gap interval | verdict | verdict (Holm) |"
     )
     assert lines[1] == "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
     assert len(lines) == 2 + 6
@@ -62,13 +62,16 @@ def test_summary_states_the_rule_the_margin_and_the_counts(cells):
                           12.0, 30.0, figures=["gap_map.png"],
                           baseline_sentence=baseline_summary(cells))
     assert (
-        "- verdict per cell: Welch 90% interval of gap = baseline - cell against the margin "
-        "0.5 points declared before the run: closed if its upper end <= 0.5, open if its "
-        "lower end > 0.5, else inconclusive; best-epoch test accuracy; Holm over 2 cells in "
-        "verdict_holm"
+        "- verdict per cell: Welch 90% interval of gap = baseline - cell (best-epoch test "
+        "accuracy; 1 seed(s) a side, one look) against the margin 0.5 points declared before "
+        "the run: closed if its upper end <= 0.5, open if its lower end > 0.5, at the margin "
+        "if neither but no wider than 1, else inconclusive; over the map, Holm at 5% on the "
+        "closed tests and, separately, on the open tests (verdict_holm); the Holm families "
+        "are the 2 decidable cells"
     ) in text
-    assert ("- cells: closed 0, open 1, inconclusive 2, diverged 1, error 1 "
-            "(verdict_holm: closed 0, inconclusive 2)") in text
+    assert ("- cells: closed 0, open 1, at the margin 0, inconclusive 2, diverged 1, error 1 "
+            "(verdict_holm: closed 0, open 1, at the margin 0, inconclusive 2)") in text
+    assert "- decided or at the margin: 1 of 5 cells (20%)" in text
     assert "![gap_map.png](gap_map.png)" in text and "tolerance" not in text
 
 

@@ -241,12 +241,15 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default="mnist1d-cnn", help="a named workload (default mnist1d-cnn)")
     p.add_argument("--seeds", type=seed_count, default=seeds,
-                   help=f"seeds per cell, or 'auto': --min-seeds each, then more where a "
-                        f"verdict is inconclusive, up to --max-seeds (default {seeds})")
+                   help=f"seeds per cell, or 'auto': judged at planned looks, --min-seeds "
+                        f"a side, then doubling up to --max-seeds, more seeds only where a "
+                        f"cell is undecided; each one-sided test at 5%% / looks (default "
+                        f"{seeds})")
     p.add_argument("--min-seeds", type=positive_int("--min-seeds"), default=3,
                    help="with --seeds auto: the seeds every cell starts with (default 3)")
-    p.add_argument("--max-seeds", type=positive_int("--max-seeds"), default=8,
-                   help="with --seeds auto: the most seeds a cell gets (default 8)")
+    p.add_argument("--max-seeds", type=positive_int("--max-seeds"), default=12,
+                   help="with --seeds auto: the most seeds a cell gets, its last look "
+                        "(default 12: looks at 3, 6 and 12)")
     p.add_argument("--search", choices=list(searches), default=searches[0])
     p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
                    help="trials for --search optuna")
@@ -269,9 +272,10 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
                    metavar="POINTS",
                    help="the largest loss of test accuracy, in points, that still counts as no "
                         "gap; declare it before the run, never fit it to the results. A cell is "
-                        "closed when the upper end of Welch's 90%% interval of baseline - cell "
-                        "is <= POINTS, open when its lower end is > POINTS, else inconclusive "
-                        f"(default {DEFAULT_MARGIN:g})")
+                        "closed when the upper end of Welch's interval of baseline - cell "
+                        "(90%% for one look) is <= POINTS, open when its lower end is > POINTS, "
+                        "at the margin when neither but no wider than 2 x POINTS, else "
+                        f"inconclusive (default {DEFAULT_MARGIN:g})")
     p.add_argument("--accuracy", choices=list(ACCURACIES), default=None,
                    help="judge each trial by its final-epoch test accuracy (default) or its "
                         "best epoch's, as the paper's authors report (the default with "

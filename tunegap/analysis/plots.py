@@ -61,7 +61,8 @@ def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Ax
 
 
 # What a square of the heatmap reads under its gap, per verdict.
-_VERDICT_MARK = {"closed": "closed", "open": "open", "inconclusive": "?", "baseline": "baseline"}
+_VERDICT_MARK = {"closed": "closed", "open": "open", "at the margin": "≈ margin",
+                 "inconclusive": "?", "baseline": "baseline"}
 
 
 def gap_heatmap(
@@ -76,8 +77,8 @@ def gap_heatmap(
     """The gap map: one square per cell, coloured by its gap in points and labelled with the
     gap and the verdict (`compute_cells`).
 
-    Each square reads its gap and a word: "closed" (also a bold border), "open", "?" for
-    inconclusive, "baseline"; diverged cells are grey, hatched and read "diverged"; cells
+    Each square reads its gap and a word: "closed" (also a bold border), "open", "≈ margin"
+    for at the margin, "?" for inconclusive, "baseline"; diverged cells are grey, hatched and read "diverged"; cells
     whose seeds all failed read "error". `verdict` names the column to show: "verdict" (per
     cell) or "verdict_holm" (Holm over the map). A ghost size of None shows as "BN".
     Positions no trial covered stay blank. `title` is the title's first line; the second
@@ -167,9 +168,11 @@ def gap_heatmap(
             f"{'best-epoch' if best else 'final-epoch'} test accuracy)"
         )
     holm = ", Holm over the map" if verdict == "verdict_holm" else ""
+    confidence = (float(cells["confidence"].iloc[0]) if "confidence" in cells.columns
+                  and pd.notna(cells["confidence"].iloc[0]) else 0.90)
     ax.set_title(
-        f"{title}\nWelch 90% interval of the gap vs margin {margin:.2f} pts{holm}: "
-        "closed ≤ margin, open > margin, ? inconclusive",
+        f"{title}\nWelch {100 * confidence:.3g}% interval of the gap vs margin {margin:.2f} "
+        f"pts{holm}: closed ≤ margin, open > margin, ≈ narrow across it, ? inconclusive",
         fontsize=10,
     )
     return fig

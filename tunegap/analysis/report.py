@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tunegap.analysis.cells import plain_value, sort_cells
@@ -19,6 +20,7 @@ from tunegap.names import CELL_KNOBS
 __all__ = [
     "DEFAULT_TABLE_COLUMNS",
     "baseline_summary",
+    "baseline_warnings",
     "describe",
     "format_value",
     "markdown_table",
@@ -133,6 +135,52 @@ def baseline_summary(cells: pd.DataFrame) -> str:
         f"{row['baseline_n_seeds']} seed(s); each gap is judged against a margin of "
         f"{row['margin']:.2f} points declared before the run."
     )
+
+
+def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: float,
+                      base_epochs: int | None = None) -> list[str]:
+    """One-line warnings about the reference itself: trained fewer epochs than the
+    workload's base regime (`base_epochs`), or its test accuracy still rising by more than
+    the margin over its last quarter of epochs (mean over its seeds), i.e. "closing" would
+    mean matching an undertrained small batch.
+
+    >>> t = pd.DataFrame({"trial_id": ["a"], "is_baseline": [True], "resolved_epochs": [4.0]})
+    >>> e = pd.DataFrame({"trial_id": ["a"] * 4, "epoch": [1, 2, 3, 4],
+    ...                   "test_acc": [80.0, 90.0, 92.0, 93.0]})
+    >>> for line in baseline_warnings(t, e, margin=0.5, base_epochs=20): print(line)
+    warning: the baseline trained 4 epochs, not the workload's 20 (--epochs shortens the reference too): gaps are measured against a shortened small batch
+    warning: the baseline's test accuracy still rose by 1.00 points over its last quarter of epochs (3 to 4), more than the margin 0.5: it may be undertrained, and "closed" may mean matching an undertrained reference
+    """
+    base_ids = trials.loc[trials["is_baseline"].fillna(False).astype(bool), "trial_id"]
+    lines = []
+    if base_epochs is not None and "resolved_epochs" in trials and len(base_ids):
+        trained = pd.to_numeric(trials.loc[trials["trial_id"].isin(base_ids),
+                                           "resolved_epochs"], errors="coerce").max()
+        if math.isfinite(trained) and trained < base_epochs:
+            lines.append(f"warning: the baseline trained {trained:g} epochs, not the "
+                         f"workload's {base_epochs} (--epochs shortens the reference too): "
+                         "gaps are measured against a shortened small batch")
+    if epochs.empty or not len(base_ids):
+        return lines
+    rises, spans = [], set()
+    for _, curve in epochs[epochs["trial_id"].isin(base_ids)].groupby("trial_id"):
+        curve = curve.sort_values("epoch")
+        acc = pd.to_numeric(curve["test_acc"], errors="coerce").to_numpy(dtype=float)
+        last = float(curve["epoch"].iloc[-1])
+        if len(curve) < 2 or not math.isfinite(acc[-1]):
+            continue
+        start_epoch = 0.75 * last
+        earlier = curve[curve["epoch"] <= start_epoch]
+        ref = earlier.iloc[-1] if len(earlier) else curve.iloc[0]
+        rises.append(acc[-1] - float(ref["test_acc"]))
+        spans.add((float(ref["epoch"]), last))
+    if rises and float(np.mean(rises)) > margin:
+        span = " or ".join(f"{a:g} to {b:g}" for a, b in sorted(spans))
+        lines.append(f"warning: the baseline's test accuracy still rose by "
+                     f"{float(np.mean(rises)):.2f} points over its last quarter of epochs "
+                     f"({span}), more than the margin {margin:g}: it may be undertrained, and "
+                     f"\"closed\" may mean matching an undertrained reference")
+    return lines
 
 
 def markdown_table(cells: pd.DataFrame, columns: Sequence[str] | None = None) -> str:

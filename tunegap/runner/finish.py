@@ -153,9 +153,12 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
         from tunegap.analysis.effects import effects_markdown
 
         table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
+    warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
+                                        base_epochs=study.workload_def.regime.epochs)
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
-                             baseline_sentence=report.baseline_summary(cells))
+                             baseline_sentence=report.baseline_summary(cells),
+                             warnings=warnings)
     files.append(write_text_atomically(run_dir / "summary.md", summary))
     own_tables = study.tables(cells, trials_df, epochs_df) if study.tables else {}
     if effects is not None:
@@ -163,6 +166,8 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     for name, frame in {"cells.csv": cells, **own_tables}.items():
         files.append(write_text_atomically(run_dir / name, frame.to_csv(index=False)))
     print(table, flush=True)
+    for line in warnings:
+        print(line, file=sys.stderr, flush=True)
     print("\n" + closing_sentence(study.name, counts, cells, run_dir), flush=True)
     outcome = StudyOutcome(run_dir=run_dir, parent_run_id="", trials=trials_df,
                            epochs=epochs_df, cells=cells, table=table, files=files)
@@ -265,7 +270,7 @@ def publish_cells(tracker: Any, outcome: StudyOutcome, dataset: Any) -> bool:
 
 def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
-                   baseline_sentence: str) -> str:
+                   baseline_sentence: str, warnings: Sequence[str] = ()) -> str:
     from tunegap.analysis.cells import verdict_counts
     from tunegap.analysis.decide import rule_sentence
 
@@ -293,6 +298,7 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         "",
         baseline_sentence,
         "",
+        *(f"**{line}**\n" for line in warnings),
     ]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
