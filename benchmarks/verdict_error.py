@@ -59,7 +59,7 @@ def main() -> None:
     print(f"sequences per setting: {args.sequences}; seed spread {args.sd:g} points on both "
           f"sides; margin {margin:g}; {time.perf_counter() - start:.0f} s")
     print()
-    print(f"| design | true gap | P(closed) | P(open) | seeds a side (cell, baseline) |")
+    print("| design | true gap | P(closed) | P(open) | seeds a side (cell, baseline) |")
     print("|---|---:|---:|---:|---:|")
     for name, g, shared, r in results:
         gap = f"{g:g} x margin" + (" (map of 3)" if shared else "")

@@ -500,7 +500,7 @@ def test_map_verdicts_adjust_open_as_well_as_closed():
     verdicts = ["open", "open", "closed", "at the margin"]
     p_closed = [0.97, 0.98, 0.001, 0.4]
     p_open = [0.03, 0.02, 0.999, 0.6]
-    adj_c, adj_o, out = map_verdicts(verdicts, p_closed, p_open, design=SeedDesign.fixed(3))
+    _adj_c, adj_o, out = map_verdicts(verdicts, p_closed, p_open, design=SeedDesign.fixed(3))
     assert adj_o[1] == pytest.approx(4 * 0.02) and out[:2] == ["inconclusive", "inconclusive"]
     assert out[2] == "closed" and out[3] == "at the margin"
     # With three planned looks every p-value is first multiplied by 3.
