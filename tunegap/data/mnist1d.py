@@ -36,13 +36,37 @@ def check_mnist1d(**_: object) -> None:
 
 @register_dataset("mnist1d", check=check_mnist1d, train_size=mnist1d_train_size)
 def load_mnist1d(
-    *, num_samples: int = 10_000, seed: int = 42, data_dir: str | Path | None = None
+    *, num_samples: int = 10_000, seed: int = 42, extra_test_samples: int = 0,
+    data_dir: str | Path | None = None,
 ) -> TensorData:
     """MNIST-1D, 80% train / 20% test as in the package, inputs [N, 1, 40].
+
+    `extra_test_samples` appends that many more test samples, generated the same way with
+    another seed (seed + 1): the training set and the first test samples stay exactly those
+    of `num_samples`, so a trial trains the same and is only measured more precisely.
 
     The arrays are cached in `data_dir` (default ~/.cache/tunegap) under a name that encodes
     the generation arguments, so a change of arguments never reads a stale file.
     """
+    arrays = _generated(num_samples, seed, data_dir)
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
+    if extra_test_samples:
+        # Whole classes at a time, as the package generates them, then cut to the count.
+        more = _generated(-(-extra_test_samples // _CLASSES) * _CLASSES * 2, seed + 1, data_dir)
+        x_more = np.concatenate([more["x"], more["x_test"]])[:extra_test_samples]
+        y_more = np.concatenate([more["y"], more["y_test"]])[:extra_test_samples]
+        x_test, y_test = np.concatenate([x_test, x_more]), np.concatenate([y_test, y_more])
+    return TensorData(
+        name="mnist1d",
+        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
+        y_train=torch.from_numpy(arrays["y"]).long(),
+        x_test=torch.from_numpy(x_test).float().unsqueeze(1),
+        y_test=torch.from_numpy(y_test).long(),
+        num_classes=10,
+    )
+
+
+def _generated(num_samples: int, seed: int, data_dir: str | Path | None) -> dict[str, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -52,16 +76,8 @@ def load_mnist1d(
     path = data_root(data_dir) / f"mnist1d-{num_samples}-{seed}-{key}.npz"
     if path.exists():
         with np.load(path) as f:
-            arrays = {k: f[k] for k in _KEYS}
-    else:
-        made = make_dataset(args)
-        arrays = {k: np.asarray(made[k]) for k in _KEYS}
-        save_npz(path, **arrays)
-    return TensorData(
-        name="mnist1d",
-        x_train=torch.from_numpy(arrays["x"]).float().unsqueeze(1),
-        y_train=torch.from_numpy(arrays["y"]).long(),
-        x_test=torch.from_numpy(arrays["x_test"]).float().unsqueeze(1),
-        y_test=torch.from_numpy(arrays["y_test"]).long(),
-        num_classes=10,
-    )
+            return {k: f[k] for k in _KEYS}
+    made = make_dataset(args)
+    arrays = {k: np.asarray(made[k]) for k in _KEYS}
+    save_npz(path, **arrays)
+    return arrays
