@@ -115,7 +115,8 @@ def check_data(config: TrialConfig) -> None:
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     import_plugins(prog, args)
-    from tunegap.engine import Engine, load_workload_data, pick_device
+    from tunegap.engine import Engine, pick_device
+    from tunegap.preflight import load_data, preflight
     from tunegap.workloads import check_batch_sizes
 
     try:
@@ -148,9 +149,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         fail(prog, f"--workers {args.workers} is below 0")
     try:
         check_data(config)
-        data = load_workload_data(config)
+        data = load_data(config)
         # The files' own count: a subset, or a dataset sized only by loading it.
         check_batch_sizes(config.workload, data.train_size, [config.batch_size])
+        preflight(config, data)
         engine = Engine(config, data=data, num_workers=args.workers)
     except (OSError, ValueError) as err:
         fail(prog, err)

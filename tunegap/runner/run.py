@@ -83,6 +83,20 @@ def study_batch_sizes(study: Study) -> set[int]:
     return sizes | {c.batch_size for c in study.trial_configs()}
 
 
+def preflight_study(study: Study, options: RunOptions) -> None:
+    """The workload's model once forward and backward on a real batch, in the driver
+    (`tunegap.preflight`): a user's bug is one line here, not a traceback in every trial.
+    The trial checked is the first with a ghost batch, where there is one."""
+    from tunegap.preflight import PreflightError, preflight
+
+    configs = study.trial_configs()
+    config = next((c for c in configs if c.ghost_batch_size is not None), configs[0])
+    try:
+        preflight(config.with_changes(device="cpu", data_dir=options.data_dir))
+    except PreflightError as err:
+        raise StudyError(str(err)) from None
+
+
 def check_inputs(study: Study, options: RunOptions) -> None:
     """The checks that need no Ray and create nothing: data, tracking store, Ray address."""
     from tunegap.runner.resources import check_ray_address
@@ -97,6 +111,7 @@ def check_inputs(study: Study, options: RunOptions) -> None:
     except ValueError as err:
         raise StudyError(str(err).splitlines()[0]) from None
     check_ray_address(options.address)
+    preflight_study(study, options)
     try:
         # Last: with a new sqlite file this creates MLflow's tables.
         check_tracking_uri(options.tracking_uri)

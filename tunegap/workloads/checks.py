@@ -98,10 +98,12 @@ def _train_size(workload: Workload, data_dir: str | None) -> int | None:
         if data_dir is None or not accepts_keyword(DATASETS.get(workload.dataset), "data_dir"):
             kwargs.pop("data_dir")
         return load_dataset(workload.dataset, **kwargs).train_size
-    except (OSError, ValueError) as err:
+    except Exception as err:  # a user's dataset function may raise anything
+        what = _one_line(err) if isinstance(err, OSError | ValueError) else (
+            f"{type(err).__name__}: {_one_line(err)}")
         raise ValueError(
             f"the training examples of dataset {workload.dataset!r} (workload "
-            f"{workload.name!r}) cannot be counted: {_one_line(err)}"
+            f"{workload.name!r}) cannot be counted: {what}"
         ) from None
 
 
