@@ -89,10 +89,12 @@ for name, model, data in [("good", "good-net", "good-signals"),
                           ("raising-model", "raising-net", "good-signals"),
                           ("wrong-shape", "wrong-shape-net", "good-signals"),
                           ("nan-data", "good-net", "nan-signals"),
-                          ("raising-data", "good-net", "broken-signals")]:
+                          ("raising-data", "good-net", "broken-signals"),
+                          ("diverging", "good-net", "good-signals")]:
     tunegap.register_workload(tunegap.Workload(
         name=name, model=model, dataset=data, large_batch_size=128,
-        regime=tunegap.Regime(base_lr=0.05, base_batch_size=32, epochs=1, decay_epochs=())))
+        regime=tunegap.Regime(base_lr=1e30 if name == "diverging" else 0.05,
+                              base_batch_size=32, epochs=1, decay_epochs=())))
 '''
 
 CASES = {
@@ -161,3 +163,24 @@ def test_every_registered_workload_in_memory_passes_its_preflight(data_dir):
         data = TensorData(name="d", x_train=x, y_train=torch.zeros(16, dtype=torch.long),
                           x_test=x, y_test=torch.zeros(16, dtype=torch.long), num_classes=10)
         preflight(TrialConfig(workload="mnist1d-cnn", batch_size=32), data)
+
+
+@pytest.mark.slow
+def test_a_baseline_that_cannot_be_measured_is_one_line_exit_1_with_the_tables(plugin,
+                                                                               tmp_path):
+    # A learning rate of 1e30: every trial diverges, the baseline's included.
+    done = run([*tunegap_command(), "run", "ghost_size", "--plugin", str(plugin),
+                "--workload", "diverging", "--batch-sizes", "64", "--ghost-sizes", "none",
+                "--seeds", "2", "--quiet", "--storage-path", str(tmp_path / "results"),
+                "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "the baseline cannot be measured" in errors[0], done.stderr
+    assert "2 diverged" in errors[0]
+    tables = list((tmp_path / "results").rglob("trials.parquet"))
+    assert len(tables) == 1
+    import pandas as pd
+
+    trials = pd.read_parquet(tables[0])
+    assert len(trials) == 4 and set(trials["outcome"]) == {"diverged"}

@@ -66,6 +66,13 @@ class StudyStopped(StudyError):
     exit_status = 1
 
 
+class StudyFailed(StudyError):
+    """A study ran but cannot answer (every baseline trial failed): one line, exit status 1,
+    with the tables written."""
+
+    exit_status = 1
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """The study was interrupted (Ctrl-C): its parent run is KILLED, nothing was computed
     from unfinished trials, and `--resume` continues it. `run_dir` holds what finished."""

@@ -51,6 +51,10 @@ from tunegap.analysis.decide import (
 from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED, TRAINING_KNOBS
 
 
+class UnmeasurableBaseline(ValueError):
+    """Every baseline trial errored or diverged: no gap can be measured against it."""
+
+
 def cell_knobs(trials_df: pd.DataFrame) -> list[str]:
     """The columns that define a cell in this table: CELL_KNOBS plus the OPTIONAL_KNOBS that
     are set on at least one trial; a training knob (optimizer, schedule, ...) always has a
@@ -137,7 +141,7 @@ def compute_cells(
         )
     base_acc = _usable_acc(trials_df[is_base], acc_col)
     if base_acc.empty:
-        raise ValueError(
+        raise UnmeasurableBaseline(
             f"the baseline has {int(is_base.sum())} trial(s) but none completed with a finite "
             f"{acc_col}, so the gap cannot be measured"
         )

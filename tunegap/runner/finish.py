@@ -21,7 +21,7 @@ import pandas as pd
 from tunegap.atomic import write_text_atomically
 from tunegap.names import OUTCOMES
 from tunegap.runner.records import collect_records
-from tunegap.study import Study
+from tunegap.study import Study, StudyFailed
 from tunegap.tracking.text import one_line
 
 
@@ -63,7 +63,7 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     every run's input. The last lines printed say how to open the parent run in MLflow's UI.
     """
     from tunegap.analysis import tables
-    from tunegap.analysis.cells import compute_cells
+    from tunegap.analysis.cells import UnmeasurableBaseline, compute_cells
     from tunegap.tracking.health import store_reachable
 
     records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc,
@@ -77,8 +77,11 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
         record["mlflow_run_id"] = run_ids.get(record["trial_id"])
     trials_df, epochs_df = tables.build_tables(records, study=study.name)
     files = list(tables.write_tables(trials_df, epochs_df, run_dir).values())
-    cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy,
-                          design=study.design)
+    try:
+        cells = compute_cells(trials_df, margin=study.margin, accuracy=study.accuracy,
+                              design=study.design)
+    except UnmeasurableBaseline:
+        raise StudyFailed(unmeasurable_baseline(study.name, trials_df, run_dir)) from None
     outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
@@ -172,6 +175,19 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     outcome = StudyOutcome(run_dir=run_dir, parent_run_id="", trials=trials_df,
                            epochs=epochs_df, cells=cells, table=table, files=files)
     return outcome, figure_errors
+
+
+def unmeasurable_baseline(name: str, trials_df: pd.DataFrame, run_dir: Path) -> str:
+    """The one line a study ends with when no baseline trial finished usable."""
+    base = trials_df[trials_df["is_baseline"].fillna(False).astype(bool)]
+    counts = base["outcome"].value_counts().to_dict()
+    how = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+    first = next((str(e).strip().splitlines()[-1] for e in base.get("error", [])
+                  if isinstance(e, str) and e.strip()), None)
+    return (f"{name}: the baseline cannot be measured: its {len(base)} trial(s) ended {how}"
+            + (f" (first error: {first})" if first else "")
+            + f"; no gap can be judged. The tables are in {run_dir} (trials.parquet, column "
+            "error) and each trial's folder there holds its full error")
 
 
 def study_effects(study: Study, trials_df: pd.DataFrame) -> pd.DataFrame | None:
