@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +50,8 @@ from tunegap.study import (
 from tunegap.tracking.text import one_line
 
 STATE_FILE = "tunegap_study.json"
+# Written last, when a study has finished (`finish.write_reports`).
+SUMMARY_FILE = "summary.md"
 
 
 def study_root(options: RunOptions, study: Study) -> Path:
@@ -56,9 +59,12 @@ def study_root(options: RunOptions, study: Study) -> Path:
 
 
 def latest_run_dir(root: Path) -> Path | None:
-    """The newest execution of a study that has Tune state to restore."""
-    runs = sorted(p for p in root.glob("*/" + STATE_FILE)) if root.exists() else []
-    return runs[-1].parent if runs else None
+    """The run `--resume` continues: the newest one that did not finish (no summary.md), else
+    the newest (a finished run is resumed to log what MLflow missed). Two studies started at
+    once and both interrupted are thus resumed newest first, one `--resume` each."""
+    runs = sorted(p.parent for p in root.glob("*/" + STATE_FILE)) if root.exists() else []
+    unfinished = [r for r in runs if not (r / SUMMARY_FILE).exists()]
+    return (unfinished or runs)[-1] if runs else None
 
 
 def check_storage(root: Path) -> None:
@@ -169,10 +175,22 @@ def store_name(tracking_uri: str) -> str:
 
 
 def new_run_dir(root: Path) -> Path:
-    run_dir = root / time.strftime("%Y%m%d-%H%M%S")
-    while run_dir.exists():
-        run_dir = run_dir.with_name(run_dir.name + "x")
-    return run_dir
+    """A name for a new run folder (claimed only by `claim_run_dir`)."""
+    return root / time.strftime("%Y%m%d-%H%M%S")
+
+
+def claim_run_dir(run_dir: Path) -> Path:
+    """Make the run folder, or the next free one (name-2, name-3, ...): `mkdir` without
+    `exist_ok` is atomic, so two studies started in the same second each get their own."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise StudyError(f"--storage-path: no free run folder name under {run_dir.parent}")
 
 
 def run_study(study: Study, options: RunOptions) -> StudyOutcome:
@@ -211,6 +229,8 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     with bounded_http_retries():
         init_ray(options)
         tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
+        if not options.resume:
+            run_dir = claim_run_dir(run_dir)
         try:
             parent_run_id = tracker.start_parent(
                 params={
@@ -222,11 +242,12 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
                 tags={"tunegap.question": study.question[:5000]},
             )
         except (ValueError, MlflowException) as err:
+            if not options.resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
             raise StudyError(f"MLflow: {str(err).splitlines()[0]}") from None
         status = "FAILED"
         try:
             if not options.resume:
-                run_dir.mkdir(parents=True)
                 state = {"study": study.describe(), "parent_run_id": parent_run_id,
                          "hardware": hardware,
                          "tracking_uri": store_name(options.tracking_uri)}
