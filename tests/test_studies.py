@@ -59,9 +59,10 @@ def test_table1_markdown_puts_each_cell_in_its_column():
     trials = pd.DataFrame({**knobs, "outcome": ["completed"] * 4 + ["diverged"],
                            "best_test_acc": [98.2, 71.0, 81.0, 86.0, 50.0]})
     lines = table1.table1_markdown(cells, trials, "mnist1d-cnn").splitlines()
-    assert lines[2] == ("| tunegap, final epoch (mean ± std) | 98.00 ± 0.10 | 70.00 ± 1.00 | "
-                        "80.00 ± 2.00 | 85.00 ± 3.00 | diverged |")
-    assert lines[3] == "| tunegap, best epoch (mean) | 98.20 | 71.00 | 81.00 | 86.00 | - |"
+    assert lines[2] == ("| tunegap, final epoch, judged (mean ± std) | 98.00 ± 0.10 | "
+                        "70.00 ± 1.00 | 80.00 ± 2.00 | 85.00 ± 3.00 | diverged |")
+    assert lines[3] == ("| tunegap, best epoch on the test set (mean; optimistic) | 98.20 | "
+                        "71.00 | 81.00 | 86.00 | - |")
     assert lines[4] == ("| tunegap, verdict vs SB at margin 0.5 | (reference) | open | open | "
                         "open | diverged |")
     assert lines[-1] == "Paper: no Table 1 row exists for mnist1d-cnn; none is shown."

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_TABLE_COLUMNS",
     "baseline_summary",
     "baseline_warnings",
+    "best_epoch_warning",
     "describe",
     "format_value",
     "markdown_table",
@@ -135,6 +136,17 @@ def baseline_summary(cells: pd.DataFrame) -> str:
         f"{row['baseline_n_seeds']} seed(s); each gap is judged against a margin of "
         f"{row['margin']:.2f} points declared before the run."
     )
+
+
+def best_epoch_warning(accuracy: str, protocol: str) -> list[str]:
+    """The caveat of judging the best epoch: it is chosen on the test set itself."""
+    if accuracy != "best":
+        return []
+    who = ("as the authors' code does (best_prec1)" if protocol == "authors"
+           else "on the test set itself")
+    return [f"warning: each trial is judged by its best epoch's test accuracy, chosen {who}: "
+            "an optimistic estimate that grows with the number of epochs (more chances), "
+            "so it favours the longer runs; --accuracy final is the unbiased one"]
 
 
 def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: float,

@@ -158,6 +158,7 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
         table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
     warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
                                         base_epochs=study.workload_def.regime.epochs)
+    warnings += report.best_epoch_warning(str(study.accuracy), study.protocol)
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
                              baseline_sentence=report.baseline_summary(cells),
