@@ -20,6 +20,7 @@ from tunegap.data.catalog import (
     register_dataset,
 )
 from tunegap.data.cifar import load_cifar10, load_cifar100, read_cifar_batch
+from tunegap.data.fashion_mnist import load_fashion_mnist
 from tunegap.data.imagenet import find_imagenet, list_image_folder, load_imagenet
 from tunegap.data.mnist import load_mnist, read_idx
 from tunegap.data.mnist1d import load_mnist1d
@@ -62,6 +63,7 @@ __all__ = [
     "load_cifar10",
     "load_cifar100",
     "load_dataset",
+    "load_fashion_mnist",
     "load_imagenet",
     "load_imagenet_streaming",
     "load_mnist",

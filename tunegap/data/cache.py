@@ -70,7 +70,8 @@ def download_or_raise(dataset: str, root: Path, not_found: str, download: bool) 
         raise FileNotFoundError(
             f"{not_found} (download=True needs torchvision, the 'vision' extra)"
         ) from None
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[dataset]
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100}[dataset]
     try:
         with file_lock(root / f".{dataset}.download.lock"):
             for train in (True, False):

@@ -39,6 +39,8 @@ class DatasetInfo:
 DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist1d": DatasetInfo(num_classes=10, input_shape=(1, 40)),
     "mnist": DatasetInfo(10, (1, 28, 28), (0.1307,), (0.3081,)),
+    # Fashion-MNIST's training-set mean and std (computed from the 60,000 images).
+    "fashion-mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,)),
     "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": DatasetInfo(1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -48,6 +50,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 AUTHORS_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.5,), (0.5,)),
+    "fashion-mnist": ((0.5,), (0.5,)),  # the authors' MNIST pipeline: 28x28 grey as well
     "cifar10": _IMAGENET_STATS,
     "cifar100": _IMAGENET_STATS,
     "imagenet": _IMAGENET_STATS,

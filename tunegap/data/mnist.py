@@ -55,7 +55,13 @@ def _mnist_dirs(root: Path) -> list[Path]:
 
 
 def _find_mnist(root: Path) -> dict[str, Path] | None:
-    for folder in _mnist_dirs(root):
+    return find_idx_files(_mnist_dirs(root))
+
+
+def find_idx_files(folders: list[Path]) -> dict[str, Path] | None:
+    """The four idx files (MNIST's names, each plain or .gz) from the first folder that
+    holds all four; None where none does."""
+    for folder in folders:
         found = {}
         for key, stem in MNIST_FILES.items():
             for name in (stem, stem + ".gz"):
@@ -93,6 +99,31 @@ def idx_length(path: str | Path) -> int:
     return dims[0]
 
 
+def check_idx_counts(name: str, files: dict[str, Path]) -> None:
+    """A one-line ValueError where a split's image and label files disagree in length."""
+    counts = {key: idx_length(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        if counts[f"x_{split}"] != counts[f"y_{split}"]:
+            raise ValueError(
+                f"{name} {split} files do not match: {counts[f'x_{split}']} images in "
+                f"{files[f'x_{split}']} but {counts[f'y_{split}']} labels in "
+                f"{files[f'y_{split}']}"
+            )
+
+
+def read_idx_splits(name: str, files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The four arrays, checked to pair up (images [N, 28, 28], labels [N])."""
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{name} {split} files do not match: images {x.shape}, labels {y.shape} "
+                f"({files[f'x_{split}']}, {files[f'y_{split}']})"
+            )
+    return arrays
+
+
 def check_mnist(*, data_dir: str | Path | None = None, **_: object) -> None:
     """A one-line FileNotFoundError unless the four idx files are in one of the folders
     `load_mnist` reads, or ValueError where their headers are broken or disagree; only the
@@ -105,14 +136,7 @@ def check_mnist(*, data_dir: str | Path | None = None, **_: object) -> None:
             f"(each may end in .gz) in that folder, its MNIST/raw/ or its mnist/; download "
             f"them from {MNIST_URL} on a machine with internet"
         )
-    counts = {key: idx_length(path) for key, path in files.items()}
-    for split in ("train", "test"):
-        if counts[f"x_{split}"] != counts[f"y_{split}"]:
-            raise ValueError(
-                f"MNIST {split} files do not match: {counts[f'x_{split}']} images in "
-                f"{files[f'x_{split}']} but {counts[f'y_{split}']} labels in "
-                f"{files[f'y_{split}']}"
-            )
+    check_idx_counts("MNIST", files)
 
 
 def mnist_train_size(*, data_dir: str | Path | None = None, **_: object) -> int:
@@ -148,14 +172,7 @@ def load_mnist(
         files = _find_mnist(root)
         if files is None:
             raise FileNotFoundError(not_found)
-    arrays = {key: read_idx(path) for key, path in files.items()}
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"MNIST {split} files do not match: images {x.shape}, labels {y.shape} "
-                f"({files[f'x_{split}']}, {files[f'y_{split}']})"
-            )
+    arrays = read_idx_splits("MNIST", files)
     return TensorData(
         name="mnist",
         x_train=normalize_images(arrays["x_train"][:, None], mean, std),

@@ -44,6 +44,7 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
 # Importing the family modules fills the registry.
 from tunegap.models import alexnet as _alexnet  # noqa: E402, F401
 from tunegap.models import cnn1d as _cnn1d  # noqa: E402, F401
+from tunegap.models import conv2d_small as _conv2d_small  # noqa: E402, F401
 from tunegap.models import f1 as _f1  # noqa: E402, F401
 from tunegap.models import resnet as _resnet  # noqa: E402, F401
 from tunegap.models import shallow as _shallow  # noqa: E402, F401

@@ -8,6 +8,7 @@ data and batches larger than the training set before anything starts.
 from __future__ import annotations
 
 # Importing the catalogue modules fills the registry.
+from tunegap.workloads import fashion as _fashion  # noqa: F401
 from tunegap.workloads import mnist1d as _mnist1d  # noqa: F401
 from tunegap.workloads import paper as _paper  # noqa: F401
 from tunegap.workloads.catalog import (

@@ -1,0 +1,69 @@
+"""Real images on two CPU cores: Fashion-MNIST (Debian's `dataset-fashion-mnist`).
+
+Two workloads, each with a base regime short enough that the matched +RA run of a 16x larger
+batch fits a study on a CPU. Their regimes are provisional: the study folders that measure
+the gap on them (table1, frontier) are still to be run (see the README).
+"""
+
+from __future__ import annotations
+
+from tunegap.regime import Regime
+from tunegap.workloads.catalog import register_workload
+from tunegap.workloads.workload import Workload
+
+register_workload(
+    Workload(
+        name="fashion-f1",
+        model="f1",
+        dataset="fashion-mnist",
+        regime=Regime(
+            base_lr=0.1,
+            base_batch_size=128,
+            epochs=2,
+            decay_epochs=(1,),
+            decay_factor=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            clip_norm=5.0,
+        ),
+        eval_batch_size=10_000,
+        large_batch_size=2048,
+        target_test_acc=85.0,
+        source=(
+            "F1 (Keskar et al. 2017) as in github.com/eladhoffer/bigBatch models/mnist_f1.py: "
+            "5 x [Linear 512, BatchNorm1d, ReLU], SGD lr 0.1, momentum 0.9, wd 1e-4, B0=128 "
+            "(the paper's MNIST row); on Fashion-MNIST, no augmentation; shortened for a CPU "
+            "from the authors' 50 epochs (decays at 10/20/30) to 2 epochs with one decay at "
+            "epoch 1, and a large batch of 2048 (matched +RA: 32 epochs)"
+        ),
+    )
+)
+
+register_workload(
+    Workload(
+        name="fashion-cnn",
+        model="conv2d_small",
+        dataset="fashion-mnist",
+        regime=Regime(
+            base_lr=0.05,
+            base_batch_size=128,
+            epochs=4,
+            decay_epochs=(2, 3),
+            decay_factor=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+            clip_norm=5.0,
+        ),
+        eval_batch_size=10_000,
+        large_batch_size=2048,
+        target_test_acc=88.0,
+        source=(
+            "two conv layers with pooling and BatchNorm, two dense layers (the shape of "
+            "DeepOBS fmnist_2c2d and of the Fashion-MNIST benchmark's 2 conv + pooling + "
+            "BatchNorm entry), narrowed to 16/32 channels of 3x3 and 128 hidden units for a "
+            "CPU; SGD momentum 0.9, wd 5e-4, clip 5, base lr 0.05 at B0=128, 4 epochs with "
+            "decays x0.1 at epochs 2 and 3 (50% and 75%), large batch 2048 (matched +RA: 64 "
+            "epochs)"
+        ),
+    )
+)
