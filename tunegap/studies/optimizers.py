@@ -104,9 +104,55 @@ def scaling_fits(trials: pd.DataFrame) -> dict:
             for label, group in steps.groupby("optimizer", sort=False)}
 
 
+# Resamples of the seeds per (optimizer, batch size) behind each knee's interval.
+BOOTSTRAP_RESAMPLES = 200
+
+
+def knee_bootstrap(trials: pd.DataFrame, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per optimizer, how much its fitted knee moves when the seeds are resampled: the seeds
+    of every batch size drawn again with replacement, `steps_table` and the fit redone.
+    Returns knee_ci_low/high (the 5% and 95% quantiles of the knee batch size over the
+    resamples that fit), knee_inside (the share that put the knee inside the range) and
+    slope_below_knee (the observed log-log slope up to the knee, a free line through the
+    points the fit calls perfect scaling, where two batch sizes lie there)."""
+    rng = np.random.default_rng(seed)
+    labelled = trials.assign(label=trials.apply(optimizer_label, axis=1))
+    fits = scaling_fits(trials)
+    out = {}
+    for label, group in labelled.groupby("label", sort=False):
+        knees, inside = [], 0
+        by_batch = [g for _, g in group.groupby("batch_size")]
+        for _ in range(resamples):
+            sample = pd.concat([g.iloc[rng.integers(0, len(g), len(g))] for g in by_batch])
+            steps = steps_table(sample.drop(columns="label"))
+            fit = fit_scaling_regions(steps["batch_size"], steps["steps"])
+            if fit.fitted:
+                knees.append(fit.knee_batch_size)
+                inside += fit.knee == "inside"
+        fit = fits.get(label)
+        slope = math.nan
+        if fit is not None and fit.fitted:
+            b, t = np.array(fit.batch_sizes), np.array(fit.steps)
+            below = b <= fit.knee_batch_size * (1 + 1e-9)
+            if np.unique(b[below]).size >= 2:
+                slope = float(np.polyfit(np.log(b[below]), np.log(t[below]), 1)[0])
+        out[label] = {
+            "knee_ci_low": float(np.quantile(knees, 0.05)) if knees else math.nan,
+            "knee_ci_high": float(np.quantile(knees, 0.95)) if knees else math.nan,
+            "knee_inside": inside / resamples,
+            "slope_below_knee": slope,
+        }
+    return out
+
+
 def tables(cells, trials, epochs) -> dict[str, pd.DataFrame]:
-    """scaling_fits.csv: one row per optimizer (the knee, the slope beyond it, residuals)."""
-    return {"scaling_fits.csv": pd.DataFrame(fits_table(scaling_fits(trials)))}
+    """scaling_fits.csv: one row per optimizer (the knee with its bootstrap interval over
+    seeds, the observed slope below it, the slope beyond it, residuals)."""
+    spread = knee_bootstrap(trials)
+    rows = [{**row, **spread.get(row["optimizer"], {})}
+            for row in fits_table(scaling_fits(trials))]
+    return {"scaling_fits.csv": pd.DataFrame(rows)}
 
 
 def figures(cells, trials, epochs) -> dict:
@@ -164,7 +210,21 @@ def report(cells, trials, epochs) -> str:
                      f"{format_number(r.steps, '.0f')} |")
     lines += ["", "Fits (perfect scaling, slope -1, up to a knee; a fitted slope in [-1, 0] "
                   "beyond it; `tunegap.analysis.scaling`):", ""]
-    lines += [f"- {label}: {fit.summary()}." for label, fit in scaling_fits(trials).items()]
+    spread = knee_bootstrap(trials)
+    for label, fit in scaling_fits(trials).items():
+        line = f"- {label}: {fit.summary()}"
+        more = spread.get(label)
+        if fit.fitted and more and math.isfinite(more["knee_ci_low"]):
+            line += (f"; resampling the seeds ({BOOTSTRAP_RESAMPLES} times) moves the knee "
+                     f"across {more['knee_ci_low']:.0f} to {more['knee_ci_high']:.0f} (90%), "
+                     f"inside the range in {100 * more['knee_inside']:.0f}% of resamples")
+            if math.isfinite(more["slope_below_knee"]):
+                line += (f"; the observed slope up to the knee is "
+                         f"{more['slope_below_knee']:.2f} (perfect scaling is -1, imposed by "
+                         "the model)")
+            if more["knee_inside"] < 0.95:
+                line += ": the knee is not determined by these seeds, so none is claimed"
+        lines.append(line + ".")
     lines += ["", *verdict_lines(cells)]
     return "\n".join(lines)
 
