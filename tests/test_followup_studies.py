@@ -173,8 +173,10 @@ def test_warmup_report_reads_every_number_from_the_cells():
     text = warmup.report(cells, None, None)
     assert "| 512 | linear | 1 | 0 | 0/2 | — | — | diverged |" in text
     assert "| 512 | linear+warmup | 1 | 2 | 2/2 | 96.80 | +0.20 | closed |" in text
-    assert ("- B=512: smallest gap with linear+warmup (+0.20 points, closed); warm-up takes "
-            "linear scaling from diverged to +0.20 (closed).") in text
+    assert ("- B=512: the smallest point gap is linear+warmup's (+0.20 points, closed), a "
+            "point estimate and no ranking (which rule is better is decided, or not, by the "
+            "paired comparisons); warm-up takes linear scaling from diverged to +0.20 "
+            "(closed).") in text
 
 
 def synthetic_trials():
@@ -257,7 +259,8 @@ def test_warmup_end_to_end(tmp_path, data_dir, ray_session):
     assert {"gap_map.png", "cells.csv"} <= names
     readme = (outcome.run_dir / "summary.md").read_text()
     assert "| 256 | linear+warmup | 1 | 0.2 |" in readme
-    assert "- B=256: smallest gap with " in readme
+    assert "- B=256: the smallest point gap is " in readme
+    assert "## Paired comparisons" in readme
 
 
 @pytest.mark.slow

@@ -109,8 +109,9 @@ def rule_sentences(table: pd.DataFrame) -> list[str]:
                        f"({', '.join(f'{r.rule} {r.verdict}' for r in group.itertuples())}).")
             continue
         best = usable.loc[usable["gap"].idxmin()]
-        text = (f"- B={batch}: smallest gap with {best['rule']} ({best['gap']:+.2f} points, "
-                f"{best['verdict']})")
+        text = (f"- B={batch}: the smallest point gap is {best['rule']}'s ({best['gap']:+.2f} "
+                f"points, {best['verdict']}), a point estimate and no ranking (which rule is "
+                "better is decided, or not, by the paired comparisons)")
         by_rule = group.set_index("rule")
         if {"linear", "linear+warmup"} <= set(by_rule.index):
             cold, warm = by_rule.loc["linear"], by_rule.loc["linear+warmup"]
