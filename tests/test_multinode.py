@@ -177,6 +177,8 @@ def study_command(tmp: Path, data_dir: Path, address: str) -> list[str]:
         sys.executable,
         "-m",
         "tunegap.studies.regime_length",
+        "--seeds",
+        "1",
         "--epochs",
         "2",
         "--batch-size",

@@ -138,7 +138,7 @@ def test_plugin_workload_through_run_study_in_process(plugin_file, tmp_path, ray
 def test_plugin_workload_survives_a_killed_driver_and_resume(plugin_file, tmp_path):
     # One long trial (multiplier 120: 240 epochs), killed while it trains, then resumed.
     command = [*tunegap_command(), "run", "regime_length", "--plugin", str(plugin_file),
-               "--workload", "lab-workload", "--batch-size", "512", "--multipliers", "120",
+               "--workload", "lab-workload", "--batch-size", "512", "--multipliers", "120", "--seeds", "1",
                "--max-concurrent", "1", "--checkpoint-every", "5", "--device", "cpu", "--quiet"]
     proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -101,7 +101,9 @@ def test_diffusion_and_lr_scaling_grids():
     # exponent, so Study.trial_configs may run it once).
     assert {k for k in ks if k[0] != 32} == {(b, a) for b in (128, 512, 2048) for a in (0.0, 0.5)}
     assert (32, 0.0) in ks
-    assert len(configs(lr_scaling)) == 16  # baseline + 3 x 5
+    # baseline + 3 x 5 cells, each starting with the first look's 3 seeds (--seeds auto)
+    assert len(configs(lr_scaling)) == 16 * 3
+    assert len(configs(lr_scaling, ["--seeds", "1"])) == 16
     study = lr_scaling.build(lr_scaling.parser().parse_args(["--search", "optuna"]))
     assert study.optuna_space["lr_exponent"] == (0.0, 1.0)
     assert study.optuna_space["base_lr"] == pytest.approx((0.005, 0.5))

@@ -270,7 +270,7 @@ def report(cells, trials, epochs) -> str:
 
 
 def parser():
-    p = study_parser("batch_size", __doc__, seeds=2)
+    p = study_parser("batch_size", __doc__, seeds="auto")
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
                    default=(32, 64, 128, 256, 512, 1024, 2048, 4096))
     p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"), default=None,

@@ -94,7 +94,7 @@ def _number(value: float, spec: str) -> str:
 
 
 def parser():
-    p = study_parser("diffusion", __doc__, seeds=1)
+    p = study_parser("diffusion", __doc__, seeds=3)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(32, 128, 512, 2048))
     p.add_argument("--exponents", type=float_list("--exponents"), default=(0.0, 0.5))
     return p

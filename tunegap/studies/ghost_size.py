@@ -36,7 +36,7 @@ def comparisons(trials):
 
 
 def parser():
-    p = study_parser("ghost_size", __doc__, seeds=3)
+    p = study_parser("ghost_size", __doc__, seeds="auto")
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
     p.add_argument("--ghost-sizes", type=ghost_list, default=(None, 16, 32, 128, 512))
     p.add_argument("--lr-exponent", type=float, default=0.5)

@@ -49,7 +49,7 @@ def optuna_figures(cells, trials, epochs) -> dict:
 
 
 def parser():
-    p = study_parser("lr_scaling", __doc__, seeds=1, searches=("grid", "optuna"))
+    p = study_parser("lr_scaling", __doc__, seeds="auto", searches=("grid", "optuna"))
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
     p.add_argument("--exponents", type=float_list("--exponents"),
                    default=(0.0, 0.25, 0.5, 0.75, 1.0))
@@ -64,6 +64,9 @@ def comparisons(trials):
 def build(args) -> Study:
     fields = common_study_fields(args)
     if args.search == "optuna":
+        # Optuna draws one configuration per trial: seeds are a number there, one by default.
+        if fields["seeds"] == "auto":
+            fields["seeds"] = 1
         try:
             base_lr = get_workload(args.workload).regime.base_lr
         except ValueError as err:

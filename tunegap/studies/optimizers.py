@@ -247,7 +247,7 @@ def verdict_lines(cells: pd.DataFrame) -> list[str]:
 
 
 def parser():
-    p = study_parser("optimizers", __doc__, seeds=2)
+    p = study_parser("optimizers", __doc__, seeds=3)
     p.set_defaults(max_updates=DEFAULT_MAX_UPDATES, schedule=DEFAULT_SCHEDULE)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
                    default=(32, 64, 128, 256, 512))

@@ -38,7 +38,7 @@ def figures(cells, trials, epochs) -> dict:
 
 
 def parser():
-    p = study_parser("regime_length", __doc__, seeds=1)
+    p = study_parser("regime_length", __doc__, seeds="auto")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
                    help="the large batch (default: the workload's large batch size)")
     p.add_argument("--multipliers", type=multiplier_list, default=(1, 2, 4, 8, 16, "matched"))

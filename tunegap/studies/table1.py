@@ -134,7 +134,7 @@ def comparisons(trials: pd.DataFrame) -> list:
 
 
 def parser():
-    p = study_parser("table1", __doc__, seeds=3)
+    p = study_parser("table1", __doc__, seeds="auto")
     p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None,
                    help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
     return p

@@ -127,7 +127,7 @@ def _state(cell) -> str:
 
 
 def parser():
-    p = study_parser("warmup", __doc__, seeds=2)
+    p = study_parser("warmup", __doc__, seeds="auto")
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
     p.add_argument("--warmup-fraction", type=number_in("--warmup-fraction", low=0, high=1, low_open=True), default=0.1,
                    help="warm-up length of the linear+warmup rule, as a fraction of the "
