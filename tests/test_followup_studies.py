@@ -137,7 +137,7 @@ def test_warmup_runs_three_rules_per_large_batch():
     short = build(warmup, ["--epochs", "10", "--warmup-fraction", "0.5", "--batch-sizes", "32,64"])
     warm = [c for c in short.trial_configs() if c.warmup_epochs]
     assert [(c.batch_size, c.warmup_epochs, c.warmup_start_factor) for c in warm] == \
-        [(64, 5.0, 0.5)] * 2
+        [(64, 5.0, 0.5)] * 3
 
 
 def test_optimizers_runs_four_optimizers_under_one_budget():
