@@ -88,3 +88,20 @@ def test_loader_speed_compares_both_loaders():
         "1",
     )
     assert "(a) device loader" in out and "(b) DataLoader 1 workers" in out
+
+
+def test_verdict_error_prints_every_design_and_gap():
+    out = run("verdict_error.py", "--sequences", "20", "--workers", "1")
+    assert "commit:" in out and "sequences per setting: 20" in out
+    for design in ("fixed 3 seeds (1 look)", "auto: looks 3,6,12 (Bonferroni)",
+                   "old auto: every seed 3..8 at 5%"):
+        assert f"| {design} | 1 x margin |" in out
+    assert "(map of 3)" in out
+
+
+@pytest.mark.slow
+def test_seeds_to_decide_prints_each_view_per_cell():
+    out = run("seeds_to_decide.py", "--seeds", "2", "--batch-sizes", "512", "--epochs", "1")
+    assert "| cell (B, ghost) | gap, final (pts) | final | 10k | last3 | last3 10k | paired |" \
+        in out
+    assert "| 512, BN |" in out and "| median over cells |" in out
