@@ -84,7 +84,7 @@ def run(workload: str, args, tmp: str) -> tuple[object, float]:
         argv += ["--epochs", str(args.epochs)]
     study = ghost_size.build(ghost_size.parser().parse_args(argv))
     options = RunOptions(storage_path=f"{tmp}/{workload}", tracking_uri=f"sqlite:///{tmp}/m.db",
-                         device="cpu", quiet=True)
+                         device="cpu", quiet=True, data_dir=args.data_dir)
     start = time.perf_counter()
     outcome = run_study(study, options)
     return outcome, time.perf_counter() - start
@@ -102,6 +102,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="128,512,2048")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    p.add_argument("--data-dir", default=None, help="where MNIST-1D is cached")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         small, small_wall = run("mnist1d-cnn", args, tmp)
