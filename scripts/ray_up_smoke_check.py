@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 
 from tunegap.analysis.tables import EPOCHS_FILE, TRIALS_FILE, read_tables
-from tunegap.study import STORAGE_ENV, TRACKING_URI_ENV
+from tunegap.runner.options import STORAGE_ENV, TRACKING_URI_ENV
 from tunegap.tracking.runs import TAG_TRIAL_ID
 
 

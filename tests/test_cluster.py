@@ -33,7 +33,7 @@ import jsonschema
 import pytest
 import yaml
 
-import tunegap.study as study_module
+import tunegap.runner.options as study_module
 from tunegap.cli import options_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

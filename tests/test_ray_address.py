@@ -201,7 +201,7 @@ LOCAL_RAY = """
 import json, os, sys
 import ray
 from tunegap.runner.resources import init_ray
-from tunegap.study import RunOptions
+from tunegap.runner.options import RunOptions
 
 init_ray(RunOptions(device="cpu"))
 

@@ -151,3 +151,14 @@ def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_
     assert searched["lr_exponent"].nunique() == len(searched)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert len(child_runs(client, outcome.parent_run_id)) == 4
+
+
+def test_run_options_moved_to_runner_options_and_old_imports_keep_working():
+    from tunegap.runner import options
+    from tunegap.study import DEFAULT_STORAGE, RunOptions
+
+    assert RunOptions is options.RunOptions and DEFAULT_STORAGE == options.DEFAULT_STORAGE
+    import tunegap.study
+
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        tunegap.study.NoSuchName  # noqa: B018

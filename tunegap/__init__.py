@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _HOMES = {
     "Study": "tunegap.study",
-    "RunOptions": "tunegap.study",
+    "RunOptions": "tunegap.runner.options",
     "StudyError": "tunegap.study",
     "run_study": "tunegap.runner.run",
     "StudyOutcome": "tunegap.runner.run",
@@ -84,8 +84,9 @@ if TYPE_CHECKING:
     from tunegap.gbn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
     from tunegap.models import register_model
     from tunegap.regime import Regime
+    from tunegap.runner.options import RunOptions
     from tunegap.runner.run import StudyOutcome, run_study
-    from tunegap.study import RunOptions, Study, StudyError
+    from tunegap.study import Study, StudyError
     from tunegap.workloads import Workload, get_workload, register_workload
 
 

@@ -18,20 +18,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
 from tunegap.regime import MATCHED
 from tunegap.registry import PluginError, load_plugins
-from tunegap.study import (
-    AUTO,
+from tunegap.runner.options import (
     DEFAULT_STORAGE,
     DEFAULT_TRACKING_URI,
-    SCHEDULERS,
     STORAGE_ENV,
     TRACKING_URI_ENV,
     RunOptions,
-    Study,
-    StudyError,
-    StudyInterrupted,
     default_storage_path,
     default_tracking_uri,
 )
+from tunegap.study import AUTO, SCHEDULERS, Study, StudyError, StudyInterrupted
 
 if TYPE_CHECKING:
     from tunegap.runner.run import StudyOutcome

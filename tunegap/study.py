@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import numbers
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,6 @@ import pandas as pd
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign
 from tunegap.config import PROTOCOLS, TrialConfig
-from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
@@ -32,13 +30,6 @@ SEARCHES = ("grid", "optuna", "frontier")
 SCHEDULERS = ("none", "asha", "median")
 # `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
 AUTO = "auto"
-DEFAULT_STORAGE = "./tunegap_results"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# The command line's defaults where --tracking-uri / --storage-path are not given (see
-# `default_tracking_uri`): MLflow's own variable, and ours for the results folder. On the
-# cluster of cluster.yaml the head exports both, so studies need no extra flags there.
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-STORAGE_ENV = "TUNEGAP_STORAGE"
 # Bounds that only a typo exceeds; each is checked before any trial config is built.
 MAX_SEEDS = 1000
 MAX_TRIALS = 100_000
@@ -202,10 +193,10 @@ class Study:
                 raise StudyError(f"the grid for {knob} repeats {', '.join(repeated)}: give "
                                  "each value once")
         if self.seeds != AUTO:
-            _check_count("--seeds", self.seeds, MAX_SEEDS)
+            check_count("--seeds", self.seeds, MAX_SEEDS)
         check_seed_budget(self.min_seeds, self.max_seeds)
-        _check_count("--max-seeds", self.max_seeds, MAX_SEEDS)
-        _check_count("--num-samples", self.num_samples, MAX_TRIALS)
+        check_count("--max-seeds", self.max_seeds, MAX_SEEDS)
+        check_count("--num-samples", self.num_samples, MAX_TRIALS)
         if self.search not in SEARCHES:
             raise StudyError(f"--search {self.search!r} is not allowed: use {', '.join(SEARCHES)}")
         if self.search == "frontier":
@@ -229,7 +220,7 @@ class Study:
         _check_optuna_space(self.optuna_space)
         _check_scheduler(self)
         if self.epochs is not None:
-            _check_count("--epochs", self.epochs, MAX_EPOCHS)
+            check_count("--epochs", self.epochs, MAX_EPOCHS)
         if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
             math.isfinite(self.margin) and 0 <= self.margin <= 100
         ):
@@ -401,7 +392,8 @@ def frontier_budget(batch_sizes: Iterable[int], base_batch_size: int, max_seeds:
     return (1 + probes) * max_seeds
 
 
-def _check_count(flag: str, value: object, most: int | None = None) -> None:
+def check_count(flag: str, value: object, most: int | None = None) -> None:
+    """A whole number >= 1 (at most `most`), or one StudyError line naming `flag`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer >= 1")
     if most is not None and value > most:
@@ -420,7 +412,7 @@ def _check_scheduler(study: Study) -> None:
         what = "--search frontier" if study.search == "frontier" else "--seeds auto"
         raise StudyError(f"--scheduler {study.scheduler} with {what} is not allowed: adaptive "
                          "searches decide seeds from finished trials; use --scheduler none")
-    _check_count("grace_updates", study.grace_updates)
+    check_count("grace_updates", study.grace_updates)
     factor = study.reduction_factor
     if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (
         math.isfinite(factor) and factor > 1
@@ -502,107 +494,15 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Where and how a study runs: options common to every study's CLI.
-
-    >>> RunOptions(storage_path="/tmp/results", tracking_uri="sqlite:////tmp/mlflow.db",
-    ...            device="cpu", max_concurrent=2).checkpoint_every
-    5
-    >>> RunOptions(address="nowhere")
-    Traceback (most recent call last):
-    ...
-    tunegap.study.StudyError: --address 'nowhere' is not allowed: use auto, local, host:port or ray://host:port, e.g. 10.0.0.5:6379
-    """
-
-    address: str | None = None
-    storage_path: str = DEFAULT_STORAGE
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    resume: bool = False
-    max_concurrent: int | None = None
-    gpus_per_trial: float | None = None
-    device: str = "auto"
-    data_dir: str | None = None
-    checkpoint_every: int = 5
-    max_failures: int = 3
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_concurrent is not None:
-            _check_count("--max-concurrent", self.max_concurrent)
-        _check_count("--checkpoint-every", self.checkpoint_every)
-        if self.gpus_per_trial is not None and not (
-            math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0
-        ):
-            raise StudyError(
-                f"--gpus-per-trial {self.gpus_per_trial!r} is not allowed: use a number >= 0"
-            )
-        if self.gpus_per_trial is not None and self.gpus_per_trial > 1 and (
-            not float(self.gpus_per_trial).is_integer()
-        ):
-            # Ray shares a GPU in fractions below 1; above 1 it only hands out whole GPUs.
-            raise StudyError(
-                f"--gpus-per-trial {self.gpus_per_trial!r} is not allowed: use a fraction "
-                "up to 1 (e.g. 0.25 for four trials per GPU) or a whole number of GPUs"
-            )
-        if isinstance(self.max_failures, bool) or self.max_failures < 0:
-            raise StudyError(f"--max-failures {self.max_failures!r} is not allowed: use >= 0")
-        _check_address(self.address)
-        try:
-            cpu_malloc_mode()  # read by every CPU trial: refuse a bad value before any starts
-        except ValueError as err:
-            raise StudyError(str(err)) from None
-        if "://" in str(self.storage_path):
-            # Every result is written with plain file operations (Path, os.replace), so a URL
-            # would become a local folder named "s3:"; a shared mount works on a cluster.
-            raise StudyError(
-                f"--storage-path {self.storage_path!r} is a URL, which is not supported: use a "
-                "folder every node can reach (on the cluster of cluster.yaml: the S3 bucket "
-                "mounted at /mnt/tunegap, see CLUSTER.md)"
-            )
-        for flag, value, example in (("--storage-path", self.storage_path, "./tunegap_results"),
-                                     ("--tracking-uri", self.tracking_uri, "sqlite:///mlflow.db"),
-                                     ("--data-dir", self.data_dir, "~/data")):
-            if value is not None and not str(value).strip():
-                raise StudyError(f"{flag} {value!r} is empty: name one, e.g. {example}")
-        if self.data_dir is not None and Path(self.data_dir).expanduser().is_file():
-            raise StudyError(f"--data-dir {self.data_dir} is a file: name the folder that "
-                             "holds (or will cache) the data set")
+# Where and how a study runs lives in `tunegap.runner.options`; these names stay importable
+# from here for callers of the second release.
+_MOVED_TO_OPTIONS = ("RunOptions", "DEFAULT_STORAGE", "DEFAULT_TRACKING_URI", "TRACKING_URI_ENV",
+                     "STORAGE_ENV", "default_tracking_uri", "default_storage_path")
 
 
-def _check_address(address: str | None) -> None:
-    """`--address`: None or "local" (a new local Ray), "auto", host:port or ray://host:port."""
-    if address in (None, "local", "auto"):
-        return
-    text = str(address).removeprefix("ray://")
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]  # an IPv6 address, e.g. [::1]:6379
-    elif ":" in host:
-        host = ""
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StudyError(
-            f"--address {address!r} is not allowed: use auto, local, host:port or "
-            "ray://host:port, e.g. 10.0.0.5:6379"
-        )
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_OPTIONS:
+        from tunegap.runner import options
 
-
-def default_tracking_uri(environ: Mapping[str, str] | None = None) -> str:
-    """The tracking URI of a study run without --tracking-uri.
-
-    `$MLFLOW_TRACKING_URI` where it is set and not empty (MLflow's standard variable; the head
-    of cluster.yaml exports http://127.0.0.1:5000, its MLflow server), else
-    sqlite:///mlflow.db in the current folder. `RunOptions` itself has no such rule.
-    """
-    env = os.environ if environ is None else environ
-    return env.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
-
-
-def default_storage_path(environ: Mapping[str, str] | None = None) -> str:
-    """The results folder of a study run without --storage-path.
-
-    `$TUNEGAP_STORAGE` where it is set and not empty (cluster.yaml exports a folder shared by
-    every node), else ./tunegap_results.
-    """
-    env = os.environ if environ is None else environ
-    return env.get(STORAGE_ENV) or DEFAULT_STORAGE
+        return getattr(options, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

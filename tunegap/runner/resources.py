@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tunegap.cpu_memory import MODE_VARIABLE as CPU_MALLOC_VARIABLE
-from tunegap.study import RunOptions, Study, StudyError
+from tunegap.runner.options import RunOptions
+from tunegap.study import Study, StudyError
 from tunegap.workloads import Workload, get_workload
 
 LOOPBACK = "127.0.0.1"

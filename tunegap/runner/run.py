@@ -33,6 +33,7 @@ from ray import tune
 from tunegap.atomic import write_text_atomically
 from tunegap.runner.finish import StudyOutcome, finish_study
 from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinished_trials
+from tunegap.runner.options import RunOptions
 from tunegap.runner.progress import ProgressPrinter
 from tunegap.runner.records import JOURNAL_FILE, EpochJournal
 from tunegap.runner.resources import init_ray, plan_trial_hardware
@@ -40,7 +41,6 @@ from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import (
     AUTO,
-    RunOptions,
     Study,
     StudyError,
     StudyInterrupted,

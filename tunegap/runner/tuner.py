@@ -21,7 +21,8 @@ from tunegap.config import TrialConfig
 from tunegap.names import DIVERGED, RESOLVED_PREFIX
 from tunegap.runner import trainable
 from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
-from tunegap.study import AUTO, LOG_RANGE_KNOBS, RunOptions, Study, is_baseline, total_trials
+from tunegap.runner.options import RunOptions
+from tunegap.study import AUTO, LOG_RANGE_KNOBS, Study, is_baseline, total_trials
 
 logger = logging.getLogger(__name__)
 
