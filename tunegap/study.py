@@ -303,7 +303,18 @@ class Study:
         so they are run once, as BatchNorm. At B0 the LR exponent and the multiplier
         "matched" change nothing (the lr and the length are the base ones), so they are run
         once, with exponent 0 and multiplier 1.
+
+        Expanded once per Study: a frozen study always expands alike, so the configs are
+        kept (`expansions` counts how often the grid was really expanded).
         """
+        cached = self.__dict__.get("_configs")
+        if cached is None:
+            cached = tuple(self._expand())
+            object.__setattr__(self, "_configs", cached)
+            object.__setattr__(self, "expansions", self.__dict__.get("expansions", 0) + 1)
+        return list(cached)
+
+    def _expand(self) -> list[TrialConfig]:
         combos = self.combos()
         b0 = self.workload_def.regime.base_batch_size
         configs: list[TrialConfig] = []
