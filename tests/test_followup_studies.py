@@ -246,12 +246,14 @@ def run_tiny(module, argv, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_warmup_end_to_end(tmp_path, data_dir, ray_session):
-    outcome = run_tiny(warmup, ["--epochs", "2", "--batch-sizes", "256"], tmp_path, data_dir)
+    outcome = run_tiny(warmup, ["--epochs", "2", "--batch-sizes", "256", "--seeds", "2"],
+                       tmp_path, data_dir)
     trials = outcome.trials
     assert len(trials) == 2 * 4 and (trials["outcome"] == "completed").all()
     cells = warmup.with_rules(outcome.cells)
     assert cells["rule"].tolist() == ["baseline", "linear", "linear+warmup", "sqrt"]
-    assert set(cells["verdict"]) <= {"baseline", "closed", "open", "inconclusive", "diverged"}
+    assert set(cells["verdict"]) <= {"baseline", "closed", "open", "at the margin",
+                                     "inconclusive", "diverged"}
     # The warm-up ramps from B0/B of the scaled lr: the first epoch's lr is below the peak.
     warm = trials[trials["warmup_epochs"] > 0]
     assert len(warm) == 2 and (warm["warmup_start_factor"] == 32 / 256).all()
@@ -266,7 +268,7 @@ def test_warmup_end_to_end(tmp_path, data_dir, ray_session):
 @pytest.mark.slow
 def test_optimizers_end_to_end(tmp_path, data_dir, ray_session):
     outcome = run_tiny(optimizers, ["--max-updates", "30", "--batch-sizes", "32,64,128",
-                                    "--target-acc", "20"], tmp_path, data_dir)
+                                    "--target-acc", "20", "--seeds", "2"], tmp_path, data_dir)
     trials = outcome.trials
     assert (trials["outcome"] == "completed").all()
     assert (trials["resolved_updates"] == 30).all() if "resolved_updates" in trials else True
