@@ -119,8 +119,9 @@ def main() -> None:
           f"{big_wall:.0f} s (10k test)")
     print()
     cols = [*views, "paired"]
-    print("| cell (B, ghost) | gap, final (pts) | " + " | ".join(cols) + " |")
-    print("|---|---:|" + "---:|" * len(cols))
+    print("| cell (B, ghost) | gap, final (pts) | gap, 10k (pts) | sd cell final / 10k | "
+          + " | ".join(cols) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(cols))
     needed: dict[str, list[float]] = {c: [] for c in cols}
     for key in sorted((k for k in views["final"] if k != ("baseline",)),
                       key=lambda k: (k[0], math.inf if k[1] is None else k[1])):
@@ -141,10 +142,20 @@ def main() -> None:
         needed["paired"].append(math.inf if n is None else n)
         row.append(text(n, args.seeds))
         ghost = "BN" if key[1] is None else key[1]
-        print(f"| {key[0]}, {ghost} | {gap:+.2f} | " + " | ".join(row) + " |")
-    print("| median over cells | | " + " | ".join(
+        big = views["10k"]
+        gap_big = (np.mean(list(big[("baseline",)].values()))
+                   - np.mean(list(big[key].values())))
+        spreads = (f"{np.std(list(cell.values()), ddof=1):.2f} / "
+                   f"{np.std(list(big[key].values()), ddof=1):.2f}")
+        print(f"| {key[0]}, {ghost} | {gap:+.2f} | {gap_big:+.2f} | {spreads} | "
+              + " | ".join(row) + " |")
+    print("| median over cells | | | | " + " | ".join(
         f"{np.median(v):g}" for v in needed.values()) + " |")
     print()
+    for name, view in (("final", views["final"]), ("10k", views["10k"])):
+        base = list(view[("baseline",)].values())
+        print(f"baseline ({name}): {np.mean(base):.2f} ± {np.std(base, ddof=1):.2f} over "
+              f"{len(base)} seeds")
     print("Seeds a side to decide at 80% power, one look (90% interval); lower is better.")
 
 
