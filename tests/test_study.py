@@ -153,11 +153,13 @@ def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_
     assert len(child_runs(client, outcome.parent_run_id)) == 4
 
 
-def test_run_options_moved_to_runner_options_and_old_imports_keep_working():
+def test_run_options_moved_and_an_old_import_says_where():
+    import tunegap
     from tunegap.runner import options
-    from tunegap.study import DEFAULT_STORAGE, RunOptions
 
-    assert RunOptions is options.RunOptions and DEFAULT_STORAGE == options.DEFAULT_STORAGE
+    assert tunegap.RunOptions is options.RunOptions
+    with pytest.raises(ImportError, match="moved: import it from tunegap.runner.options"):
+        from tunegap.study import RunOptions  # noqa: F401
     import tunegap.study
 
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):

@@ -505,15 +505,16 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-# Where and how a study runs lives in `tunegap.runner.options`; these names stay importable
-# from here for callers of the second release.
+# Where and how a study runs moved to `tunegap.runner.options` (`tunegap.RunOptions` is
+# unchanged); an old import from here names the new place instead of failing obscurely.
 _MOVED_TO_OPTIONS = ("RunOptions", "DEFAULT_STORAGE", "DEFAULT_TRACKING_URI", "TRACKING_URI_ENV",
                      "STORAGE_ENV", "default_tracking_uri", "default_storage_path")
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED_TO_OPTIONS:
-        from tunegap.runner import options
-
-        return getattr(options, name)
+        # ImportError, not AttributeError: `from tunegap.study import RunOptions` would turn
+        # an AttributeError into a bare "cannot import name".
+        raise ImportError(f"tunegap.study.{name} moved: import it from tunegap.runner.options "
+                          f"(RunOptions is also tunegap.RunOptions)")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
