@@ -158,7 +158,7 @@ def test_run_options_moved_and_an_old_import_says_where():
     from tunegap.runner import options
 
     assert tunegap.RunOptions is options.RunOptions
-    with pytest.raises(ImportError, match="moved: import it from tunegap.runner.options"):
+    with pytest.raises(ImportError, match=r"moved: import it from tunegap\.runner\.options"):
         from tunegap.study import RunOptions  # noqa: F401
     import tunegap.study
 
