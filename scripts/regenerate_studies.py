@@ -291,15 +291,20 @@ def readme_table(studies_root: str | os.PathLike[str], *, link_root: str = "stud
     ]
     for name in names:
         folder = root / name
-        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=name in FRONTIER_STUDIES)
+        bracket = folder / "frontier.csv"
+        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=name in FRONTIER_STUDIES,
+                             brackets=pd.read_csv(bracket) if bracket.is_file() else None)
         question = _readme_question(folder / "README.md").replace("|", "\\|")
         lines.append(f"| `{name}` | {question} | [{result}]({link_root}/{name}/README.md) |")
     return "\n".join(lines)
 
 
-def result_text(cells: pd.DataFrame, *, frontier: bool = False) -> str:
-    """"closed 2, open 5, inconclusive 3 at margin 0.5 (Holm: closed 1)" from a cells table;
-    with `frontier`, the closing multiplier per batch size first."""
+def result_text(cells: pd.DataFrame, *, frontier: bool = False,
+                brackets: pd.DataFrame | None = None) -> str:
+    """"closed 2, open 5, inconclusive 3 at margin 0.5 (Holm: closed 1, open 4)" from a cells
+    table (Holm's open count only where the table was judged both ways: a cells.csv of the
+    second release adjusted "closed" alone); with `frontier`, per batch size the bracket of
+    its frontier.csv where it has one, else the smallest closed multiplier, first."""
     if "verdict" not in cells.columns or "margin" not in cells.columns:
         return "no verdicts in its cells.csv: regenerate it"
     grid = cells[~cells["is_baseline"].astype(bool)]
@@ -310,13 +315,17 @@ def result_text(cells: pd.DataFrame, *, frontier: bool = False) -> str:
     text = ", ".join(parts) + f" at margin {float(cells['margin'].iloc[0]):g}"
     if "verdict_holm" in grid.columns:
         holm = grid["verdict_holm"]
-        text += (f" (Holm: closed {int((holm == 'closed').sum())}, "
-                 f"open {int((holm == 'open').sum())})")
+        both_ways = "p_value_open_holm" in grid.columns
+        text += (f" (Holm: closed {int((holm == 'closed').sum())}"
+                 + (f", open {int((holm == 'open').sum())})" if both_ways else ")"))
     if len(grid):
         done = grid["verdict"].isin(("closed", "open", "at the margin")).sum()
         text += f"; decided or at the margin {int(done)}/{len(grid)}"
     if frontier:
-        text = "; ".join(_frontier_parts(grid)) + f". Cells: {text}"
+        parts = ([f"B={r.batch_size}: {r.bracket}" for r in brackets.itertuples()]
+                 if brackets is not None and "bracket" in brackets.columns
+                 else _frontier_parts(grid))
+        text = "; ".join(parts) + f". Cells: {text}"
     return text
 
 

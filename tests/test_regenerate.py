@@ -146,7 +146,7 @@ def test_readme_table_counts_each_study_verdicts_at_its_margin(run_dir, tmp_path
         # No README written: the question is the module's.
         f"| `frontier` | {regen.question_of('frontier')} | [B=256: closed at multiplier 4; "
         "B=1024: not closed (probed up to 32). Cells: closed 2, open 2, inconclusive 2 at "
-        "margin 1 (Holm: closed 1, open 2); decided or at the margin 4/6]"
+        "margin 1 (Holm: closed 1); decided or at the margin 4/6]"
         "(studies/frontier/README.md) |",
     ]
 

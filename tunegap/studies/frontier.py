@@ -26,9 +26,9 @@ from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
 QUESTION = (
-    "At each batch size, with sqrt learning-rate scaling and ghost batches, what is the "
-    "smallest regime multiplier (and number of weight updates) at which the gap is closed "
-    "at the declared margin, and how does it compare with the small batch's own updates?"
+    "At each batch size, with sqrt learning-rate scaling and ghost batches, between which regime "
+    "multipliers (and numbers of weight updates) does the gap go from decided open to decided "
+    "closed at the declared margin, and how does that compare with the small batch's own updates?"
 )
 FRONTIER_FILE = "frontier.csv"
 # The noise scale over the first half of each trial's training (its high-lr phase) gives the
