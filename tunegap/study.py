@@ -91,9 +91,9 @@ class Study:
     >>> [(c.batch_size, c.ghost_batch_size, c.seed) for c in study.trial_configs()][:3]
     [(32, None, 0), (512, None, 0), (512, 32, 0)]
 
-    `search="frontier"` bisects, per batch size of the grid, the regime multiplier in
-    [1, matched] for the smallest closed cell (`FrontierSearch`; the grid's other knobs take
-    one value each and seeds are "auto"). `tables` adds CSV files of the study's own
+    `search="frontier"` brackets, per batch size of the grid, the regime multipliers 1, 2,
+    4, ... up to matched between the largest decided open and the smallest decided closed
+    (`FrontierSearch`; the grid's other knobs take one value each and seeds are "auto"). `tables` adds CSV files of the study's own
     (e.g. frontier.csv), built from the cells and tables like `figures`.
 
     `margin` (points, finite, >= 0; default 0.5) is the largest loss that still counts as no
@@ -207,7 +207,7 @@ class Study:
             several = sorted(k for k, v in self.grid.items() if k != "batch_size" and len(v) != 1)
             if several or "regime_multiplier" in self.grid:
                 raise StudyError(
-                    "the frontier search bisects the regime multiplier at each batch size: "
+                    "the frontier search chooses the regime multipliers at each batch size: "
                     "give one value of every other knob and no regime multiplier"
                 )
         if self.search == "optuna" and self.seeds == AUTO:
