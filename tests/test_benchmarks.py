@@ -103,6 +103,7 @@ def test_verdict_error_prints_every_design_and_gap():
 def test_seeds_to_decide_prints_each_view_per_cell(data_dir):
     out = run("seeds_to_decide.py", "--seeds", "2", "--batch-sizes", "512", "--epochs", "1",
               "--data-dir", str(data_dir))
-    assert "| cell (B, ghost) | gap, final (pts) | final | 10k | last3 | last3 10k | paired |" \
-        in out
+    assert ("| cell (B, ghost) | gap, final (pts) | gap, 10k (pts) | sd cell final / 10k | "
+            "final | 10k | last3 | last3 10k | paired |") in out
+    assert "baseline (10k): " in out
     assert "| 512, BN |" in out and "| median over cells |" in out
