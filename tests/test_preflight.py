@@ -123,18 +123,38 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("workload", sorted(CASES))
-def test_a_study_refuses_the_bug_in_one_line_before_ray(workload, plugin, tmp_path):
-    done = run([*tunegap_command(), "run", "ghost_size", "--plugin", str(plugin),
-                "--workload", workload, "--batch-sizes", "128", "--ghost-sizes", "32",
-                "--seeds", "2", "--storage-path", str(tmp_path / "results"),
-                "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path)
+def study_argv(workload: str, plugin: Path, tmp_path: Path) -> list[str]:
+    return ["--plugin", str(plugin), "--workload", workload, "--batch-sizes", "128",
+            "--ghost-sizes", "32", "--seeds", "2", "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+
+
+def test_a_study_command_refuses_the_bug_in_one_line_before_ray(plugin, tmp_path):
+    # The command a user types, as its own process: nothing of Ray starts.
+    done = run([*tunegap_command(), "run", "ghost_size",
+                *study_argv("shape-bug", plugin, tmp_path)], cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert f"workload {workload!r}" in lines[0] and CASES[workload] in lines[0], lines[0]
+    assert "workload 'shape-bug'" in lines[0] and CASES["shape-bug"] in lines[0], lines[0]
+    assert "input shape (8, 1, 40)" in lines[0]
     assert not (tmp_path / "results").exists()
     assert "Started a local Ray instance" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("workload", sorted(CASES))
+def test_every_bug_is_one_line_naming_the_workload(workload, plugin, tmp_path, capsys):
+    # The same study CLI in this process (no interpreter start per case).
+    from tunegap.studies import ghost_size
+
+    with pytest.raises(SystemExit) as stop:
+        ghost_size.main(study_argv(workload, plugin, tmp_path))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"workload {workload!r}" in lines[0] and CASES[workload] in lines[0], lines[0]
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("workload", ["shape-bug", "nan-data", "raising-data"])
