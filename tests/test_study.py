@@ -102,7 +102,7 @@ def test_artifacts_and_parquet_match(ghost_study, tmp_path):
     assert "ghost_size" in summary
     assert "verdict per cell: Welch 90% interval of gap = baseline - cell" in summary
     # One seed a cell: nothing can be decided, and the summary and the parent run say so.
-    assert "- cells: closed 0, open 0, inconclusive 4, diverged 1, error 0" in summary
+    assert "- cells: closed 0, open 0, at the margin 0, inconclusive 4, diverged 1, error 0" in summary
     parent = client.get_run(outcome.parent_run_id).data
     assert parent.metrics["margin"] == 0.5 and "tolerance" not in parent.metrics
     assert (parent.metrics["cells_closed"], parent.metrics["cells_open"],
