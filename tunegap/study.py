@@ -421,8 +421,10 @@ def _check_scheduler(study: Study) -> None:
         # Adaptive searches decide seeds from finished trials; a stopped one would look
         # like a finished seed with too few epochs.
         what = "--search frontier" if study.search == "frontier" else "--seeds auto"
+        instead = ("--scheduler none" if study.search == "frontier"
+                   else "a number of seeds (e.g. --seeds 3), or --scheduler none")
         raise StudyError(f"--scheduler {study.scheduler} with {what} is not allowed: adaptive "
-                         "searches decide seeds from finished trials; use --scheduler none")
+                         f"searches decide seeds from finished trials; use {instead}")
     check_count("grace_updates", study.grace_updates)
     factor = study.reduction_factor
     if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (
