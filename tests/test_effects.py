@@ -81,3 +81,26 @@ def test_looks_widen_the_interval_and_holm_adjusts_each_claim():
     two = compute_effects(trials, [comparison, comparison], margin=0.5)
     assert two["p_better_holm"].iloc[0] == pytest.approx(min(1.0, 2 * one["p_better"]))
     assert set(two["verdict_holm"]) <= {"better", "worse", "equivalent", "inconclusive"}
+
+
+def test_table1_asks_each_remedy_against_the_column_before_it():
+    from tunegap.studies import table1
+
+    rows = []
+    for seed in range(3):
+        for column, (batch, ghost, alpha, mult, acc) in {
+            "SB": (32, None, 0.0, "1.0", 98.0), "LB": (2048, None, 0.0, "1.0", 70.0),
+            "+LR": (2048, None, 0.5, "1.0", 80.0), "+GBN": (2048, 32.0, 0.5, "1.0", 85.0),
+            "+RA": (2048, 32.0, 0.5, "matched", 97.9),
+        }.items():
+            rows.append({"workload": "mnist1d-cnn", "is_baseline": column == "SB",
+                         "batch_size": batch, "ghost_batch_size": ghost, "lr_exponent": alpha,
+                         "regime_multiplier": mult, "seed": seed, "outcome": "completed",
+                         "test_acc": acc + 0.3 * seed + (0.1 if column == "+GBN" else 0)})
+    trials = pd.DataFrame(rows)
+    comparisons = table1.comparisons(trials)
+    assert [c.label for c in comparisons] == ["+LR vs LB", "+GBN vs +LR", "+RA vs +GBN"]
+    effects = compute_effects(trials, comparisons, margin=0.5)
+    assert effects["n_pairs"].tolist() == [3, 3, 3]
+    assert effects["verdict"].tolist() == ["better", "better", "better"]
+    assert effects["effect"].tolist() == pytest.approx([10.0, 5.1, 12.8])
