@@ -20,6 +20,7 @@ from tunegap.runner.adaptive import (
     SeedsUntilDecided,
     probe_config,
 )
+from tunegap.runner.error_rates import drive_searcher
 from tunegap.study import cell_key, check_seed_budget, frontier_budget
 
 BASE = {"workload": "w", "batch_size": 32, "ghost_batch_size": None, "regime_multiplier": 1.0}
@@ -34,30 +35,14 @@ def drive(searcher: Searcher, accuracy, *, concurrency: int = 2, limit: int = 50
     """Run the searcher to FINISHED with `concurrency` trials at once; `accuracy(config)`
     gives a finished trial's test accuracy. Returns every config it suggested, in order."""
     rng = random.Random(0)
-    running: dict[str, dict] = {}
-    suggested: list[dict] = []
-    n = 0
-    while True:
-        finished = False
-        while len(running) < concurrency:
-            n += 1
-            out = searcher.suggest(f"t{n}")
-            if out == Searcher.FINISHED:
-                finished = True
-                break
-            if out is None:
-                break
-            running[f"t{n}"] = out
-            suggested.append(out)
-        if not running:
-            assert finished, "the searcher waits with nothing running"
-            return suggested
-        trial_id = rng.choice(sorted(running))
-        config = running.pop(trial_id)
+
+    def finish(trial_id: str, config: dict) -> None:
         acc = accuracy(config)
         searcher.on_trial_result(trial_id, {"test_acc": acc + 1.0})
         searcher.on_trial_complete(trial_id, {"test_acc": acc, "diverged": False})
-        assert len(suggested) < limit
+
+    return drive_searcher(searcher, finish, pick=rng.choice, concurrency=concurrency,
+                          limit=limit)
 
 
 def normal_accuracy(means: dict[int, float], sd: float):

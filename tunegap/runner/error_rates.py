@@ -14,7 +14,7 @@ the first cell.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,12 +85,15 @@ def simulate(design: SeedDesign, *, gap: float, sd: float = 1.0, margin: float =
                       seeds_cell / sequences, seeds_base / sequences)
 
 
-def _drive(searcher: SeedsUntilDecided, means: dict[int, float], sd: float,
-           rng: np.random.Generator, concurrency: int) -> dict[str, list[float]]:
-    """Run the searcher to FINISHED, `concurrency` trials at once, finishing them in a random
-    order; each cell's accuracies in seed order."""
+def drive_searcher(searcher: Searcher, finish: Callable[[str, dict], None], *,
+                   pick: Callable[[list[str]], str], concurrency: int = 2,
+                   limit: int | None = None) -> list[dict]:
+    """Run `searcher` to FINISHED as Tune would, `concurrency` trials at once: `pick` chooses
+    which running trial (of their sorted ids) finishes next, and `finish(trial_id, config)`
+    reports it to the searcher. Returns every config suggested, in order; RuntimeError if the
+    searcher waits with nothing running or suggests `limit` trials."""
     running: dict[str, dict] = {}
-    values: dict[str, dict[int, float]] = {}
+    suggested: list[dict] = []
     n = 0
     while True:
         finished = False
@@ -103,12 +106,27 @@ def _drive(searcher: SeedsUntilDecided, means: dict[int, float], sd: float,
             if out is None:
                 break
             running[f"t{n}"] = out
+            suggested.append(out)
+            if limit is not None and len(suggested) >= limit:
+                raise RuntimeError(f"the searcher suggested {limit} trials, the limit")
         if not running:
             if not finished:
                 raise RuntimeError("the searcher waits with nothing running")
-            return {k: [v for _, v in sorted(d.items())] for k, d in values.items()}
-        trial_id = sorted(running)[int(rng.integers(len(running)))]
-        config = running.pop(trial_id)
+            return suggested
+        trial_id = pick(sorted(running))
+        finish(trial_id, running.pop(trial_id))
+
+
+def _drive(searcher: SeedsUntilDecided, means: dict[int, float], sd: float,
+           rng: np.random.Generator, concurrency: int) -> dict[str, list[float]]:
+    """Each cell's accuracies in seed order, the trials finishing in a random order."""
+    values: dict[str, dict[int, float]] = {}
+
+    def finish(trial_id: str, config: dict) -> None:
         acc = float(rng.normal(means[config["batch_size"]], sd))
         values.setdefault(cell_key(config), {})[config["seed"]] = acc
         searcher.on_trial_complete(trial_id, {"test_acc": acc, "diverged": False})
+
+    drive_searcher(searcher, finish, pick=lambda ids: ids[int(rng.integers(len(ids)))],
+                   concurrency=concurrency)
+    return {k: [v for _, v in sorted(d.items())] for k, d in values.items()}
