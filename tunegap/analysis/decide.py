@@ -282,6 +282,9 @@ class Effect:
     n_pairs: int
     p_better: float  # one-sided paired t p-value of H0: effect <= 0
     p_worse: float  # of H0: effect >= 0
+    p_equivalent: float  # TOST: the larger p of H0: effect <= -margin and H0: effect >= margin
+    a_mean: float  # mean of A over the pairs
+    b_mean: float  # mean of B over the pairs
 
 
 def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: float,
@@ -299,12 +302,16 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
                    if _is_finite(a[s]) and _is_finite(b[s]))
     d = np.array([float(a[s]) - float(b[s]) for s in seeds])
     mean = float(d.mean()) if len(d) else math.nan
+    a_mean = float(np.mean([float(a[s]) for s in seeds])) if seeds else math.nan
+    b_mean = float(np.mean([float(b[s]) for s in seeds])) if seeds else math.nan
     if len(d) < 2:
-        return Effect(INCONCLUSIVE, mean, math.nan, math.nan, len(d), math.nan, math.nan)
+        return Effect(INCONCLUSIVE, mean, math.nan, math.nan, len(d), math.nan, math.nan,
+                      math.nan, a_mean, b_mean)
     if np.ptp(d) == 0:
         low = high = mean
         p_better = 0.0 if mean > 0 else 1.0
         p_worse = 0.0 if mean < 0 else 1.0
+        p_equivalent = 0.0 if abs(mean) < margin else 1.0
     else:
         from scipy import stats
 
@@ -313,6 +320,8 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
         low, high = mean - t * se, mean + t * se
         p_better = float(stats.t.sf(mean / se, len(d) - 1))
         p_worse = float(stats.t.cdf(mean / se, len(d) - 1))
+        p_equivalent = float(max(stats.t.sf((mean + margin) / se, len(d) - 1),
+                                 stats.t.cdf((mean - margin) / se, len(d) - 1)))
     if low > 0:
         verdict = BETTER
     elif high < 0:
@@ -321,7 +330,8 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
         verdict = EQUIVALENT
     else:
         verdict = INCONCLUSIVE
-    return Effect(verdict, mean, low, high, len(d), p_better, p_worse)
+    return Effect(verdict, mean, low, high, len(d), p_better, p_worse, p_equivalent,
+                  a_mean, b_mean)
 
 
 def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final") -> str:

@@ -75,21 +75,20 @@ def compute_effects(trials_df: pd.DataFrame, comparisons: Sequence[Comparison], 
         a = _by_seed(trials_df, comparison.a, acc_col)
         b = _by_seed(trials_df, comparison.b, acc_col)
         effect = paired_effect(a, b, margin=margin, confidence=design.confidence)
-        shared = sorted(set(a) & set(b))
         rows.append({
             "comparison": comparison.label,
             "a": _describe(comparison.a),
             "b": _describe(comparison.b),
             "n_pairs": effect.n_pairs,
-            "a_mean": float(np.mean([a[s] for s in shared])) if shared else math.nan,
-            "b_mean": float(np.mean([b[s] for s in shared])) if shared else math.nan,
+            "a_mean": effect.a_mean,
+            "b_mean": effect.b_mean,
             "effect": effect.effect,
             "effect_ci_low": effect.low,
             "effect_ci_high": effect.high,
             "verdict": effect.verdict,
             "p_better": effect.p_better,
             "p_worse": effect.p_worse,
-            "p_equivalent": _tost(a, b, margin),
+            "p_equivalent": effect.p_equivalent,
             "margin": margin,
             "confidence": design.confidence,
         })
@@ -185,23 +184,6 @@ def _holm_verdict(row: Mapping[str, Any]) -> str:
     if holds("equivalent"):
         return EQUIVALENT
     return INCONCLUSIVE
-
-
-def _tost(a: Mapping[int, float], b: Mapping[int, float], margin: float) -> float:
-    """The p-value of equivalence within ±margin: the larger of the two one-sided paired t
-    p-values (H0: effect <= -margin, H0: effect >= margin)."""
-    seeds = sorted(set(a) & set(b))
-    d = np.array([a[s] - b[s] for s in seeds])
-    if len(d) < 2:
-        return math.nan
-    if np.ptp(d) == 0:
-        return 0.0 if abs(float(d.mean())) < margin else 1.0
-    from scipy import stats
-
-    se = float(d.std(ddof=1)) / math.sqrt(len(d))
-    low = stats.t.sf((d.mean() + margin) / se, len(d) - 1)
-    high = stats.t.cdf((d.mean() - margin) / se, len(d) - 1)
-    return float(max(low, high))
 
 
 def _by_seed(trials: pd.DataFrame, knobs: Mapping[str, Any], acc_col: str) -> dict[int, float]:
