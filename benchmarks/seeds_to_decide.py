@@ -29,36 +29,33 @@ import pandas as pd
 from _provenance import git_commit
 
 from tunegap import RunOptions, run_study
-from tunegap.analysis.decide import CONFIDENCE, DEFAULT_MARGIN, POWER
+from tunegap.analysis.decide import (
+    CONFIDENCE,
+    DEFAULT_MARGIN,
+    MAX_SEEDS_TO_DECIDE,
+    seeds_for_power,
+)
 from tunegap.studies import ghost_size
 
-MAX_N = 1000
+MAX_N = MAX_SEEDS_TO_DECIDE
 
 
-def seeds_for_power(base: np.ndarray, cell: np.ndarray, margin: float, *,
-                    paired: bool = False) -> int | None:
-    """Smallest n (>= 2) deciding at POWER if the observed gap and spreads were the truth."""
-    from scipy import stats
-
+def seeds_needed(base: np.ndarray, cell: np.ndarray, margin: float, *,
+                 paired: bool = False) -> int | None:
+    """Smallest n (>= 2) deciding at 80% power if the observed gap and spreads were the
+    truth (`decide.seeds_for_power`, the rule behind `seeds_to_decide`); paired: on the
+    per-seed differences."""
     if paired:
         k = min(len(base), len(cell))
         d = base[:k] - cell[:k]
-        gap, var_sum = float(d.mean()), float(d.var(ddof=1))
-        dfs = lambda n: n - 1  # noqa: E731
+        gap, var_b, var_c = float(d.mean()), float(d.var(ddof=1)), 0.0
     else:
         gap = float(base.mean() - cell.mean())
-        vb, vc = float(base.var(ddof=1)), float(cell.var(ddof=1))
-        var_sum = vb + vc
-        dfs = lambda n: (vb + vc) ** 2 * (n - 1) / max(vb**2 + vc**2, 1e-300)  # noqa: E731
-    if var_sum == 0:
-        return 2
-    n = np.arange(2, MAX_N + 1, dtype=float)
-    df = dfs(n)
-    se = np.sqrt(var_sum / n)
-    t = stats.t.ppf(0.5 + CONFIDENCE / 2, df)
-    power = stats.t.sf(t - abs(gap - margin) / se, df)
-    hits = np.flatnonzero(power >= POWER)
-    return int(n[hits[0]]) if hits.size else None
+        var_b, var_c = float(base.var(ddof=1)), float(cell.var(ddof=1))
+    if var_b + var_c == 0:
+        return 2  # no spread: the gap is known exactly
+    return seeds_for_power(gap, var_b, var_c, margin=margin, confidence=CONFIDENCE,
+                           more_than=1)
 
 
 def accuracies(outcome, *, last: int) -> dict[tuple, dict[int, float]]:
@@ -132,13 +129,13 @@ def main() -> None:
         for name, view in views.items():
             b = np.array([view[("baseline",)][s] for s in sorted(view[("baseline",)])])
             c = np.array([view[key][s] for s in sorted(view[key])])
-            n = seeds_for_power(b, c, args.margin) if len(b) > 1 and len(c) > 1 else None
+            n = seeds_needed(b, c, args.margin) if len(b) > 1 and len(c) > 1 else None
             needed[name].append(math.inf if n is None else n)
             row.append(text(n, args.seeds))
         shared = sorted(set(base) & set(cell))
         b = np.array([base[s] for s in shared])
         c = np.array([cell[s] for s in shared])
-        n = seeds_for_power(b, c, args.margin, paired=True) if len(shared) > 1 else None
+        n = seeds_needed(b, c, args.margin, paired=True) if len(shared) > 1 else None
         needed["paired"].append(math.inf if n is None else n)
         row.append(text(n, args.seeds))
         ghost = "BN" if key[1] is None else key[1]

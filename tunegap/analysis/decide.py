@@ -78,6 +78,7 @@ __all__ = [
     "map_verdicts",
     "paired_effect",
     "rule_sentence",
+    "seeds_for_power",
 ]
 
 # Only knobs of a cell when a study sets them on some trial; otherwise always missing. The
@@ -198,8 +199,8 @@ def decide_gap(
     verdict = _verdict(low, high, margin)
     seeds = None
     if verdict not in DECIDED:
-        seeds = _seeds_to_decide(gap, var_b, var_c, max(len(base), len(other)), margin,
-                                 confidence)
+        seeds = seeds_for_power(gap, var_b, var_c, margin=margin, confidence=confidence,
+                                more_than=max(len(base), len(other)))
     return GapDecision(verdict, gap, low, high, limiting, seeds)
 
 
@@ -406,17 +407,17 @@ def _welch_interval(base: np.ndarray, other: np.ndarray, confidence: float) -> t
     return float(interval.low), float(interval.high)
 
 
-def _seeds_to_decide(
-    gap: float, var_b: float, var_c: float, n_now: int, margin: float, confidence: float
-) -> int | None:
-    """The smallest n in (n_now, MAX_SEEDS_TO_DECIDE] at which a Welch test at this
-    confidence, with n seeds a side, decides with probability POWER if the observed gap and
-    sample variances were the truth; None if none does."""
-    if n_now >= MAX_SEEDS_TO_DECIDE or var_b + var_c == 0 or gap == margin:
+def seeds_for_power(gap: float, var_b: float, var_c: float, *, margin: float,
+                    confidence: float, more_than: int) -> int | None:
+    """The smallest n in (more_than, MAX_SEEDS_TO_DECIDE] at which a Welch test at this
+    confidence, with n seeds a side, decides with probability POWER if `gap` and the
+    sample variances `var_b`, `var_c` were the truth; None if none does. A paired design is
+    var_b = the variance of the per-seed differences and var_c = 0 (then df = n - 1)."""
+    if more_than >= MAX_SEEDS_TO_DECIDE or var_b + var_c == 0 or gap == margin:
         return None
     from scipy import stats
 
-    n = np.arange(n_now + 1, MAX_SEEDS_TO_DECIDE + 1, dtype=float)
+    n = np.arange(more_than + 1, MAX_SEEDS_TO_DECIDE + 1, dtype=float)
     se = np.sqrt((var_b + var_c) / n)
     # Welch–Satterthwaite with n seeds on both sides: (vb + vc)^2 (n - 1) / (vb^2 + vc^2).
     df = (var_b + var_c) ** 2 * (n - 1) / (var_b**2 + var_c**2)
