@@ -319,7 +319,9 @@ def result_text(cells: pd.DataFrame, *, frontier: bool = False,
         text += (f" (Holm: closed {int((holm == 'closed').sum())}"
                  + (f", open {int((holm == 'open').sum())})" if both_ways else ")"))
     if len(grid):
-        done = grid["verdict"].isin(("closed", "open", "at the margin")).sum()
+        from tunegap.analysis.decide import ANSWERED
+
+        done = grid["verdict"].isin(ANSWERED).sum()
         text += f"; decided or at the margin {int(done)}/{len(grid)}"
     if frontier:
         parts = ([f"B={r.batch_size}: {r.bracket}" for r in brackets.itertuples()]

@@ -52,6 +52,7 @@ from tunegap.names import TRAINING_KNOBS
 
 __all__ = [
     "ACCURACIES",
+    "ANSWERED",
     "AT_MARGIN",
     "BETTER",
     "CLOSED",
@@ -99,6 +100,8 @@ BASELINE, DIVERGED_CELL, ERROR_CELL = "baseline", "diverged", "error"
 VERDICTS: tuple[str, ...] = (BASELINE, CLOSED, OPEN, AT_MARGIN, INCONCLUSIVE, DIVERGED_CELL,
                              ERROR_CELL)
 DECIDED: tuple[str, ...] = (CLOSED, OPEN)
+# A cell that answers its question: decided, or precisely at the margin.
+ANSWERED: tuple[str, ...] = (*DECIDED, AT_MARGIN)
 BETTER, WORSE, EQUIVALENT = "better", "worse", "equivalent"
 EFFECT_VERDICTS: tuple[str, ...] = (BETTER, WORSE, EQUIVALENT, INCONCLUSIVE)
 

@@ -33,8 +33,8 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from tunegap.analysis.decide import (
+    ANSWERED,
     CLOSED,
-    DECIDED,
     OPEN,
     GapDecision,
     SeedDesign,
@@ -145,7 +145,7 @@ class SeedLedger:
     def settled(self, key: str) -> bool:
         """Decided (closed or open) or at the margin: no more seeds would change the answer
         the design can give."""
-        return self.decide(key).verdict in (*DECIDED, "at the margin")
+        return self.decide(key).verdict in ANSWERED
 
     def state(self) -> dict[str, Any]:
         return {"margin": self.margin, "accuracy": self.accuracy, "design": self.design,
@@ -262,7 +262,7 @@ class FixedSequences:
     def next_multiplier(self) -> int | None:
         """The closed sequence's next probe first, then the open sequence's; None when both
         have stopped."""
-        self._advance()
+        self.walk()
         if not self.closed_done:
             return self.multipliers[self.top]
         if not self.open_done:
@@ -272,10 +272,10 @@ class FixedSequences:
     def settle(self, multiplier: int, verdict: str) -> None:
         self.verdicts[multiplier] = verdict
         self.probing = None
-        self._advance()
+        self.walk()
 
-    def _advance(self) -> None:
-        """Walk each sequence over the probes already judged."""
+    def walk(self) -> None:
+        """Walk each sequence over the probes already judged (`verdicts`)."""
         while not self.closed_done:
             if self.top < 0:
                 self.closed_done = True

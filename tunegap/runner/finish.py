@@ -224,8 +224,10 @@ def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
 def decided_share(counts: Mapping[str, int]) -> str:
     """"9 of 12 cells (75%)": cells decided (closed or open) or at the margin, of all the
     cells compared with the baseline."""
+    from tunegap.analysis.decide import ANSWERED
+
     total = sum(counts.values())
-    done = sum(counts.get(v, 0) for v in ("closed", "open", "at the margin"))
+    done = sum(counts.get(v, 0) for v in ANSWERED)
     return f"{done} of {total} cells ({100 * done / total:.0f}%)" if total else "no cells"
 
 

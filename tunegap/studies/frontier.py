@@ -53,7 +53,7 @@ def frontier_table(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFra
         for m in line.multipliers:
             if m in by_multiplier:
                 line.verdicts[m] = str(by_multiplier[m]["verdict"])
-        line.next_multiplier()  # walks both sequences over the verdicts
+        line.walk()
         largest_open, smallest_closed = line.bracket()
         between = [m for m in line.multipliers
                    if (largest_open is None or m > largest_open)
