@@ -41,7 +41,7 @@ def main() -> None:
         options = RunOptions(storage_path=f"{tmp}/results", tracking_uri=f"sqlite:///{tmp}/m.db",
                              device="cpu", quiet=True)
         cli = ["--workload", args.workload, "--batch-sizes", args.batch_sizes, "--epochs",
-               str(args.epochs), "--margin", str(args.margin), "--max-seeds", str(args.max_seeds),
+               str(args.epochs), "--baseline-epochs", str(args.epochs), "--margin", str(args.margin), "--max-seeds", str(args.max_seeds),
                "--min-seeds", str(min(3, args.max_seeds))]
         bisect = frontier.build(frontier.parser().parse_args(cli))
         started = time.perf_counter()
@@ -54,7 +54,8 @@ def main() -> None:
             for b in batch_sizes for m in range(1, math.ceil(b / b0) + 1)
         )
         grid = Study(name="frontier_grid", workload=args.workload, points=points,
-                     seeds=args.max_seeds, epochs=args.epochs, margin=args.margin,
+                     seeds=args.max_seeds, epochs=args.epochs,
+                     baseline_epochs=args.epochs, margin=args.margin,
                      instruments=dict(bisect.instruments))
         started = time.perf_counter()
         full = run_study(grid, options)

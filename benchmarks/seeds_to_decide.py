@@ -78,7 +78,7 @@ def run(workload: str, args, tmp: str) -> tuple[object, float]:
     argv = ["--workload", workload, "--seeds", str(args.seeds),
             "--batch-sizes", args.batch_sizes, "--quiet"]
     if args.epochs:
-        argv += ["--epochs", str(args.epochs)]
+        argv += ["--epochs", str(args.epochs), "--baseline-epochs", str(args.epochs)]
     study = ghost_size.build(ghost_size.parser().parse_args(argv))
     options = RunOptions(storage_path=f"{tmp}/{workload}", tracking_uri=f"sqlite:///{tmp}/m.db",
                          device="cpu", quiet=True, data_dir=args.data_dir)

@@ -20,6 +20,7 @@ def regime_study(storage: Path, tracking_uri: str, data_dir: Path, *extra: str) 
     surely mid-run when its longest trial has 20 epochs."""
     return [
         sys.executable, "-m", "tunegap.studies.regime_length", "--epochs", "2",
+        "--baseline-epochs", "2",
         "--batch-size", "2048", "--multipliers", "1,40", "--max-concurrent", "1", "--seeds", "1",
         "--storage-path", str(storage), "--tracking-uri", tracking_uri, "--device", "cpu",
         "--data-dir", str(data_dir), "--checkpoint-every", "5", *extra,

@@ -194,7 +194,8 @@ def test_probe_config_and_seed_budget_checks():
 def test_seeds_auto_through_a_real_study(tmp_path, data_dir, ray_session):
     from tunegap import RunOptions, Study, run_study
 
-    study = Study(name="auto_seeds", workload="mnist1d-cnn", epochs=1, seeds="auto",
+    study = Study(name="auto_seeds", workload="mnist1d-cnn", epochs=1, baseline_epochs=1,
+                  seeds="auto",
                   min_seeds=2, max_seeds=3, margin=1.0,
                   grid={"batch_size": (256, 2048), "lr_exponent": (0.5,)})
     outcome = run_study(study, RunOptions(

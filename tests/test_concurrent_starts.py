@@ -21,7 +21,7 @@ def tunegap_command() -> list[str]:
 @pytest.mark.slow
 def test_two_identical_studies_started_together_both_finish(tmp_path, data_dir):
     argv = [*tunegap_command(), "run", "ghost_size", "--batch-sizes", "128", "--ghost-sizes",
-            "none", "--seeds", "2", "--epochs", "1", "--quiet", "--device", "cpu",
+            "none", "--seeds", "2", "--epochs", "1", "--baseline-epochs", "1", "--quiet", "--device", "cpu",
             "--max-concurrent", "1", "--data-dir", str(data_dir),
             "--storage-path", str(tmp_path / "results"),
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]

@@ -142,7 +142,7 @@ import json, sys
 import mlflow
 from tunegap import RunOptions, Study, run_study
 tmp, data_dir = sys.argv[1], sys.argv[2]
-study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1,
+study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1, baseline_epochs=1,
               grid={"batch_size": (1024,), "ghost_batch_size": (None, 64)})
 options = RunOptions(storage_path=tmp + "/results", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                      data_dir=data_dir, quiet=True)

@@ -158,6 +158,7 @@ def test_out_of_memory_trial_is_an_error_with_the_hint(
         name="faults_oom",
         workload="mnist1d-cnn",
         epochs=1,
+        baseline_epochs=1,
         grid={"batch_size": (2048,), "lr_exponent": (0.5,)},
     )
     options = RunOptions(

@@ -246,7 +246,8 @@ def run_tiny(module, argv, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_warmup_end_to_end(tmp_path, data_dir, ray_session):
-    outcome = run_tiny(warmup, ["--epochs", "2", "--batch-sizes", "256", "--seeds", "2"],
+    outcome = run_tiny(warmup, ["--epochs", "2", "--baseline-epochs", "2", "--batch-sizes", "256",
+                               "--seeds", "2"],
                        tmp_path, data_dir)
     trials = outcome.trials
     assert len(trials) == 2 * 4 and (trials["outcome"] == "completed").all()

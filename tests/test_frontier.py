@@ -29,7 +29,8 @@ def test_the_frontier_refuses_what_it_cannot_bisect():
 
 @pytest.mark.slow
 def test_frontier_study_writes_one_row_per_batch_size(tmp_path, data_dir, ray_session):
-    study = build(["--batch-sizes", "128,256", "--epochs", "1", "--margin", "1.0",
+    study = build(["--batch-sizes", "128,256", "--epochs", "1", "--baseline-epochs", "1",
+                   "--margin", "1.0",
                    "--min-seeds", "2", "--max-seeds", "2"])
     outcome = run_study(study, RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",

@@ -70,7 +70,7 @@ def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, 
         pytest.skip("checks the machine without a GPU (CI's kind)")
     # Enough examples for the baseline's batch (B0 = 128): a larger batch is refused.
     write_mnist(tmp_path / "data", gz=False, n_train=128, n_test=32)
-    study = Study(name="table1", workload="mnist-f1", epochs=1, grid={"batch_size": (32,)}, seeds=1)
+    study = Study(name="table1", workload="mnist-f1", epochs=1, baseline_epochs=1, grid={"batch_size": (32,)}, seeds=1)
     assert get_workload("mnist-f1").gpus_per_trial > 0
     options = RunOptions(
         storage_path=str(tmp_path / "results"),
@@ -90,7 +90,7 @@ def test_trials_without_a_gpu_share_are_told_to_use_the_cpu():
     # in such a trial would train on a GPU nobody reserved: the plan makes it "cpu".
     from tunegap.runner.resources import plan_trial_hardware
 
-    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
+    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, baseline_epochs=1, grid={"batch_size": (64,)})
     planned = plan_trial_hardware(study, RunOptions())
     assert (planned.gpus_per_trial, planned.device) == (0.0, "cpu")
     on_cluster = plan_trial_hardware(study, RunOptions(address="auto", gpus_per_trial=0.5))
@@ -104,7 +104,7 @@ def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
 
     from tunegap.runner.run import STATE_FILE
 
-    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, grid={"batch_size": (64,)})
+    study = Study(name="table1", workload="mnist1d-cnn", epochs=1, baseline_epochs=1, grid={"batch_size": (64,)})
     run_dir = tmp_path / "results" / "table1" / "20261124-120000"
     run_dir.mkdir(parents=True)
     state = {
@@ -133,7 +133,7 @@ gpus_per_trial, tmp, data_dir = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 # One GPU that exists only for Ray's scheduler (this machine has none): trials that reserve
 # a share of it are placed as on a real GPU, then train on the CPU (device auto, no CUDA).
 ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
-study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=3,
+study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=3, baseline_epochs=3,
               grid={"batch_size": (256,), "ghost_batch_size": (None, 32, 64, 128)})
 options = RunOptions(storage_path=tmp + "/results", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                      data_dir=data_dir, gpus_per_trial=gpus_per_trial, quiet=True)

@@ -139,7 +139,7 @@ def finished_study(tmp_path_factory, data_dir, ray_session):
     from tunegap.studies import ghost_size
 
     tmp = tmp_path_factory.mktemp("ui")
-    study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1,
+    study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1, baseline_epochs=1,
                   grid={"batch_size": (512,), "ghost_batch_size": (None, 64),
                         "lr_exponent": (0.5,)},
                   figures=ghost_size.figures)

@@ -181,6 +181,8 @@ def study_command(tmp: Path, data_dir: Path, address: str) -> list[str]:
         "1",
         "--epochs",
         "2",
+        "--baseline-epochs",
+        "2",
         "--batch-size",
         "2048",
         "--multipliers",

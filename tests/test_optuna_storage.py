@@ -89,7 +89,7 @@ def test_optuna_search_leaves_a_study_optuna_opens(tmp_path, data_dir, ray_sessi
     from tunegap import RunOptions, run_study
 
     args = lr_scaling.parser().parse_args(
-        ["--search", "optuna", "--num-samples", "3", "--epochs", "1", "--batch-sizes", "512"])
+        ["--search", "optuna", "--num-samples", "3", "--epochs", "1", "--baseline-epochs", "1", "--batch-sizes", "512"])
     study = lr_scaling.build(args)
     outcome = run_study(study, RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
@@ -103,7 +103,7 @@ def test_optuna_search_leaves_a_study_optuna_opens(tmp_path, data_dir, ray_sessi
 
 def study_command(storage: Path, tracking_uri: str, data_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tunegap.studies.lr_scaling", "--search", "optuna",
-            "--num-samples", "4", "--epochs", "12", "--batch-sizes", "256",
+            "--num-samples", "4", "--epochs", "12", "--baseline-epochs", "12", "--batch-sizes", "256",
             "--max-concurrent", "1", "--storage-path", str(storage), "--tracking-uri",
             tracking_uri, "--device", "cpu", "--data-dir", str(data_dir),
             "--checkpoint-every", "2", "--quiet", *extra]

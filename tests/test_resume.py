@@ -24,6 +24,7 @@ KNOBS = ["batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier", "
 def study_command(tmp: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "tunegap.studies.regime_length", "--epochs", "2",
+        "--baseline-epochs", "2",
         "--batch-size", "2048", "--multipliers", "1,40", "--max-concurrent", "1", "--seeds", "1",
         "--storage-path", str(tmp / "results"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
         "--device", "cpu", "--data-dir", str(data_dir), "--checkpoint-every", "7", *extra,

@@ -112,7 +112,7 @@ def test_scheduler_refusals_on_the_command_line(name, argv, named, tmp_path, no_
 def test_asha_stops_a_hopeless_trial_and_the_map_leaves_it_out(tmp_path, data_dir, ray_session):
     # One trial at B=256 learns; one at the same batch size with a learning rate of 1e-6
     # cannot, and is compared with the first at the same number of updates: ASHA stops it.
-    study = Study(name="asha_check", workload="mnist1d-cnn", epochs=4,
+    study = Study(name="asha_check", workload="mnist1d-cnn", epochs=4, baseline_epochs=4,
                   grid={"batch_size": (256,)}, points=({"batch_size": 256, "base_lr": 1e-6},),
                   scheduler="asha", grace_updates=1, reduction_factor=2)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -11,6 +11,7 @@ import pytest
 from tunegap import RunOptions, Study, StudyError, run_study
 from tunegap.analysis.tables import read_tables
 from tunegap.studies import ghost_size
+from tunegap.study import is_baseline
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def child_runs(client, parent_id):
 def ghost_study(tmp_path_factory, data_dir, ray_session):
     tmp = tmp_path_factory.mktemp("ghost")
     study = Study(
-        name="ghost_size", workload="mnist1d-cnn", epochs=2,
+        name="ghost_size", workload="mnist1d-cnn", epochs=2, baseline_epochs=2,
         grid={"batch_size": (512, 2048), "ghost_batch_size": (None, 64), "lr_exponent": (0.5,)},
         # A learning rate this large overflows the weights: the cell must show as diverged.
         points=({"batch_size": 1024, "base_lr": 1e6},),
@@ -136,7 +137,8 @@ def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_
     from tunegap.studies import lr_scaling
 
     args = lr_scaling.parser().parse_args(
-        ["--search", "optuna", "--num-samples", "4", "--epochs", "1", "--batch-sizes", "512,2048"])
+        ["--search", "optuna", "--num-samples", "4", "--epochs", "1", "--baseline-epochs", "1", "--batch-sizes",
+         "512,2048"])
     study = lr_scaling.build(args)
     outcome = run_study(study, options(tmp_path, data_dir, max_concurrent=2))
     trials = outcome.trials
@@ -164,3 +166,27 @@ def test_run_options_moved_and_an_old_import_says_where():
 
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         tunegap.study.NoSuchName  # noqa: B018
+
+
+def test_epochs_shortens_the_cells_never_the_baseline_silently():
+    quick = Study(name="ghost_size", workload="mnist1d-cnn", epochs=2,
+                  grid={"batch_size": (32, 256), "ghost_batch_size": (None, 32)})
+    configs = quick.trial_configs()
+    base = [c for c in configs if is_baseline(c.to_dict(), quick.trial_settings())]
+    # B0 with plain BN (and B0's ghost 32, one ghost per batch) is the baseline, once, at the
+    # workload's own 20 epochs; the large-batch cells train the 2 asked for.
+    assert [(c.batch_size, c.epochs) for c in base] == [(32, None)]
+    assert {(c.batch_size, c.epochs) for c in configs if c not in base} == {(256, 2)}
+    assert quick.reference_epochs == 20 and quick.describe()["baseline_epochs"] == 20
+    # A B0 trial shortened by --epochs is no seed of the full-length reference.
+    shortened = {**base[0].to_dict(), "epochs": 2}
+    assert not is_baseline(shortened, quick.trial_settings())
+    assert is_baseline(shortened, quick.trial_settings(), epochs=2)
+
+    asked = Study(name="ghost_size", workload="mnist1d-cnn", epochs=2, baseline_epochs=2,
+                  grid={"batch_size": (256,)})
+    assert asked.baseline_config(0).epochs == 2 and asked.describe()["baseline_epochs"] == 2
+    with pytest.raises(StudyError, match="--baseline-epochs 0"):
+        Study(name="s", workload="mnist1d-cnn", baseline_epochs=0)
+    # Without --epochs the state file is unchanged, so older runs still resume.
+    assert "baseline_epochs" not in Study(name="s", workload="mnist1d-cnn").describe()

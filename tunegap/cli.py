@@ -270,7 +270,11 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
                         f"{DEFAULT_TRACKING_URI} in this folder)")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
     p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
-                   help="override the workload's base epochs (quick looks)")
+                   help="override the cells' base epochs (quick looks); the baseline keeps "
+                        "the workload's full base regime unless --baseline-epochs says")
+    p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"), default=None,
+                   help="epochs of the small-batch baseline (default: the workload's base "
+                        "regime); a shorter one is warned of in the summary")
     p.add_argument("--margin", type=non_negative("--margin"), default=DEFAULT_MARGIN,
                    metavar="POINTS",
                    help="the largest loss of test accuracy, in points, that still counts as no "
@@ -407,6 +411,7 @@ def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
         "search": args.search,
         "num_samples": args.num_samples,
         "epochs": args.epochs,
+        "baseline_epochs": args.baseline_epochs,
         "margin": args.margin,
         "accuracy": args.accuracy,
         "scheduler": args.scheduler,

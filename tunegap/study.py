@@ -124,6 +124,10 @@ class Study:
     num_samples: int = 20
     optuna_space: dict[str, tuple[float, float]] = field(default_factory=dict)
     epochs: int | None = None
+    # The baseline's epochs: None trains the small batch at the workload's full base regime
+    # whatever `epochs` says, so a quick look never judges against a shortened reference
+    # unless asked to (the summary then warns).
+    baseline_epochs: int | None = None
     include_baseline: bool = True
     # The largest loss in points that still counts as no gap, declared before the run (see
     # `tunegap.analysis.decide`), and which accuracy of a trial is judged.
@@ -221,6 +225,8 @@ class Study:
         _check_scheduler(self)
         if self.epochs is not None:
             check_count("--epochs", self.epochs, MAX_EPOCHS)
+        if self.baseline_epochs is not None:
+            check_count("--baseline-epochs", self.baseline_epochs, MAX_EPOCHS)
         if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
             math.isfinite(self.margin) and 0 <= self.margin <= 100
         ):
@@ -249,13 +255,25 @@ class Study:
     def workload_def(self) -> Workload:
         return get_workload(self.workload)
 
+    @property
+    def reference_epochs(self) -> int:
+        """The epochs the baseline trains: `baseline_epochs`, else the workload's base
+        regime (never `epochs`, which shortens the cells only)."""
+        return self.baseline_epochs or self.workload_def.regime.epochs
+
+    @property
+    def baseline_epochs_override(self) -> int | None:
+        """The baseline's `TrialConfig.epochs`: None at the workload's own length."""
+        full = self.workload_def.regime.epochs
+        return None if self.reference_epochs == full else self.reference_epochs
+
     def baseline_config(self, seed: int) -> TrialConfig:
         try:
             return TrialConfig(
                 workload=self.workload,
                 batch_size=self.workload_def.regime.base_batch_size,
                 seed=seed,
-                epochs=self.epochs,
+                epochs=self.baseline_epochs_override,
                 **self.instruments,
                 **self.trial_settings(),
             )
@@ -333,6 +351,10 @@ class Study:
                 if cfg.batch_size == b0:
                     same = 1.0 if cfg.regime_multiplier == MATCHED else cfg.regime_multiplier
                     cfg = cfg.with_changes(lr_exponent=0.0, regime_multiplier=same)
+                # A grid point at the baseline's knobs is the baseline, at its own length.
+                at_base = {**cfg.to_dict(), "epochs": None}
+                if self.include_baseline and is_baseline(at_base, self.trial_settings()):
+                    cfg = self.baseline_config(seed)
                 candidates.append(cfg)
             for cfg in candidates:
                 key = json.dumps(cfg.to_dict(), sort_keys=True)
@@ -355,6 +377,9 @@ class Study:
             "num_samples": self.num_samples,
             "optuna_space": {k: list(v) for k, v in self.optuna_space.items()},
             "epochs": self.epochs,
+            # Only where it can differ from `epochs`' reference, so older states still match.
+            **({"baseline_epochs": self.reference_epochs}
+               if self.epochs is not None or self.baseline_epochs is not None else {}),
             "margin": float(self.margin),
             "accuracy": self.accuracy,
             "instruments": dict(self.instruments),
@@ -485,14 +510,19 @@ def _check_optuna_space(space: Mapping[str, Any]) -> None:
                              f"finite numbers with {floor} < high")
 
 
-def is_baseline(config: dict[str, Any], shared: Mapping[str, Any] | None = None) -> bool:
+def is_baseline(config: dict[str, Any], shared: Mapping[str, Any] | None = None, *,
+                epochs: int | None = None) -> bool:
     """The small-batch reference: B0, plain BatchNorm, the workload's own lr and length, and
     the training knobs every trial of the study shares (`shared`, its `trial_settings()`;
-    the rest at their defaults), so a B0 cell with another optimizer is a cell, not it."""
+    the rest at their defaults), so a B0 cell with another optimizer is a cell, not it.
+    `epochs` is the study's `baseline_epochs` (None: the workload's), so a B0 trial
+    shortened by `--epochs` is a cell beside the reference, not a seed of it."""
     workload = get_workload(config["workload"])
     mult = config.get("regime_multiplier", 1.0)
+    full = workload.regime.epochs
     return (
-        config["batch_size"] == workload.regime.base_batch_size
+        (config.get("epochs") or full) == (epochs or full)
+        and config["batch_size"] == workload.regime.base_batch_size
         and config.get("ghost_batch_size") is None
         and (mult == MATCHED or float(mult) == 1.0)
         and config.get("base_lr") in (None, workload.regime.base_lr)

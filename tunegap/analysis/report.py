@@ -160,7 +160,7 @@ def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: flo
     >>> e = pd.DataFrame({"trial_id": ["a"] * 4, "epoch": [1, 2, 3, 4],
     ...                   "test_acc": [80.0, 90.0, 92.0, 93.0]})
     >>> for line in baseline_warnings(t, e, margin=0.5, base_epochs=20): print(line)
-    warning: the baseline trained 4 epochs, not the workload's 20 (--epochs shortens the reference too): gaps are measured against a shortened small batch
+    warning: the baseline trained 4 epochs, not the workload's 20 (--baseline-epochs): gaps are measured against a shortened small batch
     warning: the baseline's test accuracy still rose by 1.00 points over its last quarter of epochs (3 to 4), more than the margin 0.5: it may be undertrained, and "closed" may mean matching an undertrained reference
     """
     base_ids = trials.loc[trials["is_baseline"].fillna(False).astype(bool), "trial_id"]
@@ -170,7 +170,7 @@ def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: flo
                                            "resolved_epochs"], errors="coerce").max()
         if math.isfinite(trained) and trained < base_epochs:
             lines.append(f"warning: the baseline trained {trained:g} epochs, not the "
-                         f"workload's {base_epochs} (--epochs shortens the reference too): "
+                         f"workload's {base_epochs} (--baseline-epochs): "
                          "gaps are measured against a shortened small batch")
     if epochs.empty or not len(base_ids):
         return lines

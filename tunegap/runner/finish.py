@@ -67,7 +67,8 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     from tunegap.tracking.health import store_reachable
 
     records = collect_records(run_dir, {}, target_test_acc=study.target_test_acc,
-                              shared=study.trial_settings())
+                              shared=study.trial_settings(),
+                              baseline_epochs=study.baseline_epochs_override)
     reachable = store_reachable(tracker.tracking_uri)
     unlogged = {str(r["trial_id"]) for r in records} if missed is None else set(missed)
     if reachable and unlogged:
@@ -305,6 +306,11 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         f"- seeds: {study.seeds}; search: {study.search}; protocol: {study.protocol}"
         + (f"; every trial with {', '.join(f'{k}={v}' for k, v in study.knobs.items())}"
            if study.knobs else ""),
+        f"- regime: baseline {study.reference_epochs} epochs at B0="
+        f"{study.workload_def.regime.base_batch_size}"
+        + ("" if study.baseline_epochs else " (the workload's base regime)")
+        + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
+           if study.epochs is not None else ""),
         f"- verdict per cell: {rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy))}; "
         f"the Holm families are the {int(decidable.sum())} decidable cells",
         "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())

@@ -68,10 +68,11 @@ def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 def collect_records(
     run_dir: Path, run_ids: dict[str, str], *, target_test_acc: float | None = None,
-    shared: dict[str, Any] | None = None,
+    shared: dict[str, Any] | None = None, baseline_epochs: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every trial of a Tune experiment as a plain record (see `tunegap.analysis.schema`);
-    `shared` is the study's `trial_settings()`, which its baseline trains with."""
+    `shared` is the study's `trial_settings()` and `baseline_epochs` its
+    `baseline_epochs_override`, which its baseline trains with."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(run_dir))
@@ -99,7 +100,7 @@ def collect_records(
         records.append({
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id),
-            "is_baseline": is_baseline(config, shared),
+            "is_baseline": is_baseline(config, shared, epochs=baseline_epochs),
             "config": config,
             "resolved": resolved,
             "outcome": outcome,

@@ -177,10 +177,12 @@ def trainable_with_resources(study: Study, options: RunOptions) -> Any:
 def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
     """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`)."""
     shared = study.trial_settings()
+    epochs = study.baseline_epochs_override
     baseline = next(c for c in configs
-                    if c.seed == 0 and is_baseline(c.to_dict(), shared)).to_dict()
+                    if c.seed == 0 and is_baseline(c.to_dict(), shared, epochs=epochs)).to_dict()
     if study.search == "frontier":
-        first = next(c for c in configs if not is_baseline(c.to_dict(), shared)).to_dict()
+        first = next(c for c in configs
+                     if not is_baseline(c.to_dict(), shared, epochs=epochs)).to_dict()
         template = {**first, "ghost_batch_size": study.grid.get("ghost_batch_size", (None,))[0]}
         return FrontierSearch(
             study.grid["batch_size"], study.workload_def.regime.base_batch_size, template,
