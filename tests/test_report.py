@@ -62,8 +62,9 @@ def test_summary_states_the_rule_the_margin_and_the_counts(cells):
                           12.0, 30.0, figures=["gap_map.png"],
                           baseline_sentence=baseline_summary(cells))
     assert (
-        "- verdict per cell: Welch 90% interval of gap = baseline - cell (best-epoch test "
-        "accuracy; 1 seed(s) a side, one look) against the margin 0.5 points declared before "
+        "- verdict per cell: Welch 90% interval of gap = baseline - cell (test accuracy at "
+        "the epoch of best accuracy on 10% of the training set held out, trained on the rest; "
+        "1 seed(s) a side, one look) against the margin 0.5 points declared before "
         "the run: closed if its upper end <= 0.5, open if its lower end > 0.5, at the margin "
         "if neither but no wider than 1, else inconclusive; over the map, Holm at 5% on the "
         "closed tests and, separately, on the open tests (verdict_holm); the Holm families "

@@ -326,6 +326,10 @@ def add_training_knobs(parser: argparse.ArgumentParser) -> None:
                    help="label smoothing of the cross-entropy (0 <= s < 1)")
     g.add_argument("--train-size", type=integer("--train-size"), default=None,
                    help="train on a fixed random subset of this many samples")
+    g.add_argument("--validation-fraction", type=number("--validation-fraction"), default=None,
+                   help="hold out this share of the training set (the same samples for every "
+                        "trial) and choose a best epoch on it; a study judging --accuracy best "
+                        "holds out 0.1 by default, final-epoch judging none")
     g.add_argument("--max-updates", type=integer("--max-updates"), default=None,
                    help="a budget of weight updates in place of epochs (decay points scale)")
     g.add_argument("--bn-weight-init", choices=list(BN_WEIGHT_INITS), default=None,

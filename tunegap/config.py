@@ -32,6 +32,8 @@ AUTHORS_UNIT_BN_MODELS = ("resnet44", "cifar_resnet", "wrn16_4")
 AUTHORS_REFERENCE_BATCH = 256
 # Bounds only a typo exceeds.
 MAX_UPDATES = 100_000_000
+# At most half the training set held out for choosing the best epoch.
+MAX_VALIDATION_FRACTION = 0.5
 # Adam's beta1 where no momentum is given (torch's default).
 ADAM_BETA1 = 0.9
 
@@ -125,6 +127,9 @@ class TrialConfig:
     # A subset of the training set (the same samples for every trial), and a budget of
     # weight updates in place of epochs.
     train_size: int | None = None
+    # A share of the training set held out (the same samples for every trial) to pick the
+    # best epoch without looking at the test set; 0: train on all of it.
+    validation_fraction: float = 0.0
     max_updates: int | None = None
     # None: "one" under the clean protocol; under the authors', U(0,1) except in ResNet/WRN.
     bn_weight_init: str | None = None
@@ -185,6 +190,7 @@ class TrialConfig:
         self._set_number("warmup_epochs", low=0.0, optional=True)
         self._set_number("warmup_start_factor", low=0.0, high=1.0)
         self._set_number("label_smoothing", low=0.0, high=1.0, high_open=True)
+        self._set_number("validation_fraction", low=0.0, high=MAX_VALIDATION_FRACTION)
         for name, bound in (("train_size", None), ("max_updates", MAX_UPDATES)):
             value = _as_int(getattr(self, name))
             if value is None:
@@ -193,6 +199,9 @@ class TrialConfig:
             if bound is not None and value > bound:
                 raise ValueError(f"{name} {value} is not allowed: use at most {bound}")
             object.__setattr__(self, name, value)
+        if self.validation_fraction and self.get_workload().streaming:
+            raise ValueError(f"validation_fraction is not allowed for workload {self.workload!r}: "
+                             "it streams its data from disk; judge the final epoch instead")
         if self.train_size is not None and self.get_workload().streaming:
             raise ValueError(f"train_size is not allowed for workload {self.workload!r}: it "
                              "streams its data from disk; give a folder of a subset as data_dir")
@@ -303,6 +312,7 @@ class TrialConfig:
             "warmup_start_factor": self.warmup_start_factor,
             "schedule": self.schedule,
             "label_smoothing": self.label_smoothing,
+            "validation_fraction": self.validation_fraction,
             "bn_weight_init": self.resolved_bn_weight_init(),
             "zero_init_residual": self.zero_init_residual,
             "protocol": self.protocol,

@@ -59,6 +59,9 @@ from tunegap.registry import accepts_keyword
 SHARPNESS_SAMPLES = 1024
 # `train_size` draws its subset with this seed: every trial of a study sees the same samples.
 TRAIN_SUBSET_SEED = 0
+# `validation_fraction` holds out the same samples for every trial of a study, drawn apart
+# from the subset's draw.
+VALIDATION_SEED = 1
 
 
 def training_subset(data: TensorData, size: int | None) -> TensorData:
@@ -72,6 +75,31 @@ def training_subset(data: TensorData, size: int | None) -> TensorData:
     keep = torch.randperm(data.train_size, generator=generator)[:size].sort().values
     keep = keep.to(data.x_train.device)
     return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+
+
+def validation_split(data: TensorData, fraction: float
+                     ) -> tuple[TensorData, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(the training data less a held-out share, the held-out (x, y)); the share is
+    round(fraction * train_size) samples (at least one), drawn once with `VALIDATION_SEED`.
+
+    >>> data = TensorData(name="toy", x_train=torch.arange(10.0).view(10, 1, 1),
+    ...                   y_train=torch.zeros(10, dtype=torch.long), x_test=torch.zeros(2, 1, 1),
+    ...                   y_test=torch.zeros(2, dtype=torch.long), num_classes=2)
+    >>> kept, (x_val, _) = validation_split(data, 0.2)
+    >>> kept.train_size, x_val.shape[0], sorted(kept.x_train.flatten().tolist() + x_val.flatten().tolist()) == list(range(10))
+    (8, 2, True)
+    """
+    if not fraction:
+        return data, None
+    n_val = max(1, round(fraction * data.train_size))
+    if n_val >= data.train_size:
+        raise ValueError(f"validation_fraction {fraction:g} is not allowed here: it holds out "
+                         f"all {data.train_size} training samples of {data.name}")
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    order = torch.randperm(data.train_size, generator=generator).to(data.x_train.device)
+    held, kept = order[:n_val].sort().values, order[n_val:].sort().values
+    rest = replace(data, x_train=data.x_train[kept], y_train=data.y_train[kept])
+    return rest, (data.x_train[held], data.y_train[held])
 
 
 def pick_device(name: str) -> torch.device:
@@ -144,12 +172,21 @@ class Engine:
                 raise ValueError(f"train_size is not allowed for {config.workload}: it streams "
                                  "its data from disk; give a subset folder as --data-dir")
             data = training_subset(data, config.train_size)
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.validation_fraction:
+            if isinstance(data, StreamingData):
+                raise ValueError(f"validation_fraction is not allowed for {config.workload}: "
+                                 "it streams its data from disk")
+            data, self.validation = validation_split(data, config.validation_fraction)
         from tunegap.workloads import check_batch_sizes
 
         # The study checked the workload's declared size; this is the data actually read.
         check_batch_sizes(config.workload, data.train_size, [config.batch_size])
         self.streaming = isinstance(data, StreamingData)
         self.data: Any = data if self.streaming else data.to(self.device)
+        if self.validation is not None:
+            self.validation = (self.validation[0].to(self.device),
+                               self.validation[1].to(self.device))
         self.regime = config.regime()
         self.resolved: ResolvedRegime = self.regime.resolve(
             config.batch_size, train_size=self.data.train_size
@@ -283,12 +320,14 @@ class Engine:
         self.epoch += 1
         train_loss = float(loss_sum) / seen
         train_acc = 100.0 * float(correct) / seen
-        sharpness = math.nan
+        sharpness = val_loss = val_acc = math.nan
         if not math.isfinite(train_loss):
             self.diverged = True
             test_loss, test_acc, distance = math.nan, math.nan, math.nan
         else:
             test_loss, test_acc = self.evaluate()
+            if self.validation is not None:
+                val_loss, val_acc = self._accuracy_on(self._batches_of(*self.validation))
             distance = self.weight_distance()
             if not (math.isfinite(test_loss) and math.isfinite(distance)):
                 self.diverged = True
@@ -309,6 +348,8 @@ class Engine:
             "seconds": time.perf_counter() - started,
             "noise_scale": noise_scale,
             "sharpness": sharpness,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
             "diverged": self.diverged,
         }
 
@@ -386,28 +427,35 @@ class Engine:
             x, y = self._sharpness_batch
         return top_hessian_eigenvalue(self.model, F.cross_entropy, x, y, seed=self.config.seed)
 
+    def _batches_of(self, x_all: torch.Tensor, y_all: torch.Tensor
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """In-memory samples in batches of the workload's `eval_batch_size`."""
+        size = self.workload.eval_batch_size
+        for start in range(0, x_all.shape[0], size):
+            yield x_all[start : start + size], y_all[start : start + size]
+
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split in batches of the workload's `eval_batch_size`, on the device."""
         if self.test_loader is None:
-            x_all, y_all = self.data.x_test, self.data.y_test
-            for start in range(0, x_all.shape[0], self.workload.eval_batch_size):
-                x = x_all[start : start + self.workload.eval_batch_size]
-                y = y_all[start : start + self.workload.eval_batch_size]
-                yield x, y
+            yield from self._batches_of(self.data.x_test, self.data.y_test)
             return
         for x, y in self.test_loader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy (percent) with running BatchNorm statistics."""
+        return self._accuracy_on(self._test_batches())
+
+    @torch.no_grad()
+    def _accuracy_on(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                     ) -> tuple[float, float]:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
-        for x, y in self._test_batches():
+        for x, y in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 logits = self.forward(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")

@@ -21,6 +21,7 @@ TRAINING_KNOBS: tuple[str, ...] = (
     "schedule",
     "label_smoothing",
     "train_size",
+    "validation_fraction",
     "max_updates",
     "bn_weight_init",
     "zero_init_residual",
@@ -55,9 +56,11 @@ METRIC_NAMES: tuple[str, ...] = (
     "seconds",
     "noise_scale",
     "sharpness",
+    "val_loss",
+    "val_acc",
 )
-# Probes that only run when asked: NaN in an epoch that did not measure them.
-OPTIONAL_METRICS: tuple[str, ...] = ("noise_scale", "sharpness")
+# Measured only when asked (probes, a validation split): NaN in an epoch without them.
+OPTIONAL_METRICS: tuple[str, ...] = ("noise_scale", "sharpness", "val_loss", "val_acc")
 # Set in an epoch's result when the loss or the weights went non-finite.
 DIVERGED = "diverged"
 # Keys of a Tune result that carry the resolved regime (the same in every epoch).

@@ -30,6 +30,9 @@ SEARCHES = ("grid", "optuna", "frontier")
 SCHEDULERS = ("none", "asha", "median")
 # `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
 AUTO = "auto"
+# The share of the training set a clean study holds out to choose each trial's best epoch
+# (`accuracy="best"`); final-epoch judging holds out nothing.
+VALIDATION_FRACTION = 0.1
 # Bounds that only a typo exceeds; each is checked before any trial config is built.
 MAX_SEEDS = 1000
 MAX_TRIALS = 100_000
@@ -44,7 +47,7 @@ class StudyError(ValueError):
     >>> Study(name="typo", workload="mnist1d-cnn", grid={"batch_sise": (512,)})
     Traceback (most recent call last):
     ...
-    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr, optimizer, momentum, weight_decay, no_decay_bn_bias, warmup_epochs, warmup_start_factor, scale_warmup, schedule, label_smoothing, train_size, max_updates, bn_weight_init, zero_init_residual
+    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr, optimizer, momentum, weight_decay, no_decay_bn_bias, warmup_epochs, warmup_start_factor, scale_warmup, schedule, label_smoothing, train_size, validation_fraction, max_updates, bn_weight_init, zero_init_residual
     """
 
     exit_status = 2
@@ -240,6 +243,12 @@ class Study:
             raise StudyError(
                 f"--accuracy {self.accuracy!r} is not allowed: use {' or '.join(ACCURACIES)}"
             )
+        if (self.accuracy == "best" and self.protocol == "clean"
+                and "validation_fraction" not in self.knobs):
+            # The best epoch is chosen on data held out of the training set, never on the
+            # test set it is judged by; every trial holds out the same samples.
+            object.__setattr__(self, "knobs", {**self.knobs,
+                                               "validation_fraction": VALIDATION_FRACTION})
         _check_trial_count(self)
         # Validating each point builds every TrialConfig once, so bad values fail here.
         _check_trial_length(self.trial_configs())

@@ -338,8 +338,10 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
                   a_mean, b_mean)
 
 
-def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final") -> str:
-    """The rule a map was judged by, in one sentence (summaries, MLflow, the CLI)."""
+def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final",
+                  validation_fraction: float = 0.0) -> str:
+    """The rule a map was judged by, in one sentence (summaries, MLflow, the CLI).
+    `validation_fraction`: the share of the training set held out to choose a best epoch."""
     looks = design.looks
     conf = f"{100 * design.confidence:.3g}%"
     if len(looks) == 1:
@@ -348,8 +350,14 @@ def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final")
         how = (f"seeds added where undecided, judged only at {', '.join(map(str, looks))} "
                f"seeds a side ({len(looks)} looks, Bonferroni: each one-sided test at "
                f"{100 * design.alpha:.3g}%)")
-    which = "best-epoch" if accuracy == "best" else "final-epoch"
-    return (f"Welch {conf} interval of gap = baseline - cell ({which} test accuracy; {how}) "
+    if accuracy != "best":
+        which = "final-epoch test accuracy"
+    elif validation_fraction:
+        which = (f"test accuracy at the epoch of best accuracy on {100 * validation_fraction:g}% "
+                 "of the training set held out, trained on the rest")
+    else:
+        which = "best-epoch test accuracy, the maximum over test evaluations: optimistic"
+    return (f"Welch {conf} interval of gap = baseline - cell ({which}; {how}) "
             f"against the margin {margin:g} points declared before the run: closed if its "
             f"upper end <= {margin:g}, open if its lower end > {margin:g}, at the margin if "
             f"neither but no wider than {2 * margin:g}, else inconclusive; over the map, Holm "

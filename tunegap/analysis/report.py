@@ -138,9 +138,11 @@ def baseline_summary(cells: pd.DataFrame) -> str:
     )
 
 
-def best_epoch_warning(accuracy: str, protocol: str) -> list[str]:
-    """The caveat of judging the best epoch: it is chosen on the test set itself."""
-    if accuracy != "best":
+def best_epoch_warning(accuracy: str, protocol: str, validation_fraction: float = 0.0
+                       ) -> list[str]:
+    """The caveat of judging the best epoch where it is chosen on the test set itself (no
+    validation split held out of the training set)."""
+    if accuracy != "best" or validation_fraction:
         return []
     who = ("as the authors' code does (best_prec1)" if protocol == "authors"
            else "on the test set itself")

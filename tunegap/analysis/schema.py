@@ -43,6 +43,8 @@ schedule               string  step, cosine, linear or constant
 label_smoothing        float64 label smoothing of the training loss
 train_size             int64   training samples used (a fixed subset where asked); null if
                                never resolved
+validation_fraction    float64 share of the training set held out to pick the best epoch
+                               (0: none; trained on the rest)
 max_updates            int64   the budget of weight updates; null = a regime of epochs
 bn_weight_init         string  "one" or "uniform"; null if never resolved
 zero_init_residual     bool    each residual block's last BatchNorm weight started at 0
@@ -63,7 +65,9 @@ test_loss              float64 last epoch's test loss
 test_acc               float64 last epoch's test accuracy, percent; NaN when diverged
 train_test_gap         float64 last epoch's train_acc - test_acc, points
 weight_distance        float64 last epoch's ||w_t - w_0|| over all weights
-best_test_acc          float64 best finite test accuracy over all epochs; NaN if none
+best_test_acc          float64 test accuracy at the best epoch: the epoch of highest val_acc
+                               where a validation split was held out, else the highest
+                               test accuracy itself (optimistic); NaN if none
 train_seconds          float64 sum of the epochs' wall-clock seconds
 noise_scale            float64 gradient noise scale B_simple (McCandlish et al. 2018), mean
                                of the epochs that measured it; null when not measured
@@ -100,6 +104,9 @@ weight_distance float64 ||w_t - w_0|| over all weights
 seconds         float64 wall-clock seconds of the epoch (training and evaluation)
 noise_scale     float64 gradient noise scale B_simple over the epoch; null if not measured
 sharpness       float64 top Hessian eigenvalue after the epoch; null if not measured
+val_loss        float64 loss on the validation split held out of the training set; null
+                        without one
+val_acc         float64 accuracy on that validation split, percent; null without one
 diverged        bool    the loss or the weights went non-finite in this epoch
 =============== ======= ==================================================================
 
@@ -145,6 +152,7 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("schedule", pa.string(), False, "step, cosine, linear or constant"),
     ("label_smoothing", pa.float64(), False, "label smoothing of the training loss"),
     ("train_size", pa.int64(), True, "training samples used"),
+    ("validation_fraction", pa.float64(), False, "share of the training set held out"),
     ("max_updates", pa.int64(), True, "budget of weight updates; null = epochs"),
     ("bn_weight_init", pa.string(), True, "one or uniform"),
     ("zero_init_residual", pa.bool_(), False, "residual blocks' last BN weight started at 0"),
@@ -163,7 +171,8 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("test_acc", pa.float64(), True, "last epoch's test accuracy, percent"),
     ("train_test_gap", pa.float64(), True, "last epoch's train_acc - test_acc, points"),
     ("weight_distance", pa.float64(), True, "last epoch's ||w_t - w_0||"),
-    ("best_test_acc", pa.float64(), True, "best finite test accuracy over all epochs"),
+    ("best_test_acc", pa.float64(), True,
+     "test accuracy at the best epoch (by val_acc where held out, else by test_acc)"),
     ("train_seconds", pa.float64(), False, "sum of the epochs' wall-clock seconds"),
     ("noise_scale", pa.float64(), True, "mean gradient noise scale B_simple over epochs"),
     ("sharpness", pa.float64(), True, "last measured top Hessian eigenvalue"),
@@ -189,6 +198,8 @@ _EPOCHS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("seconds", pa.float64(), True, "wall-clock seconds of the epoch"),
     ("noise_scale", pa.float64(), True, "gradient noise scale B_simple over the epoch"),
     ("sharpness", pa.float64(), True, "top Hessian eigenvalue after the epoch"),
+    ("val_loss", pa.float64(), True, "loss on the held-out validation split"),
+    ("val_acc", pa.float64(), True, "accuracy on the held-out validation split, percent"),
     ("diverged", pa.bool_(), False, "the loss or the weights went non-finite"),
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,27 @@ def _dedupe_history(history: Iterable[Mapping[str, Any]], trial_id: str) -> list
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def best_epoch_test_acc(history: Sequence[Mapping[str, Any]]) -> float:
+    """The test accuracy at a trial's best epoch: the epoch of highest validation accuracy
+    where the trial held out a validation split (the first such epoch), else the highest
+    test accuracy itself (the authors' choice, which peeks at the test set); NaN if none.
+
+    >>> best_epoch_test_acc([{"test_acc": 90.0, "val_acc": 91.0}, {"test_acc": 92.0, "val_acc": 90.0}])
+    90.0
+    >>> best_epoch_test_acc([{"test_acc": 90.0}, {"test_acc": 92.0}])
+    92.0
+    """
+    def finite(row: Mapping[str, Any], key: str) -> bool:
+        value = row.get(key)
+        return value is not None and math.isfinite(value)
+
+    scored = [r for r in history if finite(r, "test_acc")]
+    by_validation = [r for r in scored if finite(r, "val_acc")]
+    if by_validation:
+        return float(max(by_validation, key=lambda r: r["val_acc"])["test_acc"])
+    return float(max(r["test_acc"] for r in scored)) if scored else math.nan
+
+
 def _trial_row(
     record: Mapping[str, Any], history: list[dict[str, Any]], study: str
 ) -> dict[str, Any]:
@@ -122,7 +143,6 @@ def _trial_row(
         # the workload's base batch size, which a record does not carry.
         multiplier = _float_or_nan(regime_multiplier)
     last = history[-1] if history else {}
-    finite_acc = [r["test_acc"] for r in history if math.isfinite(r["test_acc"])]
     error = record.get("error")
     return {
         "study": study,
@@ -148,7 +168,7 @@ def _trial_row(
         "epochs_done": last.get("epoch", 0),
         "updates": last.get("updates") or 0,
         **{k: last.get(k, math.nan) for k in _FINAL_METRICS},
-        "best_test_acc": max(finite_acc) if finite_acc else math.nan,
+        "best_test_acc": best_epoch_test_acc(history),
         "train_seconds": float(sum(r["seconds"] for r in history if math.isfinite(r["seconds"]))),
         **_instruments(history, _float_or_nan(record.get("target_test_acc"))),
     }
@@ -158,7 +178,7 @@ def _trial_row(
 _KNOB_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd", "no_decay_bn_bias": False, "warmup_start_factor": 0.0,
     "scale_warmup": False, "schedule": "step", "label_smoothing": 0.0,
-    "zero_init_residual": False, "protocol": "clean",
+    "zero_init_residual": False, "protocol": "clean", "validation_fraction": 0.0,
 }
 
 
@@ -172,7 +192,7 @@ def _training_knobs(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> d
 
     row = {name: value(name) for name in (*TRAINING_KNOBS, "protocol")}
     for name in ("momentum", "weight_decay", "warmup_epochs", "warmup_start_factor",
-                 "label_smoothing"):
+                 "label_smoothing", "validation_fraction"):
         row[name] = _float_or_nan(row[name])
     for name in ("train_size", "max_updates"):
         row[name] = _int_or_none(row[name])
@@ -334,10 +354,20 @@ def read_tables(out_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataF
     return _read(out / TRIALS_FILE, TRIALS_SCHEMA), _read(out / EPOCHS_FILE, EPOCHS_SCHEMA)
 
 
+# Columns added to the schema after tables were first shipped, and what a table written
+# before them reads as (no validation split was held out then).
+ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0, "val_loss": math.nan,
+                               "val_acc": math.nan}
+
+
 def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the study (or write_tables) first")
     table = pq.read_table(path)
+    for name, value in ADDED_LATER.items():
+        if name in schema.names and name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows,
+                                                       type=schema.field(name).type))
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise ValueError(

@@ -159,7 +159,8 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
         table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
     warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
                                         base_epochs=study.workload_def.regime.epochs)
-    warnings += report.best_epoch_warning(str(study.accuracy), study.protocol)
+    warnings += report.best_epoch_warning(str(study.accuracy), study.protocol,
+                                          float(study.knobs.get("validation_fraction", 0.0)))
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
                              baseline_sentence=report.baseline_summary(cells),
@@ -298,6 +299,8 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
     decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
     per_cell = verdict_counts(cells)
     holm = verdict_counts(cells, "verdict_holm")
+    rule = rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy),
+                         validation_fraction=float(study.knobs.get("validation_fraction", 0.0)))
     lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
     if study.question:
         lines += [study.question, ""]
@@ -311,7 +314,7 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         + ("" if study.baseline_epochs else " (the workload's base regime)")
         + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
            if study.epochs is not None else ""),
-        f"- verdict per cell: {rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy))}; "
+        f"- verdict per cell: {rule}; "
         f"the Holm families are the {int(decidable.sum())} decidable cells",
         "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
         + f" (verdict_holm: closed {holm['closed']}, open {holm['open']}, "
