@@ -36,7 +36,7 @@ def test_the_held_out_samples_are_the_same_for_every_trial_and_never_trained_on(
 
 
 def test_a_fraction_outside_its_range_is_refused():
-    with pytest.raises(ValueError, match="validation_fraction 0.7 is not allowed"):
+    with pytest.raises(ValueError, match=r"validation_fraction 0\.7 is not allowed"):
         TrialConfig(workload="mnist1d-cnn", batch_size=64, validation_fraction=0.7)
 
 
