@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -95,3 +96,48 @@ def test_killed_study_resumes_every_trial_exactly_once(tmp_path, data_dir):
     for run in children:
         steps = client.get_metric_history(run.info.run_id, "test_acc")
         assert len(steps) == int(run.data.params["resolved_epochs"])
+
+
+def journal_rows(run_dir: Path) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    for line in (run_dir / "epochs_journal.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["trial_id"], []).append(json.dumps(row, sort_keys=True))
+    return rows
+
+
+def test_a_driver_killed_while_tune_writes_its_state_resumes_from_the_last_good_copy(
+        tmp_path, data_dir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_KILL_AFTER": "1"}
+    command = study_command(tmp_path, data_dir)
+    killer = [sys.executable, str(Path(__file__).with_name("kill_at_state_write.py")),
+              *command[2:]]
+    proc = subprocess.run(killer, env=env, start_new_session=True, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    time.sleep(2)  # let Ray's own processes notice their driver is gone
+    run_dir = run_dir_of(tmp_path)
+    (state,) = run_dir.glob("experiment_state-*.json")
+    with pytest.raises(ValueError):
+        json.loads(state.read_text())  # the kill left it cut short
+    before = journal_rows(run_dir)
+    finished = [t for t, rows in before.items()
+                if len(rows) == json.loads(rows[0])["resolved_epochs"]]
+    assert finished, "no trial had finished when the driver was killed"
+
+    resumed = subprocess.run(study_command(tmp_path, data_dir, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume: {state.name} was cut short" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    trials, epochs = read_tables(run_dir)
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["outcome"]) == {"completed"}
+    assert sorted(trials["epochs_done"]) == [2, 2, 80]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    after = journal_rows(run_dir)
+    for trial in finished:
+        # A finished trial is never trained again: any epoch it reports after the resume is
+        # the same result (its wall seconds included) re-reported, not a new one.
+        assert set(after[trial]) == set(before[trial]), trial

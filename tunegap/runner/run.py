@@ -37,6 +37,7 @@ from tunegap.runner.options import RunOptions
 from tunegap.runner.progress import ProgressPrinter
 from tunegap.runner.records import JOURNAL_FILE, EpochJournal
 from tunegap.runner.resources import init_ray, plan_trial_hardware
+from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import (
@@ -317,9 +318,16 @@ def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: An
     callbacks = [
         callback,
         EpochJournal(run_dir / JOURNAL_FILE),
+        StateCopies(run_dir),
         ProgressPrinter(total_trials(study), quiet=options.quiet,
                         at_most=study.seeds == AUTO or study.search == "frontier"),
     ]
+    if options.resume:
+        try:
+            for line in repair_state(run_dir):
+                print(line, file=sys.stderr, flush=True)
+        except StateUnrecoverable as err:
+            raise StudyError(str(err)) from None
     if options.resume and tune.Tuner.can_restore(str(run_dir)):
         tuner = tune.Tuner.restore(
             str(run_dir),

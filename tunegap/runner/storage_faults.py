@@ -76,12 +76,21 @@ def refused_path(error: OSError, fallback: str) -> str:
 class _DropStorageFaultTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return storage_write_error(exc) is None
+        return storage_write_error(exc) is None and not _gone_checkpoint(record, exc)
+
+
+def _gone_checkpoint(record: logging.LogRecord, exc: BaseException | None) -> bool:
+    """Tune, resumed from a state one save behind its trials, deleting an old checkpoint
+    that the killed driver's retention already deleted: nothing is lost (the trial's newer
+    checkpoints are there), so its traceback is noise."""
+    return (isinstance(exc, FileNotFoundError) and "checkpoint_" in str(exc)
+            and "Error handling checkpoint" in record.getMessage())
 
 
 class QuietStorageFaults:
     """Within the block, Tune's traceback for a trial whose storage refused a write is not
-    printed: the study's one-line stop says it instead."""
+    printed (the study's one-line stop says it instead), nor the one for deleting an old
+    checkpoint already gone after a resume (`_gone_checkpoint`)."""
 
     def __init__(self) -> None:
         self._filter = _DropStorageFaultTracebacks()

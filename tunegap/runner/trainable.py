@@ -17,6 +17,7 @@ experiment state still names) or cut short falls back on the newest sibling
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import re
@@ -34,6 +35,9 @@ from tunegap.cpu_memory import applied_mode, release_freed_memory
 from tunegap.engine import Engine, load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
+# The last epoch's result, beside the engine: a trial restored at the end of its regime
+# reports it again instead of training (its experiment state was saved before it finished).
+LAST_RESULT_FILE = "last_result.json"
 # Tune's name for a trial's checkpoint folders (ray.train._internal.storage).
 CHECKPOINT_FOLDER = re.compile(r"checkpoint_(\d+)")
 logger = logging.getLogger(__name__)
@@ -86,12 +90,15 @@ class GapTrainable(tune.Trainable):
         if self._data is None or self._data[0] != key:
             self._data = (key, load_workload_data(self.trial_config))
         self.engine = Engine(self.trial_config, data=self._data[1])
+        self.last_result: dict[str, Any] | None = None
         self.resolved = self.engine.resolved_params()
         # How this process's C library treats freed memory (tunegap.cpu_memory): it changes
         # CPU timings, so it is logged with the trial.
         self.resolved["resolved_cpu_malloc"] = applied_mode() or "system"
 
     def step(self) -> dict[str, Any]:
+        if self.engine.done and self.last_result is not None:
+            return {**self.last_result, **self.resolved, "done": True}
         try:
             metrics = self.engine.train_epoch()
         except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
@@ -104,15 +111,20 @@ class GapTrainable(tune.Trainable):
                 f"{OUT_OF_MEMORY_HINT} (batch_size={cfg.batch_size}, "
                 f"ghost_batch_size={cfg.ghost_batch_size}, device={cfg.device})"
             ) from err
+        self.last_result = dict(metrics)
         metrics.update(self.resolved)
         metrics["done"] = self.engine.done
         return metrics
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save(self.engine.state_dict(), Path(checkpoint_dir) / CHECKPOINT_FILE)
+        if self.last_result is not None:
+            (Path(checkpoint_dir) / LAST_RESULT_FILE).write_text(json.dumps(self.last_result))
 
     def load_checkpoint(self, checkpoint: str | dict) -> None:
         self.engine.load_state_dict(read_engine_state(Path(checkpoint)))
+        last = Path(checkpoint) / LAST_RESULT_FILE
+        self.last_result = json.loads(last.read_text()) if last.is_file() else None
 
     def restore(self, checkpoint_path: str | tune.Checkpoint | _TrainingResult) -> None:
         """Tune's restore, made to survive a checkpoint that is missing or does not load.
@@ -124,6 +136,8 @@ class GapTrainable(tune.Trainable):
         warning line says so in the trial's log.
         """
         named = as_training_result(checkpoint_path)
+        if self._restore_newer(named):
+            return
         try:
             super().restore(named)
             return
@@ -154,6 +168,29 @@ class GapTrainable(tune.Trainable):
             "loads: the trial starts over from epoch 0",
             named.checkpoint.path, one_line(failure),
         )
+
+    def _restore_newer(self, named: _TrainingResult) -> bool:
+        """Restore from a checkpoint of the trial newer than the one Tune named, if one
+        loads: Tune's state may be one save behind the trial (a kill, a state file put back
+        from its last good copy), and the newer checkpoint saves training those epochs again."""
+        match = CHECKPOINT_FOLDER.fullmatch(posixpath.basename(named.checkpoint.path.rstrip("/")))
+        if match is None:
+            return False
+        newer = [c for c in sibling_checkpoints(named.checkpoint)
+                 if int(CHECKPOINT_FOLDER.fullmatch(posixpath.basename(c.path)).group(1))
+                 > int(match.group(1))]
+        for candidate in newer:
+            try:
+                super().restore(_TrainingResult(checkpoint=candidate, metrics=named.metrics))
+            except Exception:  # unusable (cut short by the kill): try the next older one
+                self._restart_engine()
+                continue
+            self._iteration = self.engine.epoch
+            logger.warning("the experiment state named checkpoint %s, but the trial had "
+                           "saved a newer one: resumed from %s at epoch %d",
+                           named.checkpoint.path, candidate.path, self.engine.epoch)
+            return True
+        return False
 
     def _restart_engine(self) -> None:
         self.engine = None
