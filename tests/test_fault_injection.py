@@ -5,6 +5,7 @@ logged twice."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -133,4 +134,44 @@ def test_storage_turned_read_only_stops_in_one_line_and_resumes(tmp_path, data_d
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_complete(storage, uri)
+
+
+def fill(mount: Path, leave_bytes: int) -> Path:
+    """Fill the file system at `mount` with a ballast file until `leave_bytes` are free (as
+    another program writing there would): the study's next writes find it full."""
+    ballast = mount / "ballast"
+    with open(ballast, "wb") as out:
+        chunk = b"\0" * (1 << 20)
+        while shutil.disk_usage(mount).free > leave_bytes + len(chunk):
+            out.write(chunk)
+            out.flush()
+        try:
+            while shutil.disk_usage(mount).free > leave_bytes:
+                out.write(b"\0" * 4096)
+                out.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_disk_that_fills_stops_in_one_line_and_resumes_after_space_is_freed(
+        tmp_path, data_dir, small_mount):
+    storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    proc = start(command, tmp_path / "first.log")
+    wait_for_epochs(proc, storage, 15)
+    # A few kilobytes left: Tune's next state file (tens of kilobytes) is cut short there.
+    ballast = fill(small_mount, leave_bytes=8192)
+    assert finish(proc) == 1
+    text = (tmp_path / "first.log").read_text()
+    assert "Traceback" not in text
+    (line,) = error_lines(tmp_path / "first.log")
+    assert str(storage) in line and "--resume" in line and "No space left" in line
+
+    ballast.unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
     assert_complete(storage, uri)

@@ -120,9 +120,11 @@ def test_epoch_journal_survives_a_line_cut_by_a_kill(tmp_path):
         journal.on_trial_result(0, [], Trial(), {"epoch": epoch, "test_acc": float("nan"),
                                                  "resolved_lr": 0.1, "config": {"x": 1}})
     with open(tmp_path / "j.jsonl", "a") as f:
-        f.write('{"epoch": 3, "test_')  # the driver died mid-write
+        f.write('{"epoch": 3, "test_')  # the driver died mid-write (or the disk filled)
+    # The resumed driver's next row starts on its own line: only the cut one is lost.
+    journal.on_trial_result(0, [], Trial(), {"epoch": 3, "test_acc": 90.0})
     rows = read_journal(tmp_path / "j.jsonl")
-    assert [r["epoch"] for r in rows["t1"]] == [1, 2]
+    assert [r["epoch"] for r in rows["t1"]] == [1, 2, 3]
     assert rows["t1"][0]["resolved_lr"] == 0.1 and "config" not in rows["t1"][0]
     assert read_journal(tmp_path / "missing.jsonl") == {}
 

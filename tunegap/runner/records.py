@@ -40,8 +40,15 @@ class EpochJournal(tune.Callback):
         row = {k: v for k, v in result.items() if k in JOURNAL_KEYS or k.startswith(RESOLVED_PREFIX)}
         row["trial_id"] = trial.trial_id
         try:
-            with open(self.path, "a") as journal:
-                journal.write(json.dumps(row) + "\n")
+            with open(self.path, "a+b") as journal:
+                # A line cut short by a kill or a full disk ends without a newline: the next
+                # row starts on a line of its own, so only the cut one is lost.
+                journal.seek(0, 2)
+                if journal.tell():
+                    journal.seek(-1, 2)
+                    if journal.read(1) != b"\n":
+                        journal.write(b"\n")
+                journal.write((json.dumps(row) + "\n").encode())
         except OSError as err:
             raise StorageUnwritable(self.path, err) from err
 
@@ -53,16 +60,27 @@ class EpochJournal(tune.Callback):
             raise fault
 
 
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, skipping any line cut short (a kill or a full
+    disk mid-write): the journal and a trial's result.json each fill what the other lost."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
     """The journal's rows per trial id, in the order the driver received them."""
     rows: dict[str, list[dict[str, Any]]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short when the driver was killed mid-write
-            rows.setdefault(row.pop("trial_id"), []).append(row)
+        for row in json_lines(path):
+            if "trial_id" in row:
+                rows.setdefault(row.pop("trial_id"), []).append(row)
     return rows
 
 
@@ -83,7 +101,7 @@ def collect_records(
         # trial.path is the storage copy; local_path is Ray's per-session staging folder.
         result_file = Path(trial.path) / "result.json"
         if result_file.exists():
-            history = [json.loads(ln) for ln in result_file.read_text().splitlines() if ln.strip()]
+            history = json_lines(result_file)
         # The driver's journal comes last: where both have an epoch, its report wins, and it
         # fills epochs that a restart on another node dropped from result.json.
         history += journal.get(trial.trial_id, [])
