@@ -78,6 +78,29 @@ def test_table1_markdown_shows_the_paper_row_of_a_paper_workload():
     assert "| paper | 92.83 | 86.10 | 89.30 | 90.50 | 93.07 |" in lines
 
 
+def test_table1_prints_the_small_batch_beside_the_published_figure():
+    knobs = {"batch_size": [128, 128], "ghost_batch_size": [None, None],
+             "lr_exponent": [0.0, 0.0], "regime_multiplier": ["1.0", "4.0"]}
+    cells = pd.DataFrame({**knobs, "test_acc_mean": [90.5, 92.9], "test_acc_std": [0.2, 0.1],
+                          "verdict": ["baseline", "closed"], "margin": [0.5] * 2,
+                          "n_used": [3, 3]})
+    trials = pd.DataFrame({**knobs, "outcome": ["completed"] * 2, "best_test_acc": [91.0, 93.0],
+                           "validation_fraction": [0.1, 0.1]})
+    text = table1.table1_markdown(cells, trials, "fashion-cnn")
+    assert "| tunegap, best epoch on the held-out validation split (mean) |" in text
+    assert text.splitlines()[-1] == (
+        "Outside reference: 93.4% (github.com/zalandoresearch/fashion-mnist, README benchmark "
+        "table: 2 Conv + pooling + BatchNorm); our small batch 90.50% at the base regime, "
+        "-2.90 points. A longer small-batch run (x4 the base regime, 3 seed(s)) reaches "
+        "92.90%, -0.50 points from it. The difference exceeds 2 points: the longer run above "
+        "measures how much of it the shorter regime explains.")
+    only_sb = table1.table1_markdown(cells.iloc[:1], trials.iloc[:1], "fashion-cnn")
+    assert only_sb.endswith("no longer run was made to explain it (--long-baseline).")
+    long = table1.build(table1.parser().parse_args(["--workload", "fashion-cnn",
+                                                    "--long-baseline", "4"]))
+    assert {"batch_size": 128, "regime_multiplier": 4.0} in long.points
+
+
 def test_batch_size_study_has_three_remedies_per_large_batch():
     cs = configs(batch_size, ["--seeds", "1", "--batch-sizes", "32,256,1024"])
     ks = {knobs(c) for c in cs}

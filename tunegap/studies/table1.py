@@ -19,6 +19,10 @@ from tunegap.cli import common_study_fields, positive_int, study_command, study_
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
+from tunegap.workloads.workload import PublishedFigure
+
+# Points between our small batch and a published figure that a summary must explain.
+PUBLISHED_TOLERANCE = 2.0
 
 QUESTION = (
     "Does each of the paper's remedies (sqrt LR scaling, Ghost BatchNorm, regime adaptation) "
@@ -28,7 +32,8 @@ QUESTION = (
 
 def column_of(row: pd.Series, b0: int) -> str:
     if row["batch_size"] == b0:
-        return "SB"
+        mult = str(row["regime_multiplier"])
+        return "SB" if mult in ("1.0", "1") else f"SB x{float(mult):g}"
     if row["regime_multiplier"] not in ("1.0", "1", 1, 1.0):
         return "+RA"
     if pd.notna(row["ghost_batch_size"]):
@@ -61,9 +66,13 @@ def table1_markdown(cells: pd.DataFrame, trials: pd.DataFrame, workload: str) ->
         verdicts.append(str(r["verdict"]) if col != "SB" else "(reference)")
     margin = float(cells["margin"].iloc[0])
     best_judged = "accuracy" in cells.columns and str(cells["accuracy"].iloc[0]) == "best"
-    judged = "best epoch on the test set, judged" if best_judged else "final epoch, judged"
+    held_out = ("validation_fraction" in trials.columns
+                and bool((trials["validation_fraction"].fillna(0) > 0).any()))
+    best_label = ("best epoch on the held-out validation split" if held_out
+                  else "best epoch on the test set")
+    judged = f"{best_label}, judged" if best_judged else "final epoch, judged"
     rows.append(f"| tunegap, {judged} (mean ± std) | " + " | ".join(final) + " |")
-    rows.append("| tunegap, best epoch on the test set (mean; optimistic) | "
+    rows.append(f"| tunegap, {best_label} (mean{'' if held_out else '; optimistic'}) | "
                 + " | ".join(best_row) + " |")
     rows.append(f"| tunegap, verdict vs SB at margin {margin:g} | " + " | ".join(verdicts) + " |")
     paper = get_workload(workload).paper_table1
@@ -72,7 +81,32 @@ def table1_markdown(cells: pd.DataFrame, trials: pd.DataFrame, workload: str) ->
         rows += ["", f"Paper: {paper.source}."]
     else:
         rows += ["", f"Paper: no Table 1 row exists for {workload}; none is shown."]
+    published = get_workload(workload).published
+    if published is not None and "SB" in by_column:
+        rows += ["", published_sentence(published, by_column)]
     return "\n".join(rows)
+
+
+def published_sentence(published: PublishedFigure, by_column: dict[str, pd.Series]) -> str:
+    """The small batch's accuracy beside the closest published figure; a difference of more
+    than `PUBLISHED_TOLERANCE` points is explained by a longer small-batch run where the
+    study made one (`--long-baseline`), else said to be unexplained."""
+    sb = by_column["SB"]
+    diff = float(sb["test_acc_mean"]) - published.accuracy
+    text = (f"Outside reference: {published.accuracy:.1f}% ({published.source}); our small "
+            f"batch {float(sb['test_acc_mean']):.2f}% at the base regime, {diff:+.2f} points.")
+    longer = sorted((c for c in by_column if c.startswith("SB x")),
+                    key=lambda c: float(c.removeprefix("SB x")))
+    for col in longer:
+        r = by_column[col]
+        text += (f" A longer small-batch run ({col.removeprefix('SB ')} the base regime, "
+                 f"{r['n_used']} seed(s)) reaches {float(r['test_acc_mean']):.2f}%, "
+                 f"{float(r['test_acc_mean']) - published.accuracy:+.2f} points from it.")
+    if abs(diff) > PUBLISHED_TOLERANCE:
+        text += (f" The difference exceeds {PUBLISHED_TOLERANCE:g} points: "
+                 + ("the longer run above measures how much of it the shorter regime explains."
+                    if longer else "no longer run was made to explain it (--long-baseline)."))
+    return text
 
 
 def protocols_markdown(clean: pd.DataFrame, authors: pd.DataFrame, workload: str) -> str:
@@ -137,6 +171,10 @@ def parser():
     p = study_parser("table1", __doc__, seeds="auto")
     p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None,
                    help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
+    p.add_argument("--long-baseline", type=positive_int("--long-baseline"), default=None,
+                   metavar="MULT",
+                   help="also train the small batch MULT times the base regime, to measure "
+                        "how far a longer run gets (printed beside the published figure)")
     return p
 
 
@@ -146,6 +184,9 @@ def build(args) -> Study:
     except ValueError as err:
         raise StudyError(str(err)) from None
     points = tuple({k: v for k, v in kw.items() if k != "workload"} for _, kw in rows[1:])
+    if args.long_baseline is not None and args.long_baseline > 1:
+        b0 = get_workload(args.workload).regime.base_batch_size
+        points += ({"batch_size": b0, "regime_multiplier": float(args.long_baseline)},)
     return Study(name="table1", points=points, question=QUESTION, figures=figures,
                  report=report, comparisons=comparisons, **common_study_fields(args))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from tunegap.regime import Regime
 from tunegap.workloads.catalog import register_workload
-from tunegap.workloads.workload import Workload
+from tunegap.workloads.workload import PublishedFigure, Workload
+
+BENCHMARK = "github.com/zalandoresearch/fashion-mnist, README benchmark table"
 
 register_workload(
     Workload(
@@ -29,6 +31,7 @@ register_workload(
         eval_batch_size=10_000,
         large_batch_size=2048,
         target_test_acc=85.0,
+        published=PublishedFigure(88.3, f"{BENCHMARK}: MLPClassifier 256-128-100"),
         source=(
             "F1 (Keskar et al. 2017) as in github.com/eladhoffer/bigBatch models/mnist_f1.py: "
             "5 x [Linear 512, BatchNorm1d, ReLU], SGD lr 0.1, momentum 0.9, wd 1e-4, B0=128 "
@@ -57,6 +60,7 @@ register_workload(
         eval_batch_size=10_000,
         large_batch_size=1024,
         target_test_acc=88.0,
+        published=PublishedFigure(93.4, f"{BENCHMARK}: 2 Conv + pooling + BatchNorm"),
         source=(
             "two conv layers with pooling and BatchNorm, two dense layers (the shape of "
             "DeepOBS fmnist_2c2d and of the Fashion-MNIST benchmark's 2 conv + pooling + "

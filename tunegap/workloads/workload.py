@@ -52,6 +52,22 @@ class PaperNumbers:
 
 
 @dataclass(frozen=True)
+class PublishedFigure:
+    """An outside test accuracy (%) for a comparable network on the same data, and where it
+    is from: the small batch's accuracy is printed beside it."""
+
+    accuracy: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.accuracy, int | float) and math.isfinite(self.accuracy)
+                and 0 <= self.accuracy <= 100):
+            raise ValueError(f"published accuracy {self.accuracy!r}: use a percentage")
+        if not self.source.strip():
+            raise ValueError("a published figure needs its source")
+
+
+@dataclass(frozen=True)
 class Workload:
     """Everything fixed about a trial except the knobs a study searches over: a model and a
     dataset (registered names), the base regime at B0, and where each number came from.
@@ -82,6 +98,8 @@ class Workload:
     target_test_acc: float | None = None
     # The paper's Table 1 row for this network and data (None: the paper has none).
     paper_table1: PaperNumbers | None = None
+    # The closest published figure for a comparable network on this data (None: none).
+    published: PublishedFigure | None = None
     # True: the dataset is too big for memory and is read from disk batch by batch by
     # DataLoader workers (`tunegap.data.STREAMING_DATASETS` names those that can, and
     # `dataset_kwargs` go to that reader, e.g. `image_size`); `int(cpus_per_trial)` worker
