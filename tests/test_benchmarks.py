@@ -107,3 +107,14 @@ def test_seeds_to_decide_prints_each_view_per_cell(data_dir):
             "final | 10k | last3 | last3 10k | paired |") in out
     assert "baseline (10k): " in out
     assert "| 512, BN |" in out and "| median over cells |" in out
+
+
+@pytest.mark.slow
+def test_fashion_epoch_times_the_engine_beside_a_minimal_loop():
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+    out = run("fashion_epoch.py", "--workloads", "fashion-f1", "--repeats", "1")
+    assert "| workload | batch | engine epoch (s) | minimal epoch (s) | engine / minimal |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| fashion-f1 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["128", "2048"]
+    assert all(float(row.split("|")[5]) > 0 for row in rows)
