@@ -99,22 +99,15 @@ def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
 
 
 def ghost_list(text: str) -> tuple[int | None, ...]:
-    values: list[int | None] = []
-    for v in text.split(","):
-        v = v.strip().lower()
-        if v in ("none", "bn"):
-            values.append(None)
-            continue
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--ghost-sizes {text!r}: use positive integers or 'none', e.g. none,32,128"
-            ) from None
-        if n <= 0:
-            raise argparse.ArgumentTypeError(f"--ghost-sizes {text!r}: ghost sizes must be > 0")
-        values.append(n)
-    return tuple(values)
+    """Ghost sizes as `--ghost-sizes` takes them (`TrialConfig`'s own parsing, per item)."""
+    from tunegap.config import parse_ghost_batch_size
+
+    try:
+        return tuple(parse_ghost_batch_size(v.strip()) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--ghost-sizes {text!r}: use positive integers or 'none', e.g. none,32,128"
+        ) from None
 
 
 def float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
@@ -162,15 +155,8 @@ def positive_int(flag: str) -> Callable[[str], int]:
 
 
 def non_negative(flag: str) -> Callable[[str], float]:
-    as_number = number(flag)
-
-    def parse(text: str) -> float:
-        value = as_number(text)
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use a finite number >= 0")
-        return value
-
-    return parse
+    """A finite number >= 0 (`number_in` from 0)."""
+    return number_in(flag, low=0.0)
 
 
 def number_in(flag: str, *, low: float, high: float | None = None,

@@ -38,6 +38,16 @@ MAX_VALIDATION_FRACTION = 0.5
 ADAM_BETA1 = 0.9
 
 
+def ghost_is_whole_batch(ghost: int | None, batch_size: int) -> bool:
+    """Whether a ghost size holds the whole batch (>= it): plain BatchNorm by another name.
+    A study runs such a cell once, as BatchNorm; `tunegap train` refuses it.
+
+    >>> ghost_is_whole_batch(32, 32), ghost_is_whole_batch(16, 32), ghost_is_whole_batch(None, 8)
+    (True, False, False)
+    """
+    return ghost is not None and ghost >= batch_size
+
+
 def parse_ghost_batch_size(value: object) -> int | None:
     """A ghost batch size: a positive integer, or None / "none" for plain BatchNorm."""
     if value is None:

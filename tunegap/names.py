@@ -63,6 +63,9 @@ METRIC_NAMES: tuple[str, ...] = (
 OPTIONAL_METRICS: tuple[str, ...] = ("noise_scale", "sharpness", "val_loss", "val_acc")
 # Set in an epoch's result when the loss or the weights went non-finite.
 DIVERGED = "diverged"
+# What a trial records per epoch: the epochs table's columns after its keys, and the metrics
+# each MLflow child run logs per step.
+EPOCH_METRICS: tuple[str, ...] = (*METRIC_NAMES, DIVERGED)
 # Keys of a Tune result that carry the resolved regime (the same in every epoch).
 RESOLVED_PREFIX = "resolved_"
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign
-from tunegap.config import PROTOCOLS, TrialConfig
+from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign, check_margin
+from tunegap.config import PROTOCOLS, TrialConfig, ghost_is_whole_batch
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
@@ -230,13 +230,10 @@ class Study:
             check_count("--epochs", self.epochs, MAX_EPOCHS)
         if self.baseline_epochs is not None:
             check_count("--baseline-epochs", self.baseline_epochs, MAX_EPOCHS)
-        if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not (
-            math.isfinite(self.margin) and 0 <= self.margin <= 100
-        ):
-            raise StudyError(
-                f"--margin {self.margin!r} is not allowed: use points of test accuracy from 0 "
-                "to 100"
-            )
+        try:
+            check_margin(self.margin, "--margin")
+        except ValueError as err:
+            raise StudyError(str(err)) from None
         if self.accuracy is None:
             object.__setattr__(self, "accuracy", "best" if self.protocol == "authors" else "final")
         if self.accuracy not in ACCURACIES:
@@ -254,7 +251,7 @@ class Study:
         _check_trial_length(self.trial_configs())
         batches = self.grid.get("batch_size", ())
         ghosts = [g for g in self.grid.get("ghost_batch_size", ()) if g is not None]
-        if batches and ghosts and min(ghosts) >= max(batches):
+        if batches and ghosts and ghost_is_whole_batch(min(ghosts), max(batches)):
             raise StudyError(
                 f"every ghost batch size ({', '.join(map(str, ghosts))}) is >= every batch size "
                 f"({', '.join(map(str, batches))}): ghost batches must be smaller than the batch"
@@ -355,7 +352,7 @@ class Study:
                                       **{**self.trial_settings(), **combo})
                 except (TypeError, ValueError) as err:
                     raise StudyError(str(err)) from None
-                if cfg.ghost_batch_size is not None and cfg.ghost_batch_size >= cfg.batch_size:
+                if ghost_is_whole_batch(cfg.ghost_batch_size, cfg.batch_size):
                     cfg = cfg.with_changes(ghost_batch_size=None)
                 if cfg.batch_size == b0:
                     same = 1.0 if cfg.regime_multiplier == MATCHED else cfg.regime_multiplier

@@ -24,7 +24,7 @@ from tunegap.cli import (
     number,
     training_knobs,
 )
-from tunegap.config import TrialConfig
+from tunegap.config import TrialConfig, ghost_is_whole_batch
 from tunegap.cpu_memory import cpu_malloc_mode
 
 PROG = "python -m tunegap.train"
@@ -141,8 +141,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     except ValueError as err:
         fail(prog, err)
     ghost = config.ghost_batch_size
-    if ghost is not None and ghost >= config.batch_size:
-        # One ghost batch would be the whole batch: plain BatchNorm under another name.
+    if ghost_is_whole_batch(ghost, config.batch_size):
         fail(prog, f"--ghost-batch-size {ghost} is not smaller than --batch-size "
                    f"{config.batch_size}: use a smaller ghost size, or 'none' for BatchNorm")
     if args.workers is not None and args.workers < 0:

@@ -364,11 +364,14 @@ def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final",
             f"at 5% on the closed tests and, separately, on the open tests (verdict_holm)")
 
 
-def check_margin(margin: object) -> float:
+def check_margin(margin: object, name: str = "margin") -> float:
+    """The margin as a float: points of test accuracy from 0 to 100 (the one rule, for the
+    study's `--margin` and every judging function); ValueError naming `name` otherwise."""
     if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not (
-        math.isfinite(margin) and margin >= 0
+        math.isfinite(margin) and 0 <= margin <= 100
     ):
-        raise ValueError(f"margin {margin!r} is not allowed: use a finite number of points >= 0")
+        raise ValueError(f"{name} {margin!r} is not allowed: use points of test accuracy from "
+                         "0 to 100")
     return float(margin)
 
 

@@ -120,7 +120,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from tunegap.names import DIVERGED, METRIC_NAMES
+from tunegap import names
 
 __all__ = ["EPOCHS_SCHEMA", "EPOCH_METRICS", "SCHEMA_VERSION", "TRIALS_SCHEMA"]
 
@@ -219,4 +219,4 @@ EPOCHS_SCHEMA: pa.Schema = _schema(_EPOCHS_COLUMNS, "epochs")
 
 # The per-epoch metrics a history row carries: the engine's metrics plus `diverged`, the
 # epochs table's columns after its two keys (a test keeps them in step with the schema).
-EPOCH_METRICS: tuple[str, ...] = (*METRIC_NAMES, DIVERGED)
+EPOCH_METRICS: tuple[str, ...] = names.EPOCH_METRICS

@@ -33,6 +33,7 @@ from tunegap import registry
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import applied_mode, release_freed_memory
 from tunegap.engine import Engine, load_workload_data
+from tunegap.tracking.text import one_line
 
 CHECKPOINT_FILE = "engine.pt"
 # The last epoch's result, beside the engine: a trial restored at the end of its regime
@@ -229,12 +230,6 @@ def sibling_checkpoints(named: tune.Checkpoint) -> list[tune.Checkpoint]:
             found.append((int(match.group(1)), entry.path))
     found.sort(reverse=True)
     return [tune.Checkpoint(path, filesystem=fs) for _, path in found]
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """`text` on one line, cut to `limit` characters (a log line, not a traceback)."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def with_workload(trainable: type[tune.Trainable], workload: str) -> Any:

@@ -45,8 +45,8 @@ from ray.tune import Callback
 
 from tunegap.names import (
     DIVERGED,
+    EPOCH_METRICS,
     ERROR,
-    METRIC_NAMES,
     OPTIONAL_METRICS,
     RESOLVED_PREFIX,
     ended_outcome,
@@ -67,7 +67,7 @@ from tunegap.tracking.text import clip, one_line
 logger = logging.getLogger(__name__)
 
 # The engine's per-epoch metrics plus `diverged` as 0/1.
-LOGGED_METRICS: tuple[str, ...] = (*METRIC_NAMES, DIVERGED)
+LOGGED_METRICS: tuple[str, ...] = EPOCH_METRICS
 ERROR_CHARS = 5000
 # The outcome only a run's tag records, beside `tunegap.names.OUTCOMES`: a trial still
 # running when the experiment ended.
