@@ -56,6 +56,19 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+OPTIMIZER_PLUGIN = textwrap.dedent('''
+    """A lab's own optimizer, as a tunegap plugin: SGD with half the momentum asked for."""
+    import torch
+
+    import tunegap
+
+
+    @tunegap.register_optimizer("lab-half-momentum")
+    def half_momentum(groups, *, lr, momentum, weight_decay):
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum / 2)
+''')
+
+
 @pytest.fixture
 def plugin_file(tmp_path: Path) -> Path:
     path = tmp_path / "lab_plugin.py"
@@ -118,6 +131,28 @@ def test_plugin_workload_runs_in_every_trial_of_a_study_cli(plugin_file, tmp_pat
     assert len(trials) == 3  # baseline + 2 cells
     assert set(trials["outcome"]) == {"completed"}, trials[["outcome", "error"]]
     assert set(trials["workload"]) == {"lab-workload"}
+
+
+@pytest.mark.slow
+def test_a_plugin_optimizer_trains_every_trial_through_ray(plugin_file, tmp_path):
+    optimizer_file = tmp_path / "lab_optim.py"
+    optimizer_file.write_text(OPTIMIZER_PLUGIN)
+    base = [*tunegap_command(), "run", "ghost_size", "--plugin", str(plugin_file), "--plugin",
+            str(optimizer_file), "--workload", "lab-workload", "--batch-sizes", "256",
+            "--ghost-sizes", "none", "--seeds", "1", "--device", "cpu", "--quiet"]
+    done = run([*base, "--optimizer", "lab-half-momentum"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "tunegap_results" / "ghost_size").glob("2*")
+    trials, _ = read_tables(run_dir)
+    # Ray's workers cannot import the plugin file: every trial that completes built the
+    # optimizer from the registration that travelled with it.
+    assert set(trials["outcome"]) == {"completed"}, trials[["outcome", "error"]]
+    assert set(trials["optimizer"]) == {"lab-half-momentum"}
+    typo = run([*base, "--optimizer", "lab-half-momentun"], cwd=tmp_path)
+    assert typo.returncode == 2
+    (line,) = typo.stderr.strip().splitlines()
+    assert "--optimizer 'lab-half-momentun' is not allowed" in line
+    assert "lab-half-momentum" in line
 
 
 @pytest.mark.slow

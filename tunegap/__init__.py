@@ -54,6 +54,7 @@ _HOMES = {
     "TensorData": "tunegap.data",
     "register_dataset": "tunegap.data",
     "register_model": "tunegap.models",
+    "register_optimizer": "tunegap.optim",
     "GhostBatchNorm1d": "tunegap.gbn",
     "GhostBatchNorm2d": "tunegap.gbn",
     "convert_to_ghost_bn": "tunegap.gbn",
@@ -74,6 +75,7 @@ __all__ = [
     "get_workload",
     "register_dataset",
     "register_model",
+    "register_optimizer",
     "register_workload",
     "run_study",
 ]
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
     from tunegap.data import TensorData, register_dataset
     from tunegap.gbn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
     from tunegap.models import register_model
+    from tunegap.optim import register_optimizer
     from tunegap.regime import Regime
     from tunegap.runner.options import RunOptions
     from tunegap.runner.run import StudyOutcome, run_study

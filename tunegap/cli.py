@@ -76,11 +76,20 @@ def add_plugin_option(parser: argparse.ArgumentParser) -> None:
 
 
 def import_plugins(prog: str, args: argparse.Namespace) -> None:
-    """Import `--plugin` values in order; a bad one is one line and exit status 2."""
+    """Import `--plugin` values in order; a bad one is one line and exit status 2. Then the
+    names that plugins may register are checked (`--optimizer`), in one line each."""
     try:
         load_plugins(getattr(args, "plugin", []) or [])
     except PluginError as err:
         fail(prog, err)
+    name = getattr(args, "optimizer", None)
+    if name is not None:
+        from tunegap.optim import OPTIMIZERS
+
+        if name not in OPTIMIZERS:
+            fail(prog, f"--optimizer {name!r} is not allowed: use one of "
+                       f"{', '.join(OPTIMIZERS.names())} (or register one with "
+                       "@register_optimizer in a --plugin file)")
 
 
 def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
@@ -287,12 +296,16 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
 def add_training_knobs(parser: argparse.ArgumentParser) -> None:
     """The training knobs beyond the paper's four (`TrialConfig` checks their values). Each
     defaults to None: not given, the workload's own setting holds."""
-    from tunegap.config import BN_WEIGHT_INITS, OPTIMIZERS, PROTOCOLS
+    from tunegap.config import BN_WEIGHT_INITS, PROTOCOLS
+    from tunegap.optim import OPTIMIZERS
     from tunegap.regime import SCHEDULES
 
     g = parser.add_argument_group("training knobs (default: the workload's own)")
-    g.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
-                   help="sgd (default), nesterov, adam, adamw or lars (You et al. 2017)")
+    # No argparse choices: a --plugin file may register more (@register_optimizer), and
+    # TrialConfig refuses an unknown name in one line naming the registered ones.
+    g.add_argument("--optimizer", default=None, metavar="NAME",
+                   help=f"a registered optimizer: {', '.join(OPTIMIZERS.names())} (default "
+                        "sgd; lars is You et al. 2017), or one a --plugin registers")
     g.add_argument("--momentum", type=number("--momentum"), default=None,
                    help="SGD momentum, or Adam's beta1 (0 <= m < 1)")
     g.add_argument("--weight-decay", type=number("--weight-decay"), default=None,

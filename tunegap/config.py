@@ -7,6 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from tunegap.optim import check_optimizer, optimizer_spec
 from tunegap.regime import (
     SCHEDULES,
     Regime,
@@ -21,7 +22,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NO_GHOST_WORDS = ("none", "bn", "off")
 # Kept here, torch-free, so configs validate without importing the optimizers (see
 # `tunegap.optim`, which builds them).
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars")
 BN_WEIGHT_INITS = ("one", "uniform")
 # "authors": bigBatch's own loop (`tunegap.engine`) and input pipelines
 # (`tunegap.data.protocols`); "clean" ours.
@@ -34,8 +34,6 @@ AUTHORS_REFERENCE_BATCH = 256
 MAX_UPDATES = 100_000_000
 # At most half the training set held out for choosing the best epoch.
 MAX_VALIDATION_FRACTION = 0.5
-# Adam's beta1 where no momentum is given (torch's default).
-ADAM_BETA1 = 0.9
 
 
 def ghost_is_whole_batch(ghost: int | None, batch_size: int) -> bool:
@@ -187,7 +185,6 @@ class TrialConfig:
         self._check_training_knobs()
 
     def _check_training_knobs(self) -> None:
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("protocol", self.protocol, PROTOCOLS)
         if self.bn_weight_init is not None:
@@ -222,9 +219,7 @@ class TrialConfig:
             if model not in RESIDUAL_MODELS:
                 raise ValueError(f"zero_init_residual is not allowed for model {model!r}: it "
                                  f"needs residual blocks ({', '.join(RESIDUAL_MODELS)})")
-        if self.optimizer == "nesterov" and self.momentum == 0:
-            raise ValueError("momentum 0 is not allowed with optimizer nesterov: use a "
-                             "momentum > 0, or optimizer sgd")
+        check_optimizer(self.optimizer, self.momentum)
         if self.max_updates is not None and self.regime_multiplier not in (1.0, "matched"):
             raise ValueError(
                 f"regime_multiplier {self.regime_multiplier} is not allowed with max_updates: "
@@ -252,7 +247,8 @@ class TrialConfig:
         """The momentum (Adam's beta1) the optimizer is built with."""
         if self.momentum is not None:
             return self.momentum
-        return ADAM_BETA1 if self.optimizer in ("adam", "adamw") else self.get_workload().regime.momentum
+        default = optimizer_spec(self.optimizer).default_momentum
+        return self.get_workload().regime.momentum if default is None else default
 
     def resolved_bn_weight_init(self) -> str:
         """How BatchNorm weights start: the knob, else the protocol's default."""
@@ -318,7 +314,8 @@ class TrialConfig:
             "optimizer": self.optimizer,
             "momentum": regime.momentum,
             "weight_decay": regime.weight_decay if self.weight_decay is None else self.weight_decay,
-            "no_decay_bn_bias": self.no_decay_bn_bias or self.optimizer == "lars",
+            "no_decay_bn_bias": (self.no_decay_bn_bias
+                                 or optimizer_spec(self.optimizer).exclude_norm_and_bias),
             "warmup_start_factor": self.warmup_start_factor,
             "schedule": self.schedule,
             "label_smoothing": self.label_smoothing,

@@ -18,15 +18,81 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-__all__ = ["LARS", "OPTIMIZERS", "build_optimizer", "reset_momentum", "set_weight_decay"]
+from tunegap.registry import Registry
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "lars")
+__all__ = ["LARS", "OPTIMIZERS", "OptimizerSpec", "build_optimizer", "check_optimizer",
+           "optimizer_spec", "register_optimizer", "reset_momentum", "set_weight_decay"]
+
+# builder(param_groups, *, lr, momentum, weight_decay) -> a torch optimizer. The groups carry
+# their own weight decay (0 for the excluded parameters); `weight_decay` is the requested
+# one, for optimizers that apply it themselves (LARS).
+OptimizerBuilder = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registered optimizer: its builder and the rules that go with its name.
+
+    `needs_momentum`: momentum 0 is refused (Nesterov). `exclude_norm_and_bias`:
+    normalization parameters and biases never get weight decay (LARS). `default_momentum`:
+    the momentum used where none is given, instead of the workload's (Adam's beta1).
+    """
+
+    build: OptimizerBuilder
+    needs_momentum: bool = False
+    exclude_norm_and_bias: bool = False
+    default_momentum: float | None = None
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+def register_optimizer(name: str, *, needs_momentum: bool = False,
+                       exclude_norm_and_bias: bool = False,
+                       default_momentum: float | None = None,
+                       replace: bool = False) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Decorator: register an optimizer builder under `name`, usable as `--optimizer name`
+    (a `--plugin` file can add one; trials on other nodes receive it with the workload).
+
+    >>> @register_optimizer("sgd-half-momentum", replace=True)
+    ... def half(groups, *, lr, momentum, weight_decay):
+    ...     return torch.optim.SGD(groups, lr=lr, momentum=momentum / 2)
+    >>> net = nn.Linear(2, 2)
+    >>> build_optimizer(net, "sgd-half-momentum", lr=0.1, momentum=0.9,
+    ...                 weight_decay=0.0).param_groups[0]["momentum"]
+    0.45
+    >>> OPTIMIZERS.remove("sgd-half-momentum")
+    """
+    def add(builder: OptimizerBuilder) -> OptimizerBuilder:
+        OPTIMIZERS.add(name, OptimizerSpec(builder, needs_momentum, exclude_norm_and_bias,
+                                           default_momentum), replace=replace)
+        return builder
+
+    return add
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The registered optimizer `name`, or one line naming the registered ones."""
+    if not isinstance(name, str):
+        raise ValueError(f"optimizer {name!r} is not allowed: use one of "
+                         f"{', '.join(OPTIMIZERS.names())}")
+    return OPTIMIZERS.get(name)
+
+
+def check_optimizer(name: str, momentum: float | None) -> OptimizerSpec:
+    """The one check of an optimizer name and its momentum (a config, the optimizer's build)."""
+    spec = optimizer_spec(name)
+    if spec.needs_momentum and momentum == 0:
+        raise ValueError(f"momentum 0 is not allowed with optimizer {name}: use a momentum "
+                         "> 0, or optimizer sgd")
+    return spec
 
 # Normalization layers whose affine parameters are scale/shift of a normalized signal:
 # decaying them only fights the normalization. _NormBase covers BatchNorm*, Ghost BN
@@ -94,7 +160,7 @@ def build_optimizer(
     weight_decay: float,
     no_decay_bn_bias: bool = False,
 ) -> torch.optim.Optimizer:
-    """The optimizer `name` (one of `OPTIMIZERS`) over `model`'s parameters.
+    """The optimizer `name` (registered in `OPTIMIZERS`) over `model`'s parameters.
 
     sgd: SGD with heavy-ball `momentum`; nesterov: SGD with Nesterov momentum (momentum must
     be > 0); adam: Adam with betas (momentum, 0.999) and L2 weight decay (added to the
@@ -108,25 +174,45 @@ def build_optimizer(
     >>> [(g["no_decay"], g["weight_decay"], len(g["params"])) for g in opt.param_groups]
     [(False, 0.0005, 1), (True, 0.0, 3)]
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(
-            f"optimizer {name!r} is not allowed: use one of {', '.join(OPTIMIZERS)}"
-        )
     lr = _check_hyper("lr", lr)
     momentum = _check_hyper("momentum", momentum, upper=1.0)
     weight_decay = _check_hyper("weight_decay", weight_decay)
-    if name == "nesterov" and momentum == 0:
-        raise ValueError(
-            "momentum 0.0 is not allowed with optimizer 'nesterov': use a momentum > 0 "
-            "(or optimizer 'sgd')"
-        )
-    groups = _param_groups(model, weight_decay, split=no_decay_bn_bias or name == "lars")
-    if name in ("sgd", "nesterov"):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov")
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    spec = check_optimizer(name, momentum)
+    groups = _param_groups(model, weight_decay,
+                           split=no_decay_bn_bias or spec.exclude_norm_and_bias)
+    return spec.build(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@register_optimizer("sgd")
+def _sgd(groups: list[dict[str, Any]], *, lr: float, momentum: float,
+         weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with heavy-ball momentum (the paper's)."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+@register_optimizer("nesterov", needs_momentum=True)
+def _nesterov(groups: list[dict[str, Any]], *, lr: float, momentum: float,
+              weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
+@register_optimizer("adam", default_momentum=0.9)
+def _adam(groups: list[dict[str, Any]], *, lr: float, momentum: float,
+          weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, betas (momentum, 0.999), L2 weight decay added to the gradient."""
+    return torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+
+
+@register_optimizer("adamw", default_momentum=0.9)
+def _adamw(groups: list[dict[str, Any]], *, lr: float, momentum: float,
+           weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW: the same betas, decoupled weight decay."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+
+
+@register_optimizer("lars", exclude_norm_and_bias=True)
+def _lars(groups: list[dict[str, Any]], *, lr: float, momentum: float,
+          weight_decay: float) -> torch.optim.Optimizer:
     return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 

@@ -12,6 +12,7 @@ needs (`snapshot`, taken in the driver) and installs it in the worker (`install`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -142,12 +143,17 @@ def install(entries: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def _pickle_by_value_if_local(entry: Any) -> None:
-    module = sys.modules.get(getattr(entry, "__module__", "") or "")
-    if module is None or module.__name__ == "__main__" or _is_installed(module):
-        return  # __main__ is pickled by value anyway; installed code is on every node
-    from ray import cloudpickle  # the copy Ray serializes with, not a separate install
+    # An entry may be tunegap's own record around the user's code (an optimizer's spec
+    # holding its builder): the code inside travels by value too.
+    parts = ([getattr(entry, f.name) for f in dataclasses.fields(entry)]
+             if dataclasses.is_dataclass(entry) and not isinstance(entry, type) else [])
+    for thing in (entry, *parts):
+        module = sys.modules.get(getattr(thing, "__module__", "") or "")
+        if module is None or module.__name__ == "__main__" or _is_installed(module):
+            continue  # __main__ is pickled by value anyway; installed code is on every node
+        from ray import cloudpickle  # the copy Ray serializes with, not a separate install
 
-    cloudpickle.register_pickle_by_value(module)
+        cloudpickle.register_pickle_by_value(module)
 
 
 def _is_installed(module: ModuleType) -> bool:

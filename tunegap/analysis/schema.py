@@ -31,7 +31,8 @@ multiplier             float64 the resolved numeric multiplier ("matched" = ceil
 seed                   int64   the trial's seed
 epochs_override        int64   TrialConfig.epochs (overrides the workload's epochs); null
 base_lr_override       float64 TrialConfig.base_lr (overrides the workload's lr); null
-optimizer              string  sgd, nesterov, adam, adamw or lars
+optimizer              string  a registered optimizer: sgd, nesterov, adam, adamw, lars, or a
+                               plugin's (`tunegap.register_optimizer`)
 momentum               float64 momentum as used (Adam's beta1); null if never resolved
 weight_decay           float64 weight decay as used before the first decay epoch; null
                                if never resolved
@@ -142,7 +143,7 @@ _TRIALS_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("seed", pa.int64(), False, "seed"),
     ("epochs_override", pa.int64(), True, "TrialConfig.epochs override"),
     ("base_lr_override", pa.float64(), True, "TrialConfig.base_lr override"),
-    ("optimizer", pa.string(), False, "sgd, nesterov, adam, adamw or lars"),
+    ("optimizer", pa.string(), False, "a registered optimizer name"),
     ("momentum", pa.float64(), True, "momentum as used (Adam's beta1)"),
     ("weight_decay", pa.float64(), True, "weight decay before the first decay epoch"),
     ("no_decay_bn_bias", pa.bool_(), False, "no weight decay on BatchNorm and biases"),

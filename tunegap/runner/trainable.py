@@ -21,6 +21,7 @@ import json
 import logging
 import posixpath
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -232,10 +233,13 @@ def sibling_checkpoints(named: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [tune.Checkpoint(path, filesystem=fs) for _, path in found]
 
 
-def with_workload(trainable: type[tune.Trainable], workload: str) -> Any:
-    """`trainable` carrying `workload`'s registrations (workload, model, dataset) to every
-    worker, through Ray's object store (`tune.with_parameters`), so a workload registered
-    only in the driver (a user's script, a `--plugin` file) trains on any node."""
+def with_workload(trainable: type[tune.Trainable], workload: str,
+                  optimizers: Iterable[str] = ()) -> Any:
+    """`trainable` carrying `workload`'s registrations (workload, model, dataset, and the
+    `optimizers` its trials use) to every worker, through Ray's object store
+    (`tune.with_parameters`), so what is registered only in the driver (a user's script, a
+    `--plugin` file) trains on any node."""
     from tunegap.workloads import workload_registrations
 
-    return tune.with_parameters(trainable, registrations=workload_registrations(workload))
+    return tune.with_parameters(
+        trainable, registrations=workload_registrations(workload, optimizers))

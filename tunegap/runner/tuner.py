@@ -170,7 +170,8 @@ def trainable_with_resources(study: Study, options: RunOptions) -> Any:
     first = study.trial_configs()[0].with_changes(device=options.device)
     resources = trainable.trial_resources(first.to_dict(), gpus_per_trial=options.gpus_per_trial)
     # Looked up at call time, so a test can hand in a subclass that fails on purpose.
-    carrying = trainable.with_workload(trainable.GapTrainable, study.workload)
+    carrying = trainable.with_workload(trainable.GapTrainable, study.workload,
+                                       {c.optimizer for c in study.trial_configs()})
     return tune.with_resources(carrying, resources)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import tunegap.models  # noqa: F401  (its registry must exist before a snapshot names models)
@@ -40,11 +41,15 @@ def get_workload(name: str) -> Workload:
     return WORKLOADS.get(name)
 
 
-def workload_registrations(name: str) -> dict[str, dict[str, Any]]:
-    """The workload with its model, dataset and augmentation, for `tunegap.registry.install`.
+def workload_registrations(name: str, optimizers: Iterable[str] = ()
+                           ) -> dict[str, dict[str, Any]]:
+    """The workload with its model, dataset and augmentation, and the `optimizers` its
+    trials use, for `tunegap.registry.install`.
 
     Looking them up here also checks, before Ray starts, that each one exists.
     """
+    import tunegap.optim  # noqa: F401  (registers the built-in optimizers)
+
     workload = get_workload(name)
     dataset_kind = "streaming dataset" if workload.streaming else "dataset"
     return registry.snapshot({
@@ -52,4 +57,5 @@ def workload_registrations(name: str) -> dict[str, dict[str, Any]]:
         "model": [workload.model],
         dataset_kind: [workload.dataset],
         "augmentation": [workload.augment],
+        "optimizer": sorted(set(optimizers)),
     })
