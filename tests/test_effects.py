@@ -104,3 +104,21 @@ def test_table1_asks_each_remedy_against_the_column_before_it():
     assert effects["n_pairs"].tolist() == [3, 3, 3]
     assert effects["verdict"].tolist() == ["better", "better", "better"]
     assert effects["effect"].tolist() == pytest.approx([10.0, 5.1, 12.8])
+
+
+def test_batch_size_asks_each_remedy_against_the_row_before_it_at_each_batch():
+    from pathlib import Path
+
+    from tunegap.studies import batch_size
+
+    shipped = Path(__file__).resolve().parents[1] / "studies" / "batch_size" / "trials.parquet"
+    trials = pd.read_parquet(shipped)
+    found = batch_size.comparisons(trials)
+    large = sorted(set(trials.loc[~trials["is_baseline"], "batch_size"]))
+    assert [c.label for c in found] == [f"B={b}: {a}" for b in large
+                                        for a in ("+LR vs LB", "+LR+GBN vs +LR")]
+    first = found[1]
+    assert first.a["ghost_batch_size"] is not None and first.b["ghost_batch_size"] is None
+    assert first.a["lr_exponent"] == first.b["lr_exponent"] == 0.5
+    effects = compute_effects(trials, found, margin=0.5)
+    assert len(effects) == len(found) and (effects["n_pairs"] >= 3).all()

@@ -269,6 +269,27 @@ def report(cells, trials, epochs) -> str:
     return "\n".join(lines)
 
 
+def comparisons(trials: pd.DataFrame) -> list:
+    """At each large batch, each remedy against the row before it, seed by seed: +LR vs LB
+    (does sqrt scaling recover part of the gap?) and +LR+GBN vs +LR (does GBN add to it?)."""
+    from tunegap.analysis.cells import plain_value
+    from tunegap.analysis.effects import Comparison
+    from tunegap.names import CELL_KNOBS
+
+    rows = trials[~trials["is_baseline"].fillna(False).astype(bool)]
+    knobs: dict[tuple[int, str], dict] = {}
+    for _, row in rows.iterrows():
+        knobs.setdefault((int(row["batch_size"]), remedy_label(row)),
+                         {k: plain_value(row[k]) for k in CELL_KNOBS if k in row})
+    out = []
+    for batch in sorted({b for b, _ in knobs}):
+        for a, b in (("+LR", "LB"), ("+LR+GBN", "+LR")):
+            if (batch, a) in knobs and (batch, b) in knobs:
+                out.append(Comparison(label=f"B={batch}: {a} vs {b}", a=knobs[(batch, a)],
+                                      b=knobs[(batch, b)]))
+    return out
+
+
 def parser():
     p = study_parser("batch_size", __doc__, seeds="auto")
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
@@ -302,6 +323,7 @@ def build(args) -> Study:
         question=QUESTION,
         figures=figures,
         report=report,
+        comparisons=comparisons,
         instruments={"noise_scale_every": args.noise_scale_every,
                      "sharpness_every": args.epochs or base_epochs},
         target_test_acc=args.target_acc or workload.target_test_acc,
