@@ -10,6 +10,7 @@ from gap_records import trial
 
 from tunegap.analysis.tables import build_tables
 from tunegap.studies import batch_size, diffusion, ghost_size, lr_scaling, regime_length, table1
+from tunegap.study import StudyError
 
 
 def configs(module, argv=()):
@@ -287,3 +288,13 @@ def test_diffusion_never_counts_a_duplicate_b0_run_as_a_seed():
     figs = diffusion.figures(None, trials, epochs)
     labels = [t.get_text() for t in figs["diffusion"].axes[0].get_legend().get_texts()]
     assert sum("32" in label for label in labels) == 1
+
+
+@pytest.mark.parametrize("module", [batch_size, diffusion, ghost_size, lr_scaling, regime_length,
+                                    table1])
+def test_every_study_can_be_built_from_python_as_from_its_command(module):
+    assert module.study() == module.build(module.parser().parse_args([]))
+    built = module.study(seeds=2, margin=1.0, epochs=3)
+    assert (built.seeds, built.margin, built.epochs) == (2, 1.0, 3)
+    with pytest.raises(StudyError, match="--margin"):
+        module.study(margin=-1)

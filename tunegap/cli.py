@@ -404,6 +404,43 @@ def study_command(
     return main
 
 
+def study_builder(
+    parser: Callable[[], argparse.ArgumentParser], build: Callable[[argparse.Namespace], Study]
+) -> Callable[..., Study]:
+    """The `study(**options)` of a study module: the `Study` its command would run, built
+    from the command's options given as keywords (`batch_sizes=(512, 2048)`, `ghost_sizes=
+    (None, 32)`, `seeds="auto"`, `quiet=True`), parsed and checked exactly as on the command
+    line; a bad one raises `StudyError` in one line.
+
+    >>> from tunegap.studies import ghost_size
+    >>> study = ghost_size.study(batch_sizes=(512,), ghost_sizes=(None, 32), seeds=2, epochs=2)
+    >>> study.name, study.seeds, [(c.batch_size, c.ghost_batch_size) for c in study.trial_configs()][:3]
+    ('ghost_size', 2, [(32, None), (512, None), (512, 32)])
+    >>> ghost_size.study(batch_sise=(512,))
+    Traceback (most recent call last):
+    ...
+    tunegap.study.StudyError: unrecognized arguments: --batch-sise 512
+    """
+    def study(**options: Any) -> Study:
+        argv: list[str] = []
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not None and value is not False:
+                items = value if isinstance(value, list | tuple) else [value]
+                argv += [flag, ",".join("none" if v is None else str(v) for v in items)]
+        p = parser()
+
+        def refuse(message: str) -> NoReturn:
+            raise StudyError(message)
+
+        p.error = refuse  # type: ignore[method-assign]
+        return build(p.parse_args(argv))
+
+    return study
+
+
 def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
     """Study fields that come straight from the common options."""
     return {

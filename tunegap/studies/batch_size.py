@@ -22,7 +22,14 @@ import pandas as pd
 
 from tunegap.analysis import plots
 from tunegap.analysis.report import format_number
-from tunegap.cli import common_study_fields, int_list, positive_int, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    int_list,
+    positive_int,
+    study_builder,
+    study_command,
+    study_parser,
+)
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
@@ -332,6 +339,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

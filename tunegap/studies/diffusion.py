@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    float_list,
+    int_list,
+    study_builder,
+    study_command,
+    study_parser,
+)
 from tunegap.study import Study
 
 QUESTION = (
@@ -112,6 +119,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

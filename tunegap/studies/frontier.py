@@ -20,7 +20,14 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tunegap.cli import common_study_fields, int_list, positive_int, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    int_list,
+    positive_int,
+    study_builder,
+    study_command,
+    study_parser,
+)
 from tunegap.runner.adaptive import FixedSequences
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
@@ -233,6 +240,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

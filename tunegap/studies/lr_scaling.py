@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from tunegap.analysis import plots
 from tunegap.analysis.effects import comparisons_within
-from tunegap.cli import common_study_fields, float_list, int_list, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    float_list,
+    int_list,
+    study_builder,
+    study_command,
+    study_parser,
+)
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 
@@ -90,6 +97,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from tunegap.cli import (
     common_study_fields,
     int_list,
     number_in,
+    study_builder,
     study_command,
     study_parser,
 )
@@ -326,6 +327,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from tunegap.cli import (
     common_study_fields,
     multiplier_list,
     positive_int,
+    study_builder,
     study_command,
     study_parser,
 )
@@ -70,6 +71,7 @@ def build(args) -> Study:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ import itertools
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, positive_int, study_command, study_parser
+from tunegap.cli import (
+    common_study_fields,
+    positive_int,
+    study_builder,
+    study_command,
+    study_parser,
+)
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
@@ -197,6 +203,7 @@ def report(cells, trials, epochs) -> str:
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":

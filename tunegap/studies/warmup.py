@@ -32,6 +32,7 @@ from tunegap.cli import (
     common_study_fields,
     int_list,
     number_in,
+    study_builder,
     study_command,
     study_parser,
 )
@@ -175,6 +176,7 @@ def comparisons(trials):
 
 
 main = study_command(parser, build)
+study = study_builder(parser, build)
 
 
 if __name__ == "__main__":
