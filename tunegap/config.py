@@ -5,27 +5,31 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
+from tunegap.models.init import BN_WEIGHT_INITS, BnWeightInit
 from tunegap.optim import check_optimizer, optimizer_spec
 from tunegap.regime import (
     SCHEDULES,
     Regime,
+    Schedule,
     check_exponent,
     check_positive_int,
     parse_regime_multiplier,
 )
 from tunegap.workloads import Workload, get_workload
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 NO_GHOST_WORDS = ("none", "bn", "off")
 # Kept here, torch-free, so configs validate without importing the optimizers (see
 # `tunegap.optim`, which builds them).
-BN_WEIGHT_INITS = ("one", "uniform")
 # "authors": bigBatch's own loop (`tunegap.engine`) and input pipelines
 # (`tunegap.data.protocols`); "clean" ours.
-PROTOCOLS = ("clean", "authors")
+Protocol = Literal["clean", "authors"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 # The models whose files in bigBatch set BatchNorm weights to 1 (ResNet, WRN).
 AUTHORS_UNIT_BN_MODELS = ("resnet44", "cifar_resnet", "wrn16_4")
 # The authors' main_normal.py scales lr and epochs from this batch size.
@@ -85,7 +89,7 @@ def _as_float(value: object) -> object:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrialConfig:
     """One point of a study: a workload plus the batch-size knobs and a seed.
 
@@ -110,7 +114,7 @@ class TrialConfig:
     seed: int = 0
     epochs: int | None = None
     base_lr: float | None = None
-    device: str = "auto"
+    device: Device = "auto"
     data_dir: str | None = None
     # Instruments (they change what is measured, never the training itself):
     # gradient noise scale every k-th step (0 = off); top Hessian eigenvalue every k epochs
@@ -119,7 +123,7 @@ class TrialConfig:
     sharpness_every: int = 0
     # Execution (same maths, other speed): "auto" = bf16 autocast and channels_last on CUDA,
     # fp32 on CPU; "fp32" / "bf16" force it. `compile` wraps the model in torch.compile.
-    precision: str = "auto"
+    precision: Precision = "auto"
     compile: bool = False
     # Training knobs beyond the paper's four (None: the workload's own setting). `momentum`
     # is Adam's beta1 for adam/adamw; `weight_decay` a number holds all run long.
@@ -130,7 +134,7 @@ class TrialConfig:
     warmup_epochs: float | None = None
     warmup_start_factor: float = 0.0
     scale_warmup: bool = False
-    schedule: str = "step"
+    schedule: Schedule = "step"
     label_smoothing: float = 0.0
     # A subset of the training set (the same samples for every trial), and a budget of
     # weight updates in place of epochs.
@@ -140,9 +144,9 @@ class TrialConfig:
     validation_fraction: float = 0.0
     max_updates: int | None = None
     # None: "one" under the clean protocol; under the authors', U(0,1) except in ResNet/WRN.
-    bn_weight_init: str | None = None
+    bn_weight_init: BnWeightInit | None = None
     zero_init_residual: bool = False
-    protocol: str = "clean"
+    protocol: Protocol = "clean"
 
     def __post_init__(self) -> None:
         get_workload(self.workload)

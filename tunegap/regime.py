@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 MATCHED = "matched"
 MULTIPLIER_WORDS = (MATCHED,)
 # How the lr moves after warm-up: the workload's decay steps, a cosine or a straight line to
 # zero over the whole run, or not at all.
-SCHEDULES = ("step", "cosine", "linear", "constant")
+Schedule = Literal["step", "cosine", "linear", "constant"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def parse_regime_multiplier(value: object) -> float | str:
@@ -120,7 +122,7 @@ class ResolvedRegime:
     multiplier: float
     updates_per_epoch: int | None
     total_updates: int | None
-    schedule: str = "step"
+    schedule: Schedule = "step"
     warmup_start_factor: float = 0.0
     # Set when the run is a budget of updates: it ends mid-epoch, after exactly this many.
     max_updates: int | None = None
@@ -204,7 +206,7 @@ class ResolvedRegime:
         return ",".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Regime:
     """A base training regime defined at `base_batch_size`, plus the two scaling rules.
 
@@ -236,7 +238,7 @@ class Regime:
     # Weight decay from each decay epoch on, None keeping the one before; empty: weight_decay
     # throughout.
     weight_decays: tuple[float | None, ...] = ()
-    schedule: str = "step"
+    schedule: Schedule = "step"
     warmup_start_factor: float = 0.0
     # Warm-up epochs times the regime multiplier as well (Goyal et al. keep them fixed).
     scale_warmup: bool = False

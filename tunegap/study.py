@@ -14,20 +14,22 @@ import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pandas as pd
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign, check_margin
-from tunegap.config import PROTOCOLS, TrialConfig, ghost_is_whole_batch
+from tunegap.config import PROTOCOLS, Protocol, TrialConfig, ghost_is_whole_batch
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
 from tunegap.regime import MATCHED
 from tunegap.workloads import Workload, get_workload, workload_registrations
 
-SEARCHES = ("grid", "optuna", "frontier")
+Search = Literal["grid", "optuna", "frontier"]
+SEARCHES: tuple[str, ...] = get_args(Search)
 # `--scheduler`: Tune's early stopping on test accuracy, in weight updates (see
 # `tunegap.runner.tuner.build_scheduler`); "none" runs every trial to its last epoch.
-SCHEDULERS = ("none", "asha", "median")
+Scheduler = Literal["none", "asha", "median"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 # `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
 AUTO = "auto"
 # The share of the training set a clean study holds out to choose each trial's best epoch
@@ -76,7 +78,7 @@ class StudyInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Study:
     """What a study searches: a workload, a grid (or Optuna space) over the knobs, seeds.
 
@@ -123,7 +125,7 @@ class Study:
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     points: tuple[dict[str, Any], ...] = ()
     seeds: int | str = 1
-    search: str = "grid"
+    search: Search = "grid"
     num_samples: int = 20
     optuna_space: dict[str, tuple[float, float]] = field(default_factory=dict)
     epochs: int | None = None
@@ -136,7 +138,7 @@ class Study:
     # `tunegap.analysis.decide`), and which accuracy of a trial is judged.
     margin: float = DEFAULT_MARGIN
     # None: "final", or "best" under the authors' protocol (they report the best epoch).
-    accuracy: str | None = None
+    accuracy: Literal["final", "best"] | None = None
     question: str = ""
     figures: FigureBuilder | None = None
     # Probe settings for every trial, e.g. {"noise_scale_every": 4, "sharpness_every": 20}.
@@ -153,7 +155,7 @@ class Study:
     # Early stopping: "asha" or "median" (both on test_acc, time in weight updates) or "none";
     # `grace_updates` is how many updates a trial makes before it can be stopped, and
     # `reduction_factor` ASHA's (the best 1/factor of the trials at a rung go on).
-    scheduler: str = "none"
+    scheduler: Scheduler = "none"
     grace_updates: int = 1
     reduction_factor: float = 2.0
     # Training knobs for every trial, the baseline's included (e.g. {"optimizer": "adam",
@@ -162,7 +164,7 @@ class Study:
     # "clean" (ours) or "authors" (bigBatch's loop in the engine, its input pipelines in
     # `tunegap.data.protocols`) for every trial; the authors report the best epoch, so
     # "authors" judges the best epoch's accuracy unless `accuracy` says otherwise.
-    protocol: str = "clean"
+    protocol: Protocol = "clean"
     # The comparisons the study's question asks (`tunegap.analysis.effects`): the trials
     # table -> pairs of cells judged seed by seed, written to effects.csv and the summary.
     comparisons: Callable[[pd.DataFrame], Sequence[Any]] | None = None

@@ -17,6 +17,8 @@ Ghost BN layers are BatchNorm subclasses. The result is the same either way.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -25,7 +27,8 @@ from tunegap.models.resnet import BasicBlock
 
 __all__ = ["BN_WEIGHT_INITS", "RESIDUAL_MODELS", "init_bn_weights", "zero_init_residual"]
 
-BN_WEIGHT_INITS = ("one", "uniform")
+BnWeightInit = Literal["one", "uniform"]
+BN_WEIGHT_INITS: tuple[str, ...] = get_args(BnWeightInit)
 
 # Registered model names built from `tunegap.models.resnet.BasicBlock` (ResNet and WRN).
 RESIDUAL_MODELS = ("cifar_resnet", "resnet44", "wrn16_4")

@@ -67,7 +67,7 @@ class PublishedFigure:
             raise ValueError("a published figure needs its source")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Workload:
     """Everything fixed about a trial except the knobs a study searches over: a model and a
     dataset (registered names), the base regime at B0, and where each number came from.
