@@ -94,11 +94,11 @@ def test_training_steps_never_wait_for_the_gpu():
     engine = Engine(config, data=fake_cifar())
     batches = list(engine.loader)  # the once-per-epoch shuffle copy happens here
     engine.model.train()
-    engine._train_step(*batches[0], lr=0.01, step=0)  # first step: lazy init, autotuning
+    engine.train_step(*batches[0], lr=0.01, step=0)  # first step: lazy init, autotuning
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i, (x, y) in enumerate(batches[1:], start=1):
-            engine._train_step(x, y, lr=0.01, step=i)
+            engine.train_step(x, y, lr=0.01, step=i)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -94,7 +94,7 @@ def test_batches_and_steps_read_nothing_back(workload, precision, data_dir, monk
     engine.model.train()
     with HostReads() as reads:
         for i, (x, y) in enumerate(engine.loader):
-            engine._train_step(x, y, lr=0.01, step=i)
+            engine.train_step(x, y, lr=0.01, step=i)
             if i == 7:
                 break
     assert reads.calls == []

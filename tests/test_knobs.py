@@ -87,7 +87,7 @@ def test_label_smoothing_is_in_the_training_loss(data, data_dir):
         engine.model.train()
         expected = F.cross_entropy(engine.model(x), y, label_smoothing=0.2)
     torch.manual_seed(0)
-    loss, _ = engine._train_step(x, y, lr=0.0, step=0)
+    loss, _ = engine.train_step(x, y, lr=0.0, step=0)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     with torch.no_grad():
         plain = F.cross_entropy(engine.model(x), y)

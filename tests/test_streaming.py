@@ -204,7 +204,8 @@ def test_sharpness_and_noise_probes_run_on_streamed_data(tree, workload):
     )
     m = engine.train_epoch()
     assert math.isfinite(m["sharpness"])
-    x, y = engine._sharpness_batch  # decoded once: training images of every class
+    x, y = engine.sharpness_samples()  # decoded once: training images of every class
+    assert engine.sharpness_samples()[0] is x
     assert x.shape == (N_TRAIN, 3, 32, 32) and set(y.tolist()) == {0, 1, 2}
 
 

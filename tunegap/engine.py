@@ -312,7 +312,7 @@ class Engine:
             if self._budget_spent():
                 break  # a budget of updates ends where it ends, mid-epoch
             lr = self.resolved.lr_at(self.epoch + i / steps)
-            loss, logits = self._train_step(x, y, lr=lr, step=i)
+            loss, logits = self.train_step(x, y, lr=lr, step=i)
             n = y.shape[0]
             loss_sum += loss * n
             correct += (logits.argmax(1) == y).sum()
@@ -353,7 +353,7 @@ class Engine:
             "diverged": self.diverged,
         }
 
-    def _train_step(
+    def train_step(
         self, x: torch.Tensor, y: torch.Tensor, *, lr: float, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer update on batch (x, y) at learning rate `lr`, for either kind of data;
@@ -414,18 +414,21 @@ class Engine:
 
         Streamed data: `SHARPNESS_SAMPLES` training images spread over the split, with the
         evaluation transform, decoded once and kept on the device."""
-        if not self.streaming:
-            x = self.data.x_train[:SHARPNESS_SAMPLES]
-            y = self.data.y_train[:SHARPNESS_SAMPLES]
-        else:
-            if self._sharpness_batch is None:
-                x, y = self.data.train_subset(SHARPNESS_SAMPLES)
-                x = x.to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                self._sharpness_batch = (x, y.to(self.device))
-            x, y = self._sharpness_batch
+        x, y = self.sharpness_samples()
         return top_hessian_eigenvalue(self.model, F.cross_entropy, x, y, seed=self.config.seed)
+
+    def sharpness_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed training samples the sharpness probe measures on (streamed data: read
+        and decoded once, then kept on the device)."""
+        if not self.streaming:
+            return self.data.x_train[:SHARPNESS_SAMPLES], self.data.y_train[:SHARPNESS_SAMPLES]
+        if self._sharpness_batch is None:
+            x, y = self.data.train_subset(SHARPNESS_SAMPLES)
+            x = x.to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self._sharpness_batch = (x, y.to(self.device))
+        return self._sharpness_batch
 
     def _batches_of(self, x_all: torch.Tensor, y_all: torch.Tensor
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
