@@ -53,7 +53,7 @@ def test_markdown_table_rows(cells):
 
 
 def test_summary_states_the_rule_the_margin_and_the_counts(cells):
-    from tunegap.runner.finish import render_summary
+    from tunegap.runner.report_text import render_summary
     from tunegap.study import Study
 
     study = Study(name="ghost_size", workload="mnist1d-cnn", grid={"batch_size": (1024,)},

@@ -1,17 +1,16 @@
 """The end of a study: records to Parquet tables, the map, summary.md, and MLflow told.
 
 `finish_study` writes everything into the run folder from Ray's own records and the
-driver's journal first, then logs it on the parent run (`publish`) and each trial's cell on
-its child run; MLflow is only told, never waited for or read back, so a tracking server that
-went away costs no result. What the terminal shows at the end: the map's table, a sentence
-on the trials and where the files are (`closing_sentence`), and the command and URL that
-open the parent run in MLflow's UI.
+driver's journal first, then logs it on the parent run and each trial's cell on its child
+run (`tunegap.tracking.results.publish_study`); MLflow is only told, never waited for or read
+back, so a tracking server that went away costs no result. The words it prints and writes
+(summary.md, the closing sentence) are `tunegap.runner.report_text`'s.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from typing import Any
 import pandas as pd
 
 from tunegap.atomic import write_text_atomically
-from tunegap.names import OUTCOMES
 from tunegap.runner.records import collect_records
+from tunegap.runner.report_text import closing_sentence, render_summary, unmeasurable_baseline
 from tunegap.study import Study, StudyFailed
-from tunegap.tracking.text import one_line
+from tunegap.tracking.results import publish_study
 
 
 @dataclass
@@ -86,8 +85,10 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
-    logged = reachable and publish(tracker, study, outcome, wall_seconds, figure_errors,
-                                   dataset=dataset)
+    logged = reachable and publish_study(
+        tracker, files=outcome.files, cells=outcome.cells, trials=outcome.trials,
+        run_dir=run_dir, margin=study.margin, wall_seconds=wall_seconds,
+        figure_errors=figure_errors, dataset=dataset)
     if not logged or unlogged:
         missing = sorted(unlogged)
         parts = [f"{len(missing)} trial run(s) ({', '.join(missing[:10])}"
@@ -180,19 +181,6 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     return outcome, figure_errors
 
 
-def unmeasurable_baseline(name: str, trials_df: pd.DataFrame, run_dir: Path) -> str:
-    """The one line a study ends with when no baseline trial finished usable."""
-    base = trials_df[trials_df["is_baseline"].fillna(False).astype(bool)]
-    counts = base["outcome"].value_counts().to_dict()
-    how = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
-    first = next((str(e).strip().splitlines()[-1] for e in base.get("error", [])
-                  if isinstance(e, str) and e.strip()), None)
-    return (f"{name}: the baseline cannot be measured: its {len(base)} trial(s) ended {how}"
-            + (f" (first error: {first})" if first else "")
-            + f"; no gap can be judged. The tables are in {run_dir} (trials.parquet, column "
-            "error) and each trial's folder there holds its full error")
-
-
 def study_effects(study: Study, trials_df: pd.DataFrame) -> pd.DataFrame | None:
     """The study's paired comparisons (`tunegap.analysis.effects`), or None where it asks
     none."""
@@ -202,131 +190,3 @@ def study_effects(study: Study, trials_df: pd.DataFrame) -> pd.DataFrame | None:
 
     return compute_effects(trials_df, study.comparisons(trials_df), margin=study.margin,
                            accuracy=str(study.accuracy), design=study.design)
-
-
-def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
-                     run_dir: Path) -> str:
-    """What a finished study says about itself: its trials by outcome, its cells by verdict
-    and where its files are, e.g. "ghost_size: 6 trials ran (5 completed, 1 diverged); of 4
-    cells, 1 closed, 2 open and 1 inconclusive. Tables, map and summary.md are in ..."."""
-    from tunegap.analysis.cells import verdict_counts
-
-    total = sum(counts.values())
-    by_outcome = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
-    verdicts = verdict_counts(cells) if len(cells) else {}
-    judged = and_list([f"{n} {v}" for v, n in verdicts.items()
-                       if n or v in ("closed", "open", "inconclusive")])
-    compared = sum(verdicts.values())
-    trials = f"{total} trial{'s' if total != 1 else ''} ran ({by_outcome or 'none finished'})"
-    cells_part = (f"of {compared} cell(s) compared with the baseline, {judged}" if compared
-                  else "no cell besides the baseline")
-    return f"{name}: {trials}; {cells_part}. Tables, map and summary.md are in {run_dir}"
-
-
-def decided_share(counts: Mapping[str, int]) -> str:
-    """"9 of 12 cells (75%)": cells decided (closed or open) or at the margin, of all the
-    cells compared with the baseline."""
-    from tunegap.analysis.decide import ANSWERED
-
-    total = sum(counts.values())
-    done = sum(counts.get(v, 0) for v in ANSWERED)
-    return f"{done} of {total} cells ({100 * done / total:.0f}%)" if total else "no cells"
-
-
-def and_list(items: Sequence[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
-    if len(items) < 2:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def publish(tracker: Any, study: Study, outcome: StudyOutcome, wall_seconds: float,
-            figure_errors: int, *, dataset: Any = None) -> bool:
-    """The study's files and summary numbers on the parent run, then each trial's cell on
-    its child run, the description, images and data set (`tunegap.tracking.results`);
-    False where MLflow failed."""
-    from tunegap.analysis.cells import verdict_counts
-
-    trials_df = outcome.trials
-    counts = trials_df["outcome"].value_counts().to_dict()
-    try:
-        tracker.log_parent_artifacts(outcome.files)
-        tracker.log_parent_metrics({
-            "wall_seconds": wall_seconds,
-            "train_seconds": float(trials_df["train_seconds"].fillna(0).sum()),
-            **{f"trials_{o}": counts.get(o, 0) for o in OUTCOMES},
-            "margin": float(study.margin),
-            **{f"cells_{v.replace(' ', '_')}": n
-               for v, n in verdict_counts(outcome.cells).items()
-               if v in ("closed", "open", "at the margin", "inconclusive")},
-            **({"figure_errors": figure_errors} if figure_errors else {}),
-        })
-    except Exception as err:
-        print(f"warning: MLflow: the study's results could not be logged on the parent run "
-              f"({one_line(err)})", file=sys.stderr)
-        return False
-    # The files and numbers are logged: what follows only adds views of them, so its
-    # failure is a warning, not "the results are missing".
-    publish_cells(tracker, outcome, dataset)
-    return True
-
-
-def publish_cells(tracker: Any, outcome: StudyOutcome, dataset: Any) -> bool:
-    """Each child run's gap and verdict, the parent's description, images and data set;
-    False (and a warning) where MLflow failed."""
-    from tunegap.tracking.results import image_names, log_study_results
-
-    summary = next((p for p in outcome.files if p.name == "summary.md"), None)
-    try:
-        log_study_results(tracker, cells=outcome.cells, trials=outcome.trials,
-                          summary=summary.read_text() if summary else "",
-                          images=image_names(outcome.files), dataset=dataset)
-    except Exception as err:
-        print(f"warning: MLflow: the cells' gaps and verdicts could not be logged on the "
-              f"trial runs ({one_line(err)}); the tables in {outcome.run_dir} hold them",
-              file=sys.stderr)
-        return False
-    return True
-
-
-def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
-                   wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
-                   baseline_sentence: str, warnings: Sequence[str] = ()) -> str:
-    from tunegap.analysis.cells import verdict_counts
-    from tunegap.analysis.decide import rule_sentence
-
-    margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
-    decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
-    per_cell = verdict_counts(cells)
-    holm = verdict_counts(cells, "verdict_holm")
-    rule = rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy),
-                         validation_fraction=float(study.knobs.get("validation_fraction", 0.0)))
-    lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
-    if study.question:
-        lines += [study.question, ""]
-    lines += [
-        f"- trials: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
-        f"- seeds: {study.seeds}; search: {study.search}; protocol: {study.protocol}"
-        + (f"; every trial with {', '.join(f'{k}={v}' for k, v in study.knobs.items())}"
-           if study.knobs else ""),
-        f"- regime: baseline {study.reference_epochs} epochs at B0="
-        f"{study.workload_def.regime.base_batch_size}"
-        + ("" if study.baseline_epochs else " (the workload's base regime)")
-        + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
-           if study.epochs is not None else ""),
-        f"- verdict per cell: {rule}; "
-        f"the Holm families are the {int(decidable.sum())} decidable cells",
-        "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
-        + f" (verdict_holm: closed {holm['closed']}, open {holm['open']}, "
-        f"at the margin {holm['at the margin']}, inconclusive {holm['inconclusive']})",
-        f"- decided or at the margin: {decided_share(per_cell)}",
-        f"- wall time {wall_seconds:.0f} s; sum of trial training time {train_seconds:.0f} s",
-        "",
-        table,
-        "",
-        baseline_sentence,
-        "",
-        *(f"**{line}**\n" for line in warnings),
-    ]
-    lines += [f"![{name}]({name})" for name in figures]
-    return "\n".join(lines) + "\n"

@@ -6,8 +6,8 @@ added automatically) or Optuna -> per-trial MLflow child runs (tracking callback
 end: Parquet tables, gap map figures and summary.md, logged as artifacts of the parent run,
 and each trial's cell (gap, interval, verdict) on its child run (`tunegap.tracking.results`).
 
-What the terminal shows: one line before Ray starts (`study_banner`: trials, workers, where
-results and MLflow go), one line per finished trial (`ProgressPrinter`: done / running /
+What the terminal shows: one line before Ray starts (`report_text.study_banner`: trials,
+workers, where results and MLflow go), one line per finished trial (`ProgressPrinter`: done / running /
 left, ETA), then the map's table, a sentence on the trials and where the files are, and the
 command and URL that open the parent run in MLflow's UI (`tunegap.tracking.results.ui_lines`).
 
@@ -19,7 +19,6 @@ continue from their last checkpoint, and MLflow keeps one child run per trial.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinishe
 from tunegap.runner.options import RunOptions
 from tunegap.runner.progress import ProgressPrinter
 from tunegap.runner.records import JOURNAL_FILE, EpochJournal
+from tunegap.runner.report_text import study_banner
 from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
@@ -49,6 +49,7 @@ from tunegap.study import (
     total_trials,
 )
 from tunegap.tracking.text import one_line
+from tunegap.tracking.uri import store_name
 
 STATE_FILE = "tunegap_study.json"
 # Written last, when a study has finished (`finish.write_reports`).
@@ -167,14 +168,6 @@ def read_resume_state(root: Path, study: Study, options: RunOptions,
     return run_dir, state
 
 
-def store_name(tracking_uri: str) -> str:
-    """The tracking store as state files and messages name it: absolute, no credentials."""
-    from tunegap.tracking import redact_uri
-    from tunegap.tracking.uri import normalize_tracking_uri, safe_tracking_uri
-
-    return redact_uri(safe_tracking_uri(normalize_tracking_uri(tracking_uri)))
-
-
 def new_run_dir(root: Path) -> Path:
     """A name for a new run folder (claimed only by `claim_run_dir`)."""
     return root / time.strftime("%Y%m%d-%H%M%S")
@@ -272,23 +265,6 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
             ) from None
         finally:
             close_parent(tracker, status)
-
-
-def study_banner(study: Study, options: RunOptions, run_dir: Path) -> str:
-    """The line printed before Ray starts: how many trials run where, and where their
-    results and MLflow runs go (credentials redacted)."""
-    at_most = "at most " if study.seeds == AUTO or study.search == "frontier" else ""
-    cpus = study.workload_def.cpus_per_trial
-    if options.address in (None, "local"):
-        where = f"local Ray on this machine ({os.cpu_count() or 1} CPUs)"
-    else:
-        where = f"the Ray cluster at {options.address}"
-    workers = (f"{options.max_concurrent} at a time" if options.max_concurrent
-               else "as many at a time as the CPUs allow")
-    return (f"{study.name}: {at_most}{total_trials(study)} trials of {study.workload}, "
-            f"{workers} ({cpus:g} CPU(s) and {options.gpus_per_trial or 0:g} GPU(s) each) on "
-            f"{where}; results in {run_dir}, MLflow runs in {store_name(options.tracking_uri)} "
-            f"(experiment tunegap/{study.name}). Starting Ray...")
 
 
 def study_dataset(study: Study, data_dir: str | None) -> Any:

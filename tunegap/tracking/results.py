@@ -184,3 +184,44 @@ def ui_lines(tracking_uri: str, experiment_id: str, run_id: str) -> list[str]:
 def image_names(files: Sequence[Path]) -> list[Path]:
     """The PNG figures among a study's files."""
     return [Path(p) for p in files if Path(p).suffix == ".png"]
+
+
+def publish_study(tracker: Any, *, files: Sequence[Path], cells: pd.DataFrame,
+                  trials: pd.DataFrame, run_dir: Path, margin: float, wall_seconds: float,
+                  figure_errors: int = 0, dataset: Any = None) -> bool:
+    """Everything a finished study logs on its parent run, in one place: the files and the
+    summary numbers, then (`log_study_results`) each trial's cell on its child run, the
+    description, images and data set. False where the files or numbers failed to log; a
+    failure after them is a warning only, since what follows adds views of them."""
+    import sys
+
+    from tunegap.analysis.cells import verdict_counts
+    from tunegap.names import OUTCOMES
+    from tunegap.tracking.text import one_line
+
+    counts = trials["outcome"].value_counts().to_dict()
+    try:
+        tracker.log_parent_artifacts(files)
+        tracker.log_parent_metrics({
+            "wall_seconds": wall_seconds,
+            "train_seconds": float(trials["train_seconds"].fillna(0).sum()),
+            **{f"trials_{o}": counts.get(o, 0) for o in OUTCOMES},
+            "margin": float(margin),
+            **{f"cells_{v.replace(' ', '_')}": n for v, n in verdict_counts(cells).items()
+               if v in ("closed", "open", "at the margin", "inconclusive")},
+            **({"figure_errors": figure_errors} if figure_errors else {}),
+        })
+    except Exception as err:
+        print(f"warning: MLflow: the study's results could not be logged on the parent run "
+              f"({one_line(err)})", file=sys.stderr)
+        return False
+    summary = next((p for p in files if p.name == "summary.md"), None)
+    try:
+        log_study_results(tracker, cells=cells, trials=trials,
+                          summary=summary.read_text() if summary else "",
+                          images=image_names(files), dataset=dataset)
+    except Exception as err:
+        print(f"warning: MLflow: the cells' gaps and verdicts could not be logged on the "
+              f"trial runs ({one_line(err)}); the tables in {run_dir} hold them",
+              file=sys.stderr)
+    return True

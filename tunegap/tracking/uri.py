@@ -315,3 +315,8 @@ def _check_file_store(uri: str, shown: str) -> None:
         raise TrackingUnavailable(
             f"MLflow tracking at {shown}: {existing or path} is not a writable folder"
         )
+
+
+def store_name(tracking_uri: str) -> str:
+    """The tracking store as state files and messages name it: absolute, no credentials."""
+    return redact_uri(safe_tracking_uri(normalize_tracking_uri(tracking_uri)))

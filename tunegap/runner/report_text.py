@@ -1,0 +1,125 @@
+"""Every text a study prints or writes about itself, in one place: the line before Ray
+starts (`study_banner`), `summary.md` (`render_summary`), the closing line
+(`closing_sentence`) and the one line a study whose baseline cannot be measured ends with
+(`unmeasurable_baseline`). The numbers come from the tables; the words are only here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from tunegap.runner.options import RunOptions
+from tunegap.study import AUTO, Study, total_trials
+from tunegap.tracking.uri import store_name
+
+
+def study_banner(study: Study, options: RunOptions, run_dir: Path) -> str:
+    """The line printed before Ray starts: how many trials run where, and where their
+    results and MLflow runs go (credentials redacted)."""
+    at_most = "at most " if study.seeds == AUTO or study.search == "frontier" else ""
+    cpus = study.workload_def.cpus_per_trial
+    if options.address in (None, "local"):
+        where = f"local Ray on this machine ({os.cpu_count() or 1} CPUs)"
+    else:
+        where = f"the Ray cluster at {options.address}"
+    workers = (f"{options.max_concurrent} at a time" if options.max_concurrent
+               else "as many at a time as the CPUs allow")
+    return (f"{study.name}: {at_most}{total_trials(study)} trials of {study.workload}, "
+            f"{workers} ({cpus:g} CPU(s) and {options.gpus_per_trial or 0:g} GPU(s) each) on "
+            f"{where}; results in {run_dir}, MLflow runs in {store_name(options.tracking_uri)} "
+            f"(experiment tunegap/{study.name}). Starting Ray...")
+
+
+def unmeasurable_baseline(name: str, trials_df: pd.DataFrame, run_dir: Path) -> str:
+    """The one line a study ends with when no baseline trial finished usable."""
+    base = trials_df[trials_df["is_baseline"].fillna(False).astype(bool)]
+    counts = base["outcome"].value_counts().to_dict()
+    how = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+    first = next((str(e).strip().splitlines()[-1] for e in base.get("error", [])
+                  if isinstance(e, str) and e.strip()), None)
+    return (f"{name}: the baseline cannot be measured: its {len(base)} trial(s) ended {how}"
+            + (f" (first error: {first})" if first else "")
+            + f"; no gap can be judged. The tables are in {run_dir} (trials.parquet, column "
+            "error) and each trial's folder there holds its full error")
+
+
+def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
+                     run_dir: Path) -> str:
+    """What a finished study says about itself: its trials by outcome, its cells by verdict
+    and where its files are, e.g. "ghost_size: 6 trials ran (5 completed, 1 diverged); of 4
+    cells, 1 closed, 2 open and 1 inconclusive. Tables, map and summary.md are in ..."."""
+    from tunegap.analysis.cells import verdict_counts
+
+    total = sum(counts.values())
+    by_outcome = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+    verdicts = verdict_counts(cells) if len(cells) else {}
+    judged = and_list([f"{n} {v}" for v, n in verdicts.items()
+                       if n or v in ("closed", "open", "inconclusive")])
+    compared = sum(verdicts.values())
+    trials = f"{total} trial{'s' if total != 1 else ''} ran ({by_outcome or 'none finished'})"
+    cells_part = (f"of {compared} cell(s) compared with the baseline, {judged}" if compared
+                  else "no cell besides the baseline")
+    return f"{name}: {trials}; {cells_part}. Tables, map and summary.md are in {run_dir}"
+
+
+def decided_share(counts: Mapping[str, int]) -> str:
+    """"9 of 12 cells (75%)": cells decided (closed or open) or at the margin, of all the
+    cells compared with the baseline."""
+    from tunegap.analysis.decide import ANSWERED
+
+    total = sum(counts.values())
+    done = sum(counts.get(v, 0) for v in ANSWERED)
+    return f"{done} of {total} cells ({100 * done / total:.0f}%)" if total else "no cells"
+
+
+def and_list(items: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    if len(items) < 2:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
+                   wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
+                   baseline_sentence: str, warnings: Sequence[str] = ()) -> str:
+    from tunegap.analysis.cells import verdict_counts
+    from tunegap.analysis.decide import rule_sentence
+
+    margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
+    decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
+    per_cell = verdict_counts(cells)
+    holm = verdict_counts(cells, "verdict_holm")
+    rule = rule_sentence(margin=margin, design=study.design, accuracy=str(study.accuracy),
+                         validation_fraction=float(study.knobs.get("validation_fraction", 0.0)))
+    lines = [f"# tunegap study `{study.name}` on `{study.workload}`", ""]
+    if study.question:
+        lines += [study.question, ""]
+    lines += [
+        f"- trials: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})",
+        f"- seeds: {study.seeds}; search: {study.search}; protocol: {study.protocol}"
+        + (f"; every trial with {', '.join(f'{k}={v}' for k, v in study.knobs.items())}"
+           if study.knobs else ""),
+        f"- regime: baseline {study.reference_epochs} epochs at B0="
+        f"{study.workload_def.regime.base_batch_size}"
+        + ("" if study.baseline_epochs else " (the workload's base regime)")
+        + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
+           if study.epochs is not None else ""),
+        f"- verdict per cell: {rule}; "
+        f"the Holm families are the {int(decidable.sum())} decidable cells",
+        "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
+        + f" (verdict_holm: closed {holm['closed']}, open {holm['open']}, "
+        f"at the margin {holm['at the margin']}, inconclusive {holm['inconclusive']})",
+        f"- decided or at the margin: {decided_share(per_cell)}",
+        f"- wall time {wall_seconds:.0f} s; sum of trial training time {train_seconds:.0f} s",
+        "",
+        table,
+        "",
+        baseline_sentence,
+        "",
+        *(f"**{line}**\n" for line in warnings),
+    ]
+    lines += [f"![{name}]({name})" for name in figures]
+    return "\n".join(lines) + "\n"
