@@ -122,3 +122,19 @@ def test_batch_size_asks_each_remedy_against_the_row_before_it_at_each_batch():
     assert first.a["lr_exponent"] == first.b["lr_exponent"] == 0.5
     effects = compute_effects(trials, found, margin=0.5)
     assert len(effects) == len(found) and (effects["n_pairs"] >= 3).all()
+
+
+def test_optimizers_compares_each_optimizer_with_heavy_ball_sgd_at_each_batch():
+    from pathlib import Path
+
+    from tunegap.studies import optimizers
+
+    shipped = Path(__file__).resolve().parents[1] / "studies" / "optimizers" / "trials.parquet"
+    trials = pd.read_parquet(shipped)
+    found = optimizers.comparisons(trials)
+    assert found and all({k: c.b[k] for k in ("optimizer", "momentum")}
+                         == {"optimizer": "sgd", "momentum": 0.9} for c in found)
+    assert {c.a["optimizer"] for c in found} == {"sgd", "nesterov", "adam"}
+    b0 = 32
+    assert b0 not in {int(c.label.split(":")[0].split("=")[1]) for c in found}  # the baseline
+    assert optimizers.parser().parse_args([]).seeds == "auto"

@@ -275,7 +275,7 @@ def verdict_lines(cells: pd.DataFrame) -> list[str]:
 
 
 def parser():
-    p = study_parser("optimizers", __doc__, seeds=3)
+    p = study_parser("optimizers", __doc__, seeds="auto")
     p.set_defaults(max_updates=DEFAULT_MAX_UPDATES, schedule=DEFAULT_SCHEDULE)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
                    default=(32, 64, 128, 256, 512))
@@ -286,6 +286,15 @@ def parser():
     p.add_argument("--adam-lr", type=number_in("--adam-lr", low=0, low_open=True), default=1e-3,
                    help="Adam's base lr at B0 (default 1e-3)")
     return p
+
+
+def comparisons(trials: pd.DataFrame) -> list:
+    """At each batch size, each optimizer against SGD with heavy-ball momentum (the paper's
+    rule), seed by seed on the judged accuracy."""
+    from tunegap.analysis.effects import comparisons_within
+
+    return comparisons_within(trials, group_by=["batch_size"], vary=["optimizer", "momentum"],
+                              reference=["sgd", MOMENTUM])
 
 
 def build(args) -> Study:
@@ -321,6 +330,7 @@ def build(args) -> Study:
         figures=figures,
         report=report,
         tables=tables,
+        comparisons=comparisons,
         target_test_acc=args.target_acc,
         **fields,
     )
