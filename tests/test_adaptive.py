@@ -21,7 +21,8 @@ from tunegap.runner.adaptive import (
     probe_config,
 )
 from tunegap.runner.error_rates import drive_searcher
-from tunegap.study import cell_key, check_seed_budget, frontier_budget
+from tunegap.study import cell_key
+from tunegap.study_checks import check_seed_budget, frontier_budget
 
 BASE = {"workload": "w", "batch_size": 32, "ghost_batch_size": None, "regime_multiplier": 1.0}
 

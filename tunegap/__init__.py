@@ -43,7 +43,7 @@ __version__ = "0.1.0"
 _HOMES = {
     "Study": "tunegap.study",
     "RunOptions": "tunegap.runner.options",
-    "StudyError": "tunegap.study",
+    "StudyError": "tunegap.errors",
     "run_study": "tunegap.runner.run",
     "StudyOutcome": "tunegap.runner.run",
     "Workload": "tunegap.workloads",
@@ -83,13 +83,14 @@ __all__ = [
 if TYPE_CHECKING:
     from tunegap.config import TrialConfig
     from tunegap.data import TensorData, register_dataset
+    from tunegap.errors import StudyError
     from tunegap.gbn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
     from tunegap.models import register_model
     from tunegap.optim import register_optimizer
     from tunegap.regime import Regime
     from tunegap.runner.options import RunOptions
     from tunegap.runner.run import StudyOutcome, run_study
-    from tunegap.study import Study, StudyError
+    from tunegap.study import Study
     from tunegap.workloads import Workload, get_workload, register_workload
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
+from tunegap.errors import StudyError, StudyInterrupted
 from tunegap.regime import MATCHED
 from tunegap.registry import PluginError, load_plugins
 from tunegap.runner.options import (
@@ -27,7 +28,8 @@ from tunegap.runner.options import (
     default_storage_path,
     default_tracking_uri,
 )
-from tunegap.study import AUTO, SCHEDULERS, Study, StudyError, StudyInterrupted
+from tunegap.study import Study
+from tunegap.study_checks import AUTO, SCHEDULERS
 
 if TYPE_CHECKING:
     from tunegap.runner.run import StudyOutcome
@@ -419,7 +421,7 @@ def study_builder(
     >>> ghost_size.study(batch_sise=(512,))
     Traceback (most recent call last):
     ...
-    tunegap.study.StudyError: unrecognized arguments: --batch-sise 512
+    tunegap.errors.StudyError: unrecognized arguments: --batch-sise 512
     """
     def study(**options: Any) -> Study:
         argv: list[str] = []

@@ -10,72 +10,41 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import pandas as pd
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign, check_margin
 from tunegap.config import PROTOCOLS, Protocol, TrialConfig, ghost_is_whole_batch
+from tunegap.errors import StudyError
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
 from tunegap.regime import MATCHED
+from tunegap.study_checks import (
+    AUTO,
+    MAX_EPOCHS,
+    MAX_TRIALS,
+    Scheduler,
+    check_count,
+    check_optuna_space,
+    check_scheduler,
+    check_seed_budget,
+    check_trial_count,
+    check_trial_length,
+    frontier_budget,
+)
 from tunegap.workloads import Workload, get_workload, workload_registrations
 
 Search = Literal["grid", "optuna", "frontier"]
 SEARCHES: tuple[str, ...] = get_args(Search)
-# `--scheduler`: Tune's early stopping on test accuracy, in weight updates (see
-# `tunegap.runner.tuner.build_scheduler`); "none" runs every trial to its last epoch.
-Scheduler = Literal["none", "asha", "median"]
-SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
-# `seeds=AUTO`: seeds until each verdict is decided (`tunegap.runner.adaptive`).
-AUTO = "auto"
 # The share of the training set a clean study holds out to choose each trial's best epoch
 # (`accuracy="best"`); final-epoch judging holds out nothing.
 VALIDATION_FRACTION = 0.1
-# Bounds that only a typo exceeds; each is checked before any trial config is built.
+# A bound that only a typo exceeds (the others are `tunegap.study_checks`').
 MAX_SEEDS = 1000
-MAX_TRIALS = 100_000
-MAX_EPOCHS = 100_000
 
 FigureBuilder = Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], dict[str, Any]]
-
-
-class StudyError(ValueError):
-    """Bad study input: reported as one line with exit status 2, before Ray starts.
-
-    >>> Study(name="typo", workload="mnist1d-cnn", grid={"batch_sise": (512,)})
-    Traceback (most recent call last):
-    ...
-    tunegap.study.StudyError: unknown knob(s) batch_sise: use batch_size, ghost_batch_size, lr_exponent, regime_multiplier, base_lr, optimizer, momentum, weight_decay, no_decay_bn_bias, warmup_epochs, warmup_start_factor, scale_warmup, schedule, label_smoothing, train_size, validation_fraction, max_updates, bn_weight_init, zero_init_residual
-    """
-
-    exit_status = 2
-
-
-class StudyStopped(StudyError):
-    """A fault stopped a running study (storage turned read-only, ...): one line, exit status
-    1. The trials that finished are kept, and `--resume` continues once the fault is fixed."""
-
-    exit_status = 1
-
-
-class StudyFailed(StudyError):
-    """A study ran but cannot answer (every baseline trial failed): one line, exit status 1,
-    with the tables written."""
-
-    exit_status = 1
-
-
-class StudyInterrupted(KeyboardInterrupt):
-    """The study was interrupted (Ctrl-C): its parent run is KILLED, nothing was computed
-    from unfinished trials, and `--resume` continues it. `run_dir` holds what finished."""
-
-    def __init__(self, message: str, run_dir: Path | None = None) -> None:
-        super().__init__(message)
-        self.run_dir = run_dir
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,8 +195,8 @@ class Study:
                 raise StudyError(f"study {self.name} has no Optuna space: use --search grid")
             if self.seeds != 1:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
-        _check_optuna_space(self.optuna_space)
-        _check_scheduler(self)
+        check_optuna_space(self.optuna_space)
+        check_scheduler(self)
         if self.epochs is not None:
             check_count("--epochs", self.epochs, MAX_EPOCHS)
         if self.baseline_epochs is not None:
@@ -248,9 +217,9 @@ class Study:
             # test set it is judged by; every trial holds out the same samples.
             object.__setattr__(self, "knobs", {**self.knobs,
                                                "validation_fraction": VALIDATION_FRACTION})
-        _check_trial_count(self)
+        check_trial_count(self)
         # Validating each point builds every TrialConfig once, so bad values fail here.
-        _check_trial_length(self.trial_configs())
+        check_trial_length(self.trial_configs())
         batches = self.grid.get("batch_size", ())
         ghosts = [g for g in self.grid.get("ghost_batch_size", ()) if g is not None]
         if batches and ghosts and ghost_is_whole_batch(min(ghosts), max(batches)):
@@ -418,104 +387,6 @@ def total_trials(study: Study) -> int:
         cells = {cell_key(c.to_dict()) for c in study.trial_configs()}
         return len(cells) * study.max_seeds
     return len(study.trial_configs())
-
-
-def check_seed_budget(min_seeds: int, max_seeds: int) -> None:
-    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
-        raise StudyError(f"--min-seeds {min_seeds!r} is not allowed: use an integer >= 2 "
-                         "(a Welch interval needs 2 seeds on each side)")
-    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int) or max_seeds < min_seeds:
-        raise StudyError(f"--max-seeds {max_seeds!r} is not allowed: use an integer >= "
-                         f"--min-seeds ({min_seeds})")
-
-
-def frontier_budget(batch_sizes: Iterable[int], base_batch_size: int, max_seeds: int) -> int:
-    """An upper bound on the trials of a frontier search (Tune needs one up front)."""
-    probes = sum(3 + math.ceil(math.log2(max(1, math.ceil(b / base_batch_size))))
-                 for b in batch_sizes)
-    return (1 + probes) * max_seeds
-
-
-def check_count(flag: str, value: object, most: int | None = None) -> None:
-    """A whole number >= 1 (at most `most`), or one StudyError line naming `flag`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StudyError(f"{flag} {value!r} is not allowed: use an integer >= 1")
-    if most is not None and value > most:
-        raise StudyError(f"{flag} {value!r} is not allowed: use an integer from 1 to {most}")
-
-
-def _check_scheduler(study: Study) -> None:
-    if study.scheduler not in SCHEDULERS:
-        raise StudyError(f"--scheduler {study.scheduler!r} is not allowed: use "
-                         f"{', '.join(SCHEDULERS)}")
-    if study.scheduler == "none":
-        return
-    if study.search == "frontier" or study.seeds == AUTO:
-        # Adaptive searches decide seeds from finished trials; a stopped one would look
-        # like a finished seed with too few epochs.
-        what = "--search frontier" if study.search == "frontier" else "--seeds auto"
-        instead = ("--scheduler none" if study.search == "frontier"
-                   else "a number of seeds (e.g. --seeds 3), or --scheduler none")
-        raise StudyError(f"--scheduler {study.scheduler} with {what} is not allowed: adaptive "
-                         f"searches decide seeds from finished trials; use {instead}")
-    check_count("grace_updates", study.grace_updates)
-    factor = study.reduction_factor
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (
-        math.isfinite(factor) and factor > 1
-    ):
-        raise StudyError(f"reduction_factor {factor!r} is not allowed: use a number > 1")
-
-
-def _check_trial_length(configs: Iterable[TrialConfig]) -> None:
-    """Refuse a regime no trial could finish (a multiplier typed with extra zeros)."""
-    seen = set()
-    for config in configs:
-        key = (config.workload, config.batch_size, config.epochs, config.regime_multiplier)
-        if key in seen or config.max_updates is not None:
-            continue  # a budget of updates is bounded by MAX_UPDATES instead
-        seen.add(key)
-        epochs = config.regime().resolve(config.batch_size, train_size=1).epochs
-        if epochs > MAX_EPOCHS:
-            raise StudyError(
-                f"regime multiplier {config.regime_multiplier} gives {epochs} epochs at batch "
-                f"size {config.batch_size}: at most {MAX_EPOCHS} are allowed"
-            )
-
-
-def _check_trial_count(study: Study) -> None:
-    """Refuse, before building any, more trials than a study can hold (a typo in --seeds)."""
-    planned = math.prod(len(v) for v in study.grid.values()) + len(study.points)
-    seeds = study.max_seeds if study.seeds == AUTO else int(study.seeds)
-    if planned * seeds > MAX_TRIALS:
-        raise StudyError(
-            f"the study would run {planned * seeds} trials ({planned} grid point(s) x {seeds} "
-            f"seed(s)): at most {MAX_TRIALS} are allowed; use fewer values or seeds"
-        )
-
-
-# Knobs Optuna may draw from a range (the others it takes from the grid, as choices), and
-# those it draws on a log scale.
-RANGE_KNOBS = ("lr_exponent", "base_lr", "momentum", "weight_decay", "warmup_epochs",
-               "warmup_start_factor", "label_smoothing")
-LOG_RANGE_KNOBS = ("base_lr", "weight_decay")
-
-
-def _check_optuna_space(space: Mapping[str, Any]) -> None:
-    for knob, bounds in space.items():
-        if knob not in RANGE_KNOBS:
-            raise StudyError(f"the Optuna range of {knob!r} is not allowed: give ranges of "
-                             f"{', '.join(RANGE_KNOBS)}, and other knobs' values in the grid")
-        try:
-            low, high = (float(b) for b in bounds)
-        except (TypeError, ValueError):
-            raise StudyError(f"the Optuna range of {knob} {bounds!r} is not allowed: give "
-                             "(low, high)") from None
-        positive = knob in LOG_RANGE_KNOBS
-        if not (math.isfinite(low) and math.isfinite(high) and low < high
-                and (low > 0 if positive else low >= 0)):
-            floor = "0 < low" if positive else "0 <= low"
-            raise StudyError(f"the Optuna range of {knob} {bounds!r} is not allowed: use "
-                             f"finite numbers with {floor} < high")
 
 
 def is_baseline(config: dict[str, Any], shared: Mapping[str, Any] | None = None, *,

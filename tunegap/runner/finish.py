@@ -18,9 +18,10 @@ from typing import Any
 import pandas as pd
 
 from tunegap.atomic import write_text_atomically
+from tunegap.errors import StudyFailed
 from tunegap.runner.records import collect_records
 from tunegap.runner.report_text import closing_sentence, render_summary, unmeasurable_baseline
-from tunegap.study import Study, StudyFailed
+from tunegap.study import Study
 from tunegap.tracking.results import publish_study
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunegap.cpu_memory import cpu_malloc_mode
-from tunegap.study import StudyError, check_count
+from tunegap.errors import StudyError
+from tunegap.study_checks import check_count
 
 DEFAULT_STORAGE = "./tunegap_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -32,7 +33,7 @@ class RunOptions:
     >>> RunOptions(address="nowhere")
     Traceback (most recent call last):
     ...
-    tunegap.study.StudyError: --address 'nowhere' is not allowed: use auto, local, host:port or ray://host:port, e.g. 10.0.0.5:6379
+    tunegap.errors.StudyError: --address 'nowhere' is not allowed: use auto, local, host:port or ray://host:port, e.g. 10.0.0.5:6379
     """
 
     address: str | None = None

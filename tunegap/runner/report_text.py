@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from tunegap.runner.options import RunOptions
-from tunegap.study import AUTO, Study, total_trials
+from tunegap.study import Study, total_trials
+from tunegap.study_checks import AUTO
 from tunegap.tracking.uri import store_name
 
 

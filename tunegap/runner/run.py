@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from tunegap.atomic import write_text_atomically
+from tunegap.errors import StudyError, StudyInterrupted, StudyStopped
 from tunegap.runner.finish import StudyOutcome, finish_study
 from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinished_trials
 from tunegap.runner.options import RunOptions
@@ -40,14 +41,8 @@ from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
-from tunegap.study import (
-    AUTO,
-    Study,
-    StudyError,
-    StudyInterrupted,
-    StudyStopped,
-    total_trials,
-)
+from tunegap.study import Study, total_trials
+from tunegap.study_checks import AUTO
 from tunegap.tracking.text import one_line
 from tunegap.tracking.uri import store_name
 

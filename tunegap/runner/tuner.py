@@ -22,7 +22,8 @@ from tunegap.names import DIVERGED, RESOLVED_PREFIX
 from tunegap.runner import trainable
 from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
 from tunegap.runner.options import RunOptions
-from tunegap.study import AUTO, LOG_RANGE_KNOBS, Study, is_baseline, total_trials
+from tunegap.study import Study, is_baseline, total_trials
+from tunegap.study_checks import AUTO, LOG_RANGE_KNOBS
 
 logger = logging.getLogger(__name__)
 
