@@ -174,17 +174,43 @@ def test_no_loadable_checkpoint_restarts_the_trial_from_scratch(data_dir, tmp_pa
     assert got == straight
 
 
-def test_intact_named_checkpoint_is_used_as_tune_names_it(data_dir, tmp_path, straight, caplog):
+def test_the_named_checkpoint_is_used_when_it_is_the_newest(data_dir, tmp_path, straight,
+                                                             caplog):
+    first = GapTrainable(config=config(data_dir))
+    folders = save_epochs(first, tmp_path / "trial", 2)
+    first.stop()
+    resumed = GapTrainable(config=config(data_dir))
+    with caplog.at_level(logging.WARNING, logger="tunegap.runner.trainable"):
+        resumed.restore(named(folders[1], 2))
+    assert not caplog.records
+    assert resumed.iteration == 2
+    assert strip(resumed.train()) == straight[2]
+    resumed.stop()
+
+
+def test_a_newer_checkpoint_than_the_named_one_is_preferred(data_dir, tmp_path, straight,
+                                                            caplog):
+    # Tune's state was saved before the trial's last checkpoint (a killed driver, or a state
+    # file put back from its last good copy): the newer one saves training that epoch again.
     first = GapTrainable(config=config(data_dir))
     folders = save_epochs(first, tmp_path / "trial", 3)
     first.stop()
     resumed = GapTrainable(config=config(data_dir))
     with caplog.at_level(logging.WARNING, logger="tunegap.runner.trainable"):
-        resumed.restore(named(folders[1], 2))  # not the newest on disk, but it loads
-    assert not caplog.records
-    assert resumed.iteration == 2
-    assert strip(resumed.train()) == straight[2]
+        resumed.restore(named(folders[1], 2))
+    (warning,) = caplog.records
+    assert "saved a newer one" in warning.getMessage()
+    assert "checkpoint_000002" in warning.getMessage()
+    assert resumed.iteration == 3
+    assert strip(resumed.train()) == straight[3]
     resumed.stop()
+    # A newer one that does not load is passed over for the named one.
+    path = folders[2] / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again = GapTrainable(config=config(data_dir))
+    again.restore(named(folders[1], 2))
+    assert again.iteration == 2 and strip(again.train()) == straight[2]
+    again.stop()
 
 
 # --- a real Tune experiment whose driver was killed -----------------------------------------
