@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from tunegap.engine import pick_device
+from tunegap.trial_data import pick_device
 
 
 def device_or_exit(parser: argparse.ArgumentParser, name: str) -> torch.device:

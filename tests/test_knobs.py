@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from tunegap.config import TrialConfig
-from tunegap.engine import Engine, load_workload_data
+from tunegap.engine import Engine
 from tunegap.gbn import GhostBatchNorm
 from tunegap.optim import LARS
 from tunegap.study import Study
 from tunegap.train import main
+from tunegap.trial_data import load_workload_data
 
 
 def make(data_dir, **kw) -> TrialConfig:

@@ -22,10 +22,11 @@ from tunegap.data import (
     StreamingLoader,
     load_imagenet_streaming,
 )
-from tunegap.engine import Engine, load_workload_data
+from tunegap.engine import Engine
 from tunegap.names import METRIC_NAMES
 from tunegap.regime import Regime
 from tunegap.train import main
+from tunegap.trial_data import load_workload_data
 from tunegap.workloads import Workload, get_workload, register_workload
 
 NAME = "stream-test-c1"

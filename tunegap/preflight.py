@@ -87,9 +87,9 @@ def preflight(config: TrialConfig, data: Any = None) -> str:
 
 
 def load_data(config: TrialConfig) -> Any:
-    """The workload's data set (`tunegap.engine.load_workload_data`); whatever a user's
+    """The workload's data set (`tunegap.trial_data.load_workload_data`); whatever a user's
     dataset function raises becomes one PreflightError line."""
-    from tunegap.engine import load_workload_data
+    from tunegap.trial_data import load_workload_data
 
     try:
         return load_workload_data(config)

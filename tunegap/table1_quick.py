@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 from tunegap.cli import OneLineParser, add_plugin_option, import_plugins, positive_int
 from tunegap.config import TrialConfig
-from tunegap.engine import Engine, load_workload_data
+from tunegap.engine import Engine
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
+from tunegap.trial_data import load_workload_data
 from tunegap.workloads import Workload, get_workload
 
 

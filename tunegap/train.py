@@ -115,8 +115,9 @@ def check_data(config: TrialConfig) -> None:
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
     import_plugins(prog, args)
-    from tunegap.engine import Engine, pick_device
+    from tunegap.engine import Engine
     from tunegap.preflight import load_data, preflight
+    from tunegap.trial_data import pick_device
     from tunegap.workloads import check_batch_sizes
 
     try:

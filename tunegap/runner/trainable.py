@@ -33,8 +33,9 @@ from ray.train._internal.checkpoint_manager import _TrainingResult
 from tunegap import registry
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import applied_mode, release_freed_memory
-from tunegap.engine import Engine, load_workload_data
+from tunegap.engine import Engine
 from tunegap.tracking.text import one_line
+from tunegap.trial_data import load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"
 # The last epoch's result, beside the engine: a trial restored at the end of its regime
