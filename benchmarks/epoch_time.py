@@ -31,7 +31,7 @@ from _provenance import print_header
 from torch import nn
 
 from tunegap.data import DeviceLoader, random_crop_flip
-from tunegap.gbn import convert_to_ghost_bn
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 
 CIFAR_TRAIN = 50_000

@@ -39,7 +39,7 @@ from _provenance import print_header
 from torch import Tensor, nn
 
 from tunegap import gbn as gbn_module
-from tunegap.gbn import convert_to_ghost_bn
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 
 try:  # the project's MNIST-1D model, when present and importable

@@ -15,13 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from tunegap import gbn as gbn_module
-from tunegap.gbn import (
-    GhostBatchNorm,
-    GhostBatchNorm1d,
-    GhostBatchNorm2d,
-    convert_to_batch_norm,
-    convert_to_ghost_bn,
-)
+from tunegap.gbn import GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d
+from tunegap.gbn_convert import convert_to_batch_norm, convert_to_ghost_bn
 
 C = 5
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from tunegap.config import TrialConfig
 from tunegap.engine import Engine
-from tunegap.gbn import convert_to_ghost_bn
+from tunegap.gbn_convert import convert_to_ghost_bn
 
 pytestmark = [
     pytest.mark.gpu,

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tunegap.gbn import GhostBatchNorm, GhostBatchNorm2d, convert_to_ghost_bn
+from tunegap.gbn import GhostBatchNorm, GhostBatchNorm2d
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import MODELS, build_model
 from tunegap.models.init import (
     BN_WEIGHT_INITS,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tunegap.gbn import GhostBatchNorm, convert_to_ghost_bn
+from tunegap.gbn import GhostBatchNorm
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import MODELS, build_model
 
 # name -> (num_classes, input shape, batch, parameter count derived in the model's docstring)
@@ -94,7 +95,7 @@ def test_ghost_batch_norm_conversion_swaps_every_batch_norm(name):
         converted.train()
         assert torch.isfinite(converted(x)).all()
     if name == "alexnet":  # the shared instance: give it plain BatchNorm back
-        from tunegap.gbn import convert_to_batch_norm
+        from tunegap.gbn_convert import convert_to_batch_norm
 
         _BUILT[name] = convert_to_batch_norm(converted)
 

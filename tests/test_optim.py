@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunegap.gbn import convert_to_ghost_bn
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.optim import (
     LARS,

@@ -57,7 +57,7 @@ _HOMES = {
     "register_optimizer": "tunegap.optim",
     "GhostBatchNorm1d": "tunegap.gbn",
     "GhostBatchNorm2d": "tunegap.gbn",
-    "convert_to_ghost_bn": "tunegap.gbn",
+    "convert_to_ghost_bn": "tunegap.gbn_convert",
 }
 
 __all__ = [
@@ -84,7 +84,8 @@ if TYPE_CHECKING:
     from tunegap.config import TrialConfig
     from tunegap.data import TensorData, register_dataset
     from tunegap.errors import StudyError
-    from tunegap.gbn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
+    from tunegap.gbn import GhostBatchNorm1d, GhostBatchNorm2d
+    from tunegap.gbn_convert import convert_to_ghost_bn
     from tunegap.models import register_model
     from tunegap.optim import register_optimizer
     from tunegap.regime import Regime

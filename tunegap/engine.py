@@ -37,7 +37,7 @@ from tunegap.data import (
     TensorData,
     get_augment,
 )
-from tunegap.gbn import convert_to_ghost_bn
+from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.models.init import init_bn_weights, zero_init_residual
 from tunegap.optim import build_optimizer, reset_momentum, set_weight_decay

@@ -44,13 +44,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = [
-    "GhostBatchNorm",
-    "GhostBatchNorm1d",
-    "GhostBatchNorm2d",
-    "convert_to_batch_norm",
-    "convert_to_ghost_bn",
-]
+__all__ = ["GhostBatchNorm", "GhostBatchNorm1d", "GhostBatchNorm2d"]
 
 # Dtypes the statistics are computed in directly.
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
@@ -79,7 +73,7 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _COMPUTE_DTYPES else torch.float32
 
 
-def _validate_ghost_batch_size(value: object) -> int | None:
+def check_ghost_batch_size(value: object) -> int | None:
     """Return `value` as an int or None; anything else is a configuration error."""
     if value is None:
         return None
@@ -97,7 +91,7 @@ def _validate_ghost_batch_size(value: object) -> int | None:
 SPLITS = ("fixed", "chunk")
 
 
-def _validate_split(value: object) -> str:
+def check_split(value: object) -> str:
     if value not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {value!r}")
     return str(value)
@@ -310,7 +304,7 @@ class GhostBatchNorm(_BatchNorm):
 
     @ghost_batch_size.setter
     def ghost_batch_size(self, value: int | None) -> None:
-        self._ghost_batch_size = _validate_ghost_batch_size(value)
+        self._ghost_batch_size = check_ghost_batch_size(value)
 
     @property
     def split(self) -> str:
@@ -320,7 +314,7 @@ class GhostBatchNorm(_BatchNorm):
 
     @split.setter
     def split(self, value: str) -> None:
-        self._split = _validate_split(value)
+        self._split = check_split(value)
 
     def extra_repr(self) -> str:
         return (
@@ -417,85 +411,3 @@ class GhostBatchNorm2d(GhostBatchNorm, nn.BatchNorm2d):
     >>> gbn(torch.randn(64, 3, 8, 8)).shape
     torch.Size([64, 3, 8, 8])
     """
-
-
-_TO_GHOST: dict[type[nn.Module], type[GhostBatchNorm]] = {
-    nn.BatchNorm1d: GhostBatchNorm1d,
-    nn.BatchNorm2d: GhostBatchNorm2d,
-}
-_TO_PLAIN: dict[type[nn.Module], type[_BatchNorm]] = {
-    GhostBatchNorm1d: nn.BatchNorm1d,
-    GhostBatchNorm2d: nn.BatchNorm2d,
-}
-
-
-def _rebuild(old: _BatchNorm, cls: type[_BatchNorm], **kwargs: object) -> _BatchNorm:
-    """A `cls` layer that shares `old`'s parameter and buffer tensors (same objects).
-
-    Sharing, not copying, keeps device, dtype and values, and keeps an optimizer that
-    already holds the parameters valid.
-    """
-    new = cls(
-        old.num_features,
-        eps=old.eps,
-        momentum=old.momentum,
-        affine=old.affine,
-        track_running_stats=old.track_running_stats,
-        device="meta",
-        **kwargs,
-    )
-    for name in ("weight", "bias"):
-        setattr(new, name, getattr(old, name))
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        setattr(new, name, getattr(old, name))
-    new.train(old.training)
-    return new
-
-
-def _replace(
-    model: nn.Module, convert: dict[type[nn.Module], type[_BatchNorm]], **kwargs: object
-) -> nn.Module:
-    if type(model) in convert:
-        return _rebuild(model, convert[type(model)], **kwargs)  # type: ignore[arg-type]
-    for name, child in model.named_children():
-        new = _replace(child, convert, **kwargs)
-        if new is not child:
-            setattr(model, name, new)
-    return model
-
-
-def convert_to_ghost_bn(
-    model: nn.Module, ghost_batch_size: int | None, *, split: str = "fixed"
-) -> nn.Module:
-    """Turn every `nn.BatchNorm1d` / `nn.BatchNorm2d` in `model` into its ghost version.
-
-    >>> from torch import nn
-    >>> net = convert_to_ghost_bn(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), 32)
-    >>> type(net[1]).__name__, net[1].ghost_batch_size
-    ('GhostBatchNorm2d', 32)
-
-    `split` is how a batch that is not a multiple of the ghost size is split: "fixed" or the
-    authors' "chunk" (see `GhostBatchNorm`). Layers that already are Ghost BatchNorm get the
-    new ghost size and split. Parameters and buffers
-    (running statistics, `num_batches_tracked`) are carried over as the same tensors, with
-    momentum, eps, affine, track_running_stats and the train/eval mode. Only these exact
-    types are converted: a user subclass of BatchNorm may rely on its own forward. Modules
-    are replaced in place; the (possibly new, if `model` itself is a BatchNorm) model is
-    returned.
-    """
-    ghost = _validate_ghost_batch_size(ghost_batch_size)
-    split = _validate_split(split)
-    for module in model.modules():
-        if isinstance(module, GhostBatchNorm):
-            module.ghost_batch_size = ghost
-            module.split = split
-    return _replace(model, _TO_GHOST, ghost_batch_size=ghost, split=split)
-
-
-def convert_to_batch_norm(model: nn.Module) -> nn.Module:
-    """Turn every Ghost BatchNorm layer back into plain BatchNorm (for inference/export).
-
-    The inverse of `convert_to_ghost_bn`; state is shared the same way. In eval mode the
-    two are the same function, so this only removes the dependency on this module.
-    """
-    return _replace(model, _TO_PLAIN)

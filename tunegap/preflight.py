@@ -37,7 +37,7 @@ def preflight(config: TrialConfig, data: Any = None) -> str:
     checked, e.g. "cnn1d on mnist1d: 8 x (1, 40) -> 10 classes, forward and backward".
     `data` is the already loaded data set, if the caller has it. Raises PreflightError."""
     from tunegap.data.streaming import StreamingData
-    from tunegap.gbn import convert_to_ghost_bn
+    from tunegap.gbn_convert import convert_to_ghost_bn
     from tunegap.models import build_model
 
     workload = config.get_workload()

@@ -11,7 +11,7 @@ the zero init of residual branches.
 
 Call order for a trial: build the model, `init_bn_weights`, then `zero_init_residual` (the
 other way round the uniform draw overwrites the zeros). Either may run before or after
-`tunegap.gbn.convert_to_ghost_bn`: the conversion keeps the same parameter tensors and
+`tunegap.gbn_convert.convert_to_ghost_bn`: the conversion keeps the same parameter tensors and
 Ghost BN layers are BatchNorm subclasses. The result is the same either way.
 """
 

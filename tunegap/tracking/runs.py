@@ -57,21 +57,17 @@ from __future__ import annotations
 
 import json
 import numbers
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
+from tunegap.tracking.provenance import code_version, context_tags, package_versions
 from tunegap.tracking.text import one_line
 from tunegap.tracking.uri import default_artifact_location, safe_tracking_uri, tracking_client
 
@@ -85,11 +81,9 @@ TAG_FAILURES = "tunegap.failures"
 TAG_LAST_ERROR = "tunegap.last_error"
 TAG_RESUMED_AT = "tunegap.resumed_at"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_GIT_COMMIT = "mlflow.source.git.commit"
 # Values of TAG_ROLE.
 ROLE_PARENT, ROLE_TRIAL = "parent", "trial"
 
-PACKAGES = ("torch", "ray", "mlflow", "optuna", "tunegap")
 PARENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow's limits (mlflow.utils.validation); a batch above them is refused as a whole.
@@ -192,58 +186,6 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else f"{value:g}"
     return str(value)
-
-
-def code_version() -> str:
-    """The git commit of the tunegap checkout (``+dirty`` with uncommitted changes to
-    tracked files), or the package version where it is not a git checkout."""
-    here = str(Path(__file__).resolve().parent)
-    try:
-        commit = _git(here, "rev-parse", "HEAD")
-        dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return f"tunegap-{_package_version('tunegap')}"
-    return commit + ("+dirty" if dirty else "")
-
-
-def _git(folder: str, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", folder, *args], capture_output=True, text=True, timeout=10, check=True
-    )
-    return done.stdout.strip()
-
-
-def _package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
-def context_tags(code: str | None = None) -> dict[str, str]:
-    """The source tags `mlflow.start_run` would set (its default run context: source name
-    and type, user) and the git commit of `code` (a `code_version`) where it is one.
-
-    `create_run` sets none of them, and MLflow's git context looks at the main script, which
-    for the `tunegap` command is not the checkout: the commit comes from tunegap's own
-    folder instead."""
-    from mlflow.tracking.context.default_context import DefaultRunContext
-
-    try:
-        tags = dict(DefaultRunContext().tags())
-    except Exception:  # a context MLflow cannot read must not stop the study
-        tags = {MLFLOW_SOURCE_NAME: sys.argv[0] if sys.argv else "", MLFLOW_SOURCE_TYPE: "LOCAL"}
-    tags.setdefault(MLFLOW_USER, "unknown")
-    commit = re.match(r"[0-9a-f]{40}", code or "")
-    if commit:
-        # The UI shows this system tag as the run's source version.
-        tags[TAG_GIT_COMMIT] = commit.group(0)
-    return {k: str(v) for k, v in tags.items()}
-
-
-def package_versions() -> dict[str, str]:
-    """``version.<package>`` params for the packages a result depends on."""
-    return {f"version.{name}": _package_version(name) for name in PACKAGES}
 
 
 # --------------------------------------------------------------------------------------
