@@ -1,8 +1,9 @@
-"""The one argparse setup of every command: one-line errors, shared value parsers, plugins.
+"""The one argparse setup of every command: one-line errors, plugins, study commands.
 
 A bad value is one line naming it and what is allowed, and exit status 2, before anything
-starts: `OneLineParser` makes argparse do that, the value parsers below give the lines, and
-`fail` is the same for errors found after parsing (a bad combination, an unknown workload).
+starts: `OneLineParser` makes argparse do that, the value parsers (`tunegap.cli_values`)
+give the lines, and `fail` is the same for errors found after parsing (a bad combination, an
+unknown workload).
 `--plugin MODULE_OR_FILE` is imported before a study or trial is built, so the workloads,
 models and datasets it registers can be named on the same command line.
 """
@@ -10,14 +11,19 @@ models and datasets it registers can be named on the same command line.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
+from tunegap.cli_values import (
+    integer,
+    non_negative,
+    number,
+    positive_int,
+    seed_count,
+)
 from tunegap.errors import StudyError, StudyInterrupted
-from tunegap.regime import MATCHED
 from tunegap.registry import PluginError, load_plugins
 from tunegap.runner.options import (
     DEFAULT_STORAGE,
@@ -29,7 +35,7 @@ from tunegap.runner.options import (
     default_tracking_uri,
 )
 from tunegap.study import Study
-from tunegap.study_checks import AUTO, SCHEDULERS
+from tunegap.study_checks import SCHEDULERS
 
 if TYPE_CHECKING:
     from tunegap.runner.run import StudyOutcome
@@ -92,139 +98,6 @@ def import_plugins(prog: str, args: argparse.Namespace) -> None:
             fail(prog, f"--optimizer {name!r} is not allowed: use one of "
                        f"{', '.join(OPTIMIZERS.names())} (or register one with "
                        "@register_optimizer in a --plugin file)")
-
-
-def int_list(flag: str) -> Callable[[str], tuple[int, ...]]:
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} {text!r} is not a comma-separated list of integers"
-            ) from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use positive integers, e.g. 32,512")
-        return values
-
-    return parse
-
-
-def ghost_list(text: str) -> tuple[int | None, ...]:
-    """Ghost sizes as `--ghost-sizes` takes them (`TrialConfig`'s own parsing, per item)."""
-    from tunegap.config import parse_ghost_batch_size
-
-    try:
-        return tuple(parse_ghost_batch_size(v.strip()) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--ghost-sizes {text!r}: use positive integers or 'none', e.g. none,32,128"
-        ) from None
-
-
-def float_list(flag: str) -> Callable[[str], tuple[float, ...]]:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a list of numbers") from None
-        if not values or any(not math.isfinite(v) or v < 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: use finite numbers >= 0")
-        return values
-
-    return parse
-
-
-def multiplier_list(text: str) -> tuple[float | str, ...]:
-    values: list[float | str] = []
-    for v in text.split(","):
-        v = v.strip().lower()
-        if v == MATCHED:
-            values.append(MATCHED)
-            continue
-        try:
-            x = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--multipliers {text!r}: use numbers > 0 or 'matched', e.g. 1,4,matched"
-            ) from None
-        if not math.isfinite(x) or x <= 0:
-            raise argparse.ArgumentTypeError(f"--multipliers {text!r}: use finite numbers > 0")
-        values.append(x)
-    return tuple(values)
-
-
-def positive_int(flag: str) -> Callable[[str], int]:
-    as_int = integer(flag)
-
-    def parse(text: str) -> int:
-        value = as_int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} {value} is not allowed: use an integer >= 1")
-        return value
-
-    return parse
-
-
-def non_negative(flag: str) -> Callable[[str], float]:
-    """A finite number >= 0 (`number_in` from 0)."""
-    return number_in(flag, low=0.0)
-
-
-def number_in(flag: str, *, low: float, high: float | None = None,
-              low_open: bool = False) -> Callable[[str], float]:
-    """A finite number from `low` (excluded with `low_open`) up to `high` (None: no bound),
-    for a study's own options; the message says the range."""
-    as_number = number(flag)
-    floor = f"> {low:g}" if low_open else f">= {low:g}"
-    allowed = f"a number {floor}" + ("" if high is None else f" and <= {high:g}")
-
-    def parse(text: str) -> float:
-        value = as_number(text)
-        above = value > low if low_open else value >= low
-        if not (math.isfinite(value) and above and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not allowed: use {allowed}")
-        return value
-
-    return parse
-
-
-def integer(flag: str) -> Callable[[str], int]:
-    """Any integer; the knob's own check (e.g. `TrialConfig`) says what is allowed."""
-
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not an integer") from None
-
-    return parse
-
-
-def number(flag: str) -> Callable[[str], float]:
-    """Any number; the knob's own check (e.g. `TrialConfig`) says what is allowed."""
-
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
-
-    return parse
-
-
-def seed_count(text: str) -> int | str:
-    """`--seeds`: a number of seeds per cell, or "auto" (seeds until each cell is decided)."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds {text!r} is not allowed: use an integer >= 1 or auto"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--seeds {value} is not allowed: use an integer >= 1 or auto")
-    return value
 
 
 # Studies judge cells, so they measure on the larger MNIST-1D test set: the same training as

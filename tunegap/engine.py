@@ -17,13 +17,10 @@ checkpoints save, and both feed the same training step and the same evaluation l
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +38,7 @@ from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.models.init import init_bn_weights, zero_init_residual
 from tunegap.optim import build_optimizer, reset_momentum, set_weight_decay
+from tunegap.plain_state import plain_state
 from tunegap.probes import (
     NoiseScaleEstimator,
     grad_norm_sq,
@@ -433,41 +431,3 @@ class Engine:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-
-def plain_state(value: Any) -> Any:
-    """`value` with every leaf a tensor or a plain Python value, what weights_only loads.
-
-    numpy scalars become Python numbers and numpy arrays tensors (a plugin's regime or a
-    Tune search may hand them in), paths become strings. A dict or list that needs no change
-    is returned as it is, so a module's state keeps its `_metadata` (BatchNorm versions)."""
-    if isinstance(value, np.generic):  # before the plain types: np.float64 is a float
-        return value.item()
-    if isinstance(value, torch.Tensor | str | int | float | None):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        return _plain_mapping(value)
-    if isinstance(value, list | tuple):
-        items = [plain_state(v) for v in value]
-        if type(value) in (list, tuple) and all(a is b for a, b in zip(items, value, strict=True)):
-            return value
-        return items if isinstance(value, list) else tuple(items)
-    raise TypeError(
-        f"checkpoint state holds a {type(value).__name__}: only tensors and plain Python "
-        "values load with weights_only=True"
-    )
-
-
-def _plain_mapping(value: dict) -> dict:
-    pairs = [(plain_state(k), plain_state(v)) for k, v in value.items()]
-    same = all(k2 is k and v2 is v for (k2, v2), (k, v) in zip(pairs, value.items(), strict=True))
-    if same and type(value) in (dict, OrderedDict):
-        return value
-    plain: dict = OrderedDict(pairs) if isinstance(value, OrderedDict) else dict(pairs)
-    if isinstance(value, OrderedDict):
-        plain.__dict__.update(vars(value))  # torch's `_metadata` rides on the OrderedDict
-    return plain

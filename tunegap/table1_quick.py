@@ -17,7 +17,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tunegap.cli import OneLineParser, add_plugin_option, import_plugins, positive_int
+from tunegap.cli import OneLineParser, add_plugin_option, import_plugins
+from tunegap.cli_values import positive_int
 from tunegap.config import TrialConfig
 from tunegap.engine import Engine
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows

@@ -19,11 +19,10 @@ from tunegap.cli import (
     add_training_knobs,
     fail,
     import_plugins,
-    integer,
     interrupted,
-    number,
     training_knobs,
 )
+from tunegap.cli_values import integer, number
 from tunegap.config import TrialConfig, ghost_is_whole_batch
 from tunegap.cpu_memory import cpu_malloc_mode
 

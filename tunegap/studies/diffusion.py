@@ -17,14 +17,8 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import (
-    common_study_fields,
-    float_list,
-    int_list,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import float_list, int_list
 from tunegap.study import Study
 
 QUESTION = (

@@ -20,14 +20,8 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tunegap.cli import (
-    common_study_fields,
-    int_list,
-    positive_int,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import int_list, positive_int
 from tunegap.runner.adaptive import FixedSequences
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload

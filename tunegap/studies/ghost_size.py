@@ -11,14 +11,8 @@ from __future__ import annotations
 
 from tunegap.analysis import plots
 from tunegap.analysis.effects import comparisons_within
-from tunegap.cli import (
-    common_study_fields,
-    ghost_list,
-    int_list,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import ghost_list, int_list
 from tunegap.study import Study
 
 QUESTION = (

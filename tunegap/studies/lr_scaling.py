@@ -12,14 +12,8 @@ from __future__ import annotations
 
 from tunegap.analysis import plots
 from tunegap.analysis.effects import comparisons_within
-from tunegap.cli import (
-    common_study_fields,
-    float_list,
-    int_list,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import float_list, int_list
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 

@@ -39,14 +39,8 @@ import pandas as pd
 
 from tunegap.analysis.report import format_number
 from tunegap.analysis.scaling import fit_scaling_regions, fits_table
-from tunegap.cli import (
-    common_study_fields,
-    int_list,
-    number_in,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import int_list, number_in
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
 

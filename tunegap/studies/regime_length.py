@@ -11,14 +11,8 @@ number of updates.
 from __future__ import annotations
 
 from tunegap.analysis import plots
-from tunegap.cli import (
-    common_study_fields,
-    multiplier_list,
-    positive_int,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import multiplier_list, positive_int
 from tunegap.study import Study
 from tunegap.workloads import get_workload
 

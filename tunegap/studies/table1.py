@@ -15,13 +15,8 @@ import itertools
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import (
-    common_study_fields,
-    positive_int,
-    study_builder,
-    study_command,
-    study_parser,
-)
+from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli_values import positive_int
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
 from tunegap.study import Study, StudyError
 from tunegap.workloads import get_workload
