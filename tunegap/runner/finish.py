@@ -34,10 +34,16 @@ class StudyOutcome:
     same as markdown, `files` everything written to `run_dir` (and logged on the MLflow
     parent run `parent_run_id`), and `result_grid` what `tune.Tuner.fit()` returned: Tune's
     own `ResultGrid` (`.get_dataframe()`, `[i].metrics`, `[i].checkpoint`, ...).
+    `tunegap.run_study`'s example runs a study and reads one.
 
-    >>> outcome = run_study(study, options)  # doctest: +SKIP
-    >>> outcome.cells[["batch_size", "gap", "verdict"]]  # doctest: +SKIP
-    >>> outcome.result_grid.get_best_result("test_acc", "max").config  # doctest: +SKIP
+    >>> import pandas as pd
+    >>> from pathlib import Path
+    >>> empty = pd.DataFrame()
+    >>> done = StudyOutcome(trials=empty, epochs=empty, cells=empty, table="", files=[],
+    ...                     run_dir=Path("results/ghost_size/20261205-101500"),
+    ...                     parent_run_id="9f1c")
+    >>> done.run_dir.name, done.parent_run_id, done.result_grid
+    ('20261205-101500', '9f1c', None)
     """
 
     run_dir: Path

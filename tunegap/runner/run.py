@@ -192,11 +192,25 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     from Ray's records, and the end of the study (or a later `--resume`) logs to MLflow
     what it missed. Returns the tables, the cells of the map and Tune's `ResultGrid`.
 
-    >>> from tunegap import RunOptions, Study, run_study  # doctest: +SKIP
-    >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", epochs=2,  # doctest: +SKIP
-    ...               grid={"batch_size": (512,), "ghost_batch_size": (None, 32)})
-    >>> outcome = run_study(study, RunOptions(storage_path="/tmp/results"))  # doctest: +SKIP
-    >>> outcome.cells[["batch_size", "ghost_batch_size", "gap", "verdict"]]  # doctest: +SKIP
+    A real (one-epoch) study, in a temporary folder; the table and closing lines it prints
+    are caught here:
+
+    >>> import contextlib, io, tempfile
+    >>> from tunegap import RunOptions, Study, run_study
+    >>> tmp = tempfile.mkdtemp()
+    >>> study = Study(name="ghost_quick", workload="mnist1d-cnn", epochs=1, baseline_epochs=1,
+    ...               seeds=2, grid={"batch_size": (512,), "ghost_batch_size": (None, 32)})
+    >>> options = RunOptions(storage_path=f"{tmp}/results", tracking_uri=f"sqlite:///{tmp}/m.db",
+    ...                      data_dir=f"{tmp}/data", device="cpu", quiet=True)
+    >>> with contextlib.redirect_stdout(io.StringIO()):
+    ...     outcome = run_study(study, options)
+    >>> len(outcome.trials), sorted(set(outcome.trials["outcome"]))
+    (6, ['completed'])
+    >>> outcome.cells["verdict"].iloc[0], outcome.cells["n_used"].tolist()
+    ('baseline', [2, 2, 2])
+    >>> set(outcome.cells["verdict"]) <= {"baseline", "closed", "open", "at the margin",
+    ...                                   "inconclusive"}
+    True
     """
     from tunegap.tracking import StudyTracker
     from tunegap.tracking.health import bounded_http_retries
