@@ -177,7 +177,11 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
         "tunegap run frontier --batch-sizes 256,1024 --margin 1.0 --max-seeds 3 --epochs 4 "
         "--storage-path $TMP/results --tracking-uri sqlite:///$TMP/mlflow.db --quiet")
     assert list(regen.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
-                                    "table1", "diffusion", "frontier", "warmup", "optimizers"]
+                                    "table1", "diffusion", "frontier", "warmup", "optimizers",
+                                    "table1_fashion"]
+    # A folder holding a study under another name runs that study.
+    assert regen.study_args("table1_fashion", "/tmp/x")[:4] == [
+        "run", "table1", "--workload", "fashion-cnn"]
 
     def no_run(*args, **kwargs):
         raise AssertionError("--dry-run ran a command")
@@ -221,7 +225,7 @@ def test_every_study_interpretation_takes_the_three_tables():
     import inspect
 
     for name in regen.COMMANDS:
-        module = importlib.import_module(f"tunegap.studies.{name}")
+        module = importlib.import_module(f"tunegap.studies.{regen.study_of(name)}")
         found = getattr(module, "interpretation", None)
         if found is not None:
             assert len(inspect.signature(found).parameters) == 3, name
