@@ -86,10 +86,10 @@ class StoredOptunaSearch(OptunaSearch):
 
         if self._ot_study is None:
             return
-        known = {t._trial_id for t in self._ot_trials.values()}
+        known = {t.number for t in self._ot_trials.values()}
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial._trial_id not in known:
-                self._ot_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
