@@ -37,7 +37,7 @@ from tunegap.data import (
 from tunegap.gbn_convert import convert_to_ghost_bn
 from tunegap.models import build_model
 from tunegap.models.init import init_bn_weights, zero_init_residual
-from tunegap.optim import build_optimizer, reset_momentum, set_weight_decay
+from tunegap.optim import build_optimizer, set_weight_decay
 from tunegap.plain_state import plain_state
 from tunegap.probes import (
     NoiseScaleEstimator,
@@ -47,6 +47,7 @@ from tunegap.probes import (
     top_hessian_eigenvalue,
 )
 from tunegap.regime import ResolvedRegime
+from tunegap.training_protocol import training_protocol
 from tunegap.trial_data import (
     data_pipeline,
     default_workers,
@@ -80,8 +81,29 @@ class Engine:
     ) -> None:
         self.config = config
         self.workload = config.get_workload()
+        self.protocol = training_protocol(config)
         self.device = pick_device(config.device) if device is None else torch.device(device)
-        data = data if data is not None else load_workload_data(config)
+        self._take_data(data if data is not None else load_workload_data(config))
+        self._place_model(self._build_model())
+        self.optimizer = build_optimizer(
+            self.model,
+            config.optimizer,
+            lr=self.resolved.lr,
+            momentum=self.regime.momentum,
+            weight_decay=self.resolved.weight_decay_at(0),
+            no_decay_bn_bias=config.no_decay_bn_bias,
+        )
+        self._build_loaders(num_workers)
+        self.initial_params = [p.detach().clone() for p in self.model.parameters()]
+        self.noise = NoiseScaleEstimator()
+        self.epoch = 0
+        self.updates = 0
+        self.diverged = False
+
+    def _take_data(self, data: TensorData | StreamingData) -> None:
+        """The trial's data on its device: the subset and validation split it asks for, and
+        the regime resolved for the training set actually read."""
+        config = self.config
         if config.train_size is not None:
             if isinstance(data, StreamingData):
                 raise ValueError(f"train_size is not allowed for {config.workload}: it streams "
@@ -107,7 +129,10 @@ class Engine:
             config.batch_size, train_size=self.data.train_size
         )
 
-        # The model's initial weights depend on the seed alone, never on global RNG state.
+    def _build_model(self) -> nn.Module:
+        """The workload's model, its initial weights from the seed alone, BatchNorm weights
+        initialized as asked, and Ghost BatchNorm in place of BatchNorm where asked."""
+        config = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(
@@ -118,12 +143,16 @@ class Engine:
         if config.zero_init_residual:
             zero_init_residual(model)
         if config.ghost_batch_size is not None:
-            # The authors split a batch with .chunk(B // ghost); ours keeps ghosts of one size.
-            split = {"split": "chunk"} if config.authors else {}
-            model = convert_to_ghost_bn(model, config.ghost_batch_size, **split)
+            model = convert_to_ghost_bn(model, config.ghost_batch_size,
+                                        split=self.protocol.ghost_split)
         # Dropout and augmentation draw from the global generator: seed it per trial, so a
         # reused Ray actor trains the next trial exactly as a fresh process would.
         torch.manual_seed(config.seed)
+        return model
+
+    def _place_model(self, model: nn.Module) -> None:
+        """`model` on the device, with the precision and memory layout that pay off there."""
+        config = self.config
         cuda = self.device.type == "cuda"
         if cuda:
             # Batches keep one shape all epoch (but the last): let cuDNN time its algorithms
@@ -142,14 +171,10 @@ class Engine:
                 self.data = self.data.to_memory_format(torch.channels_last)
         self.model = model.to(self.device)
         self.forward = torch.compile(self.model) if config.compile else self.model
-        self.optimizer = build_optimizer(
-            self.model,
-            config.optimizer,
-            lr=self.resolved.lr,
-            momentum=self.regime.momentum,
-            weight_decay=self.resolved.weight_decay_at(0),
-            no_decay_bn_bias=config.no_decay_bn_bias,
-        )
+
+    def _build_loaders(self, num_workers: int | None) -> None:
+        """The training loader (and, for streamed data, the test loader)."""
+        config = self.config
         self.loader: DeviceLoader | StreamingLoader
         self.test_loader: StreamingLoader | None = None
         self._sharpness_batch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -180,11 +205,6 @@ class Engine:
                 seed=config.seed,
                 augment=get_augment(data_pipeline(config)[1]),
             )
-        self.initial_params = [p.detach().clone() for p in self.model.parameters()]
-        self.noise = NoiseScaleEstimator()
-        self.epoch = 0
-        self.updates = 0
-        self.diverged = False
 
     @property
     def done(self) -> bool:
@@ -204,7 +224,7 @@ class Engine:
         the authors' protocol over the first parameter only, as their code logs it."""
         total = torch.zeros((), device=self.device)
         pairs = list(zip(self.model.parameters(), self.initial_params, strict=True))
-        for p, p0 in pairs[:1] if self.config.authors else pairs:
+        for p, p0 in self.protocol.distance_pairs(pairs):
             total += (p.detach() - p0).pow(2).sum()
         return float(total.sqrt())
 
@@ -220,9 +240,7 @@ class Engine:
         seen = 0
         lr = self.resolved.lr
         set_weight_decay(self.optimizer, self.resolved.weight_decay_at(self.epoch))
-        if self.config.authors:
-            # bigBatch's adjust_optimizer builds a new SGD every epoch: momentum starts empty.
-            reset_momentum(self.optimizer)
+        self.protocol.start_epoch(self.optimizer)
         for i, (x, y) in enumerate(self.loader):
             if self._budget_spent():
                 break  # a budget of updates ends where it ends, mid-epoch
@@ -294,17 +312,9 @@ class Engine:
         return loss.detach(), logits.detach()
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss. Under the authors' protocol with ghost batches, the mean of
-        each chunk's mean loss, as main_gbn.py accumulates them (chunks of unequal size then
-        weigh alike); otherwise the batch mean."""
-        smoothing = self.config.label_smoothing
-        ghost = self.config.ghost_batch_size
-        if self.config.authors and ghost is not None and y.shape[0] > ghost:
-            chunks = max(1, y.shape[0] // ghost)
-            losses = [F.cross_entropy(part, target, label_smoothing=smoothing)
-                      for part, target in zip(logits.chunk(chunks), y.chunk(chunks), strict=True)]
-            return torch.stack(losses).mean()
-        return F.cross_entropy(logits, y, label_smoothing=smoothing)
+        """The training loss, as the trial's protocol computes it (`tunegap.training_protocol`)."""
+        return self.protocol.loss(logits, y, ghost=self.config.ghost_batch_size,
+                                  label_smoothing=self.config.label_smoothing)
 
     def _measure_noise(self, x: torch.Tensor, y: torch.Tensor, g_sq: torch.Tensor | None) -> None:
         """Add one gradient-noise measurement (McCandlish et al. 2018) from this step."""
