@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunegap.plan import StudyPlan
 from tunegap.runner.options import RunOptions
-from tunegap.study import Study, total_trials
-from tunegap.study_checks import AUTO
+from tunegap.study import Study
 from tunegap.tracking.uri import store_name
 
 
-def study_banner(study: Study, options: RunOptions, run_dir: Path) -> str:
+def study_banner(plan: StudyPlan, options: RunOptions, run_dir: Path) -> str:
     """The line printed before Ray starts: how many trials run where, and where their
     results and MLflow runs go (credentials redacted)."""
-    at_most = "at most " if study.seeds == AUTO or study.search == "frontier" else ""
+    study = plan.study
+    at_most = "at most " if plan.adaptive else ""
     cpus = study.workload_def.cpus_per_trial
     if options.address in (None, "local"):
         where = f"local Ray on this machine ({os.cpu_count() or 1} CPUs)"
@@ -28,7 +29,7 @@ def study_banner(study: Study, options: RunOptions, run_dir: Path) -> str:
         where = f"the Ray cluster at {options.address}"
     workers = (f"{options.max_concurrent} at a time" if options.max_concurrent
                else "as many at a time as the CPUs allow")
-    return (f"{study.name}: {at_most}{total_trials(study)} trials of {study.workload}, "
+    return (f"{study.name}: {at_most}{plan.total_trials} trials of {study.workload}, "
             f"{workers} ({cpus:g} CPU(s) and {options.gpus_per_trial or 0:g} GPU(s) each) on "
             f"{where}; results in {run_dir}, MLflow runs in {store_name(options.tracking_uri)} "
             f"(experiment tunegap/{study.name}). Starting Ray...")

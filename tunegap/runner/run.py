@@ -31,6 +31,7 @@ from ray import tune
 
 from tunegap.atomic import write_text_atomically
 from tunegap.errors import StudyError, StudyInterrupted, StudyStopped
+from tunegap.plan import StudyPlan
 from tunegap.runner.finish import StudyOutcome, finish_study
 from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinished_trials
 from tunegap.runner.options import RunOptions
@@ -41,8 +42,7 @@ from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
-from tunegap.study import Study, total_trials
-from tunegap.study_checks import AUTO
+from tunegap.study import Study
 from tunegap.tracking.text import one_line
 from tunegap.tracking.uri import store_name
 
@@ -80,19 +80,13 @@ def check_storage(root: Path) -> None:
         ) from None
 
 
-def study_batch_sizes(study: Study) -> set[int]:
-    """Every batch size a study may train with (its grid's, and its configs')."""
-    sizes = {int(b) for b in study.grid.get("batch_size", ())}
-    return sizes | {c.batch_size for c in study.trial_configs()}
-
-
-def preflight_study(study: Study, options: RunOptions) -> None:
+def preflight_study(plan: StudyPlan, options: RunOptions) -> None:
     """The workload's model once forward and backward on a real batch, in the driver
     (`tunegap.preflight`): a user's bug is one line here, not a traceback in every trial.
     The trial checked is the first with a ghost batch, where there is one."""
     from tunegap.preflight import PreflightError, preflight
 
-    configs = study.trial_configs()
+    configs = plan.configs
     config = next((c for c in configs if c.ghost_batch_size is not None), configs[0])
     try:
         preflight(config.with_changes(device="cpu", data_dir=options.data_dir))
@@ -100,21 +94,21 @@ def preflight_study(study: Study, options: RunOptions) -> None:
         raise StudyError(str(err)) from None
 
 
-def check_inputs(study: Study, options: RunOptions) -> None:
+def check_inputs(plan: StudyPlan, options: RunOptions) -> None:
     """The checks that need no Ray and create nothing: data, tracking store, Ray address."""
     from tunegap.runner.resources import check_ray_address
     from tunegap.tracking import check_tracking_uri
     from tunegap.workloads import check_workload_data
 
     try:
-        subsets = {(c.train_size, c.batch_size) for c in study.trial_configs()
+        subsets = {(c.train_size, c.batch_size) for c in plan.configs
                    if c.train_size is not None}
-        check_workload_data(study.workload, options.data_dir, sorted(study_batch_sizes(study)),
+        check_workload_data(plan.study.workload, options.data_dir, sorted(plan.batch_sizes),
                             subsets=subsets)
     except ValueError as err:
         raise StudyError(str(err).splitlines()[0]) from None
     check_ray_address(options.address)
-    preflight_study(study, options)
+    preflight_study(plan, options)
     try:
         # Last: with a new sqlite file this creates MLflow's tables.
         check_tracking_uri(options.tracking_uri)
@@ -224,9 +218,10 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
         parent_run_id = state["parent_run_id"]
     else:
         run_dir, parent_run_id = new_run_dir(root), None
-    check_inputs(study, options)
+    plan = StudyPlan.of(study)
+    check_inputs(plan, options)
     if not options.quiet:
-        print(study_banner(study, options, run_dir), flush=True)
+        print(study_banner(plan, options, run_dir), flush=True)
     dataset = study_dataset(study, options.data_dir)
 
     with bounded_http_retries():
@@ -240,7 +235,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
                     **{k: v if isinstance(v, str | int | float) else json.dumps(v)
                        for k, v in study.describe().items() if v is not None},
                     "run_dir": str(run_dir),
-                    "total_trials": total_trials(study),
+                    "total_trials": plan.total_trials,
                 },
                 tags={"tunegap.question": study.question[:5000]},
             )
@@ -255,7 +250,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
                          "hardware": hardware,
                          "tracking_uri": store_name(options.tracking_uri)}
                 write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
-            outcome = fit_and_finish(study, options, run_dir, tracker, dataset=dataset)
+            outcome = fit_and_finish(plan, options, run_dir, tracker, dataset=dataset)
             status = "FINISHED"
             return outcome
         except KeyboardInterrupt as stop:
@@ -295,17 +290,17 @@ def study_dataset(study: Study, data_dir: str | None) -> Any:
         return None
 
 
-def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: Any, *,
+def fit_and_finish(plan: StudyPlan, options: RunOptions, run_dir: Path, tracker: Any, *,
                    dataset: Any = None) -> StudyOutcome:
     from tunegap.tracking import MlflowTrackingCallback
 
+    study = plan.study
     callback = MlflowTrackingCallback(tracker)
     callbacks = [
         callback,
         EpochJournal(run_dir / JOURNAL_FILE),
         StateCopies(run_dir),
-        ProgressPrinter(total_trials(study), quiet=options.quiet,
-                        at_most=study.seeds == AUTO or study.search == "frontier"),
+        ProgressPrinter(plan.total_trials, quiet=options.quiet, at_most=plan.adaptive),
     ]
     if options.resume:
         try:
@@ -316,13 +311,13 @@ def fit_and_finish(study: Study, options: RunOptions, run_dir: Path, tracker: An
     if options.resume and tune.Tuner.can_restore(str(run_dir)):
         tuner = tune.Tuner.restore(
             str(run_dir),
-            trainable=trainable_with_resources(study, options),
+            trainable=trainable_with_resources(plan, options),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
     else:
-        tuner = build_tuner(study, options, run_dir, callbacks)
+        tuner = build_tuner(plan, options, run_dir, callbacks)
     started = time.perf_counter()
     with InterruptWatch() as watch, QuietStorageFaults():
         result_grid = tuner.fit()

@@ -19,11 +19,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tunegap.config import TrialConfig
 from tunegap.names import DIVERGED, RESOLVED_PREFIX
+from tunegap.plan import StudyPlan
 from tunegap.runner import trainable
 from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
 from tunegap.runner.options import RunOptions
-from tunegap.study import Study, is_baseline, total_trials
-from tunegap.study_checks import AUTO, LOG_RANGE_KNOBS
+from tunegap.study import Study, is_baseline
+from tunegap.study_checks import LOG_RANGE_KNOBS
 
 logger = logging.getLogger(__name__)
 
@@ -165,19 +166,21 @@ def sort_longest_first(configs: list[TrialConfig]) -> list[TrialConfig]:
     return sorted(configs, key=cost, reverse=True)
 
 
-def trainable_with_resources(study: Study, options: RunOptions) -> Any:
-    """GapTrainable with the study's workload on board and the CPUs and (planned) GPUs each
-    of its trials reserves."""
-    first = study.trial_configs()[0].with_changes(device=options.device)
+def trainable_with_resources(plan: StudyPlan, options: RunOptions) -> Any:
+    """GapTrainable with the study's workload (and optimizers) on board and the CPUs and
+    (planned) GPUs each of its trials reserves."""
+    first = plan.configs[0].with_changes(device=options.device)
     resources = trainable.trial_resources(first.to_dict(), gpus_per_trial=options.gpus_per_trial)
     # Looked up at call time, so a test can hand in a subclass that fails on purpose.
-    carrying = trainable.with_workload(trainable.GapTrainable, study.workload,
-                                       {c.optimizer for c in study.trial_configs()})
+    carrying = trainable.with_workload(trainable.GapTrainable, plan.study.workload,
+                                       plan.optimizers)
     return tune.with_resources(carrying, resources)
 
 
-def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
-    """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`)."""
+def adaptive_search(plan: StudyPlan, configs: list[TrialConfig]) -> Any:
+    """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`);
+    `configs` are the plan's, placed on the run's device."""
+    study = plan.study
     shared = study.trial_settings()
     epochs = study.baseline_epochs_override
     baseline = next(c for c in configs
@@ -198,25 +201,24 @@ def adaptive_search(study: Study, configs: list[TrialConfig]) -> Any:
     )
 
 
-def build_tuner(study: Study, options: RunOptions, run_dir: Path, callbacks: list) -> Any:
+def build_tuner(plan: StudyPlan, options: RunOptions, run_dir: Path, callbacks: list) -> Any:
     """The study's `tune.Tuner`, its experiment in `run_dir` (and, for Optuna, its study)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    configs = [
-        c.with_changes(device=options.device, data_dir=options.data_dir)
-        for c in study.trial_configs()
-    ]
+    study = plan.study
+    configs = [c.with_changes(device=options.device, data_dir=options.data_dir)
+               for c in plan.configs]
     defaults = configs[0].to_dict()
-    runnable = trainable_with_resources(study, options)
+    runnable = trainable_with_resources(plan, options)
     concurrency = options.max_concurrent
     if study.search == "optuna":
         searcher, space = optuna_search(study, run_dir)
         param_space = {**defaults, **space}
         num_samples = study.num_samples
-    elif study.search == "frontier" or study.seeds == AUTO:
-        searcher = adaptive_search(study, configs)
+    elif plan.adaptive:
+        searcher = adaptive_search(plan, configs)
         param_space = dict.fromkeys(defaults)
-        num_samples = total_trials(study)
+        num_samples = plan.total_trials
     else:
         points = [c.to_dict() for c in sort_longest_first(configs)]
         # Tune ignores max_concurrent_trials for a generator handed in: it must be told itself.
