@@ -61,3 +61,15 @@ def test_a_cut_file_without_a_good_copy_is_one_line(tmp_path):
     (tmp_path / STATE).write_bytes(text[:10])
     with pytest.raises(StateUnrecoverable, match="start the study again without --resume"):
         repair_state(tmp_path)
+
+
+def test_a_pickled_searcher_state_named_json_reads_whole(tmp_path):
+    # Tune's SearchGenerator pickles its state into search_gen_state-*.json.
+    state = tmp_path / "search_gen_state-2026-12-05_10-00-00.json"
+    state.write_bytes(pickle.dumps({"counter": 3}))
+    assert reads_whole(state)
+    keep_good_copies(tmp_path)
+    state.write_bytes(state.read_bytes()[:7])
+    assert not reads_whole(state)
+    (line,) = repair_state(tmp_path)
+    assert "search_gen_state" in line and reads_whole(state)

@@ -28,7 +28,8 @@ from ray import tune
 
 # The files Tune's `save_to_dir` writes, per experiment session.
 STATE_PATTERNS: tuple[str, ...] = ("experiment_state-*.json", "search_gen_state-*.json",
-                                   "searcher-state-*.pkl", "callback-states-*.pkl")
+                                   "basic-variant-state-*.json", "searcher-state-*.pkl",
+                                   "callback-states-*.pkl")
 GOOD_DIR = ".state-good"
 
 
@@ -37,16 +38,19 @@ class StateUnrecoverable(Exception):
 
 
 def reads_whole(path: Path) -> bool:
-    """Whether the state file at `path` parses completely (JSON or pickle)."""
+    """Whether the state file at `path` parses completely: as JSON, or as a pickle (Tune
+    pickles its searchers' state into files named `*.json` too)."""
     try:
         data = path.read_bytes()
-        if path.suffix == ".json":
-            json.loads(data)
-        else:
-            pickle.loads(data)
-    except Exception:  # cut short, garbled, or gone: whatever it is, not a usable state
+    except OSError:
         return False
-    return bool(data)
+    for parse in (json.loads, pickle.loads):
+        try:
+            parse(data)
+        except Exception:  # cut short, garbled, or the other format
+            continue
+        return bool(data)
+    return False
 
 
 def state_files(run_dir: Path) -> list[Path]:
@@ -86,8 +90,9 @@ def keep_good_copies(run_dir: Path, seen: dict[str, tuple[int, int]] | None = No
 
 def repair_state(run_dir: Path) -> list[str]:
     """Put the good copy back for every state file of `run_dir` that does not read whole
-    (or is missing beside a good copy); returns one line per file put back. Raises
-    `StateUnrecoverable` when a file is cut short and there is no good copy of it."""
+    (or is missing beside a good copy); returns one line per file put back (or left as it
+    is). Raises `StateUnrecoverable` when the experiment state is cut short and there is no
+    good copy of it."""
     good = run_dir / GOOD_DIR
     names = {p.name for p in state_files(run_dir)}
     names |= {p.name for p in state_files(good)} if good.is_dir() else set()
@@ -97,6 +102,11 @@ def repair_state(run_dir: Path) -> list[str]:
         if path.is_file() and reads_whole(path):
             continue
         if not (copy.is_file() and reads_whole(copy)):
+            if not name.startswith("experiment_state-"):
+                # Tune may still read it (a format this check does not know): say so, go on.
+                lines.append(f"--resume: warning: {name} does not read here and has no good "
+                             "copy; Tune is left to read it")
+                continue
             raise StateUnrecoverable(
                 f"--resume: Tune's state file {path} is cut short (a killed driver or a full "
                 "disk) and this run kept no good copy of it: start the study again without "
