@@ -151,15 +151,9 @@ class GapTrainable(tune.Trainable):
         # A failed load may have changed part of the engine (the model but not the
         # optimizer): every attempt starts from a fresh one.
         self._restart_engine()
-        for candidate in sibling_checkpoints(named.checkpoint):
-            try:
-                super().restore(_TrainingResult(checkpoint=candidate, metrics=named.metrics))
-            except Exception:  # this one is unusable too: the next older one may do
-                self._restart_engine()
-                continue
-            # Tune's iteration count came from the named checkpoint's metrics: one step
-            # is one epoch, so the engine's own count is the true one.
-            self._iteration = self.engine.epoch
+        candidate = self._restore_first_that_loads(sibling_checkpoints(named.checkpoint),
+                                                   named)
+        if candidate is not None:
             logger.warning(
                 "checkpoint %s could not be restored (%s): resumed from %s at epoch %d instead",
                 named.checkpoint.path, one_line(failure), candidate.path, self.engine.epoch,
@@ -182,18 +176,30 @@ class GapTrainable(tune.Trainable):
         newer = [c for c in sibling_checkpoints(named.checkpoint)
                  if int(CHECKPOINT_FOLDER.fullmatch(posixpath.basename(c.path)).group(1))
                  > int(match.group(1))]
-        for candidate in newer:
+        candidate = self._restore_first_that_loads(newer, named)
+        if candidate is None:
+            return False
+        logger.warning("the experiment state named checkpoint %s, but the trial had "
+                       "saved a newer one: resumed from %s at epoch %d",
+                       named.checkpoint.path, candidate.path, self.engine.epoch)
+        return True
+
+    def _restore_first_that_loads(self, candidates: Iterable[tune.Checkpoint],
+                                  named: _TrainingResult) -> tune.Checkpoint | None:
+        """Restore from the first of `candidates` (newest first) that loads; None if none
+        does. A failed load may have changed part of the engine, so each try after one
+        starts from a fresh engine."""
+        for candidate in candidates:
             try:
                 super().restore(_TrainingResult(checkpoint=candidate, metrics=named.metrics))
-            except Exception:  # unusable (cut short by the kill): try the next older one
+            except Exception:  # this one is unusable too: the next older one may do
                 self._restart_engine()
                 continue
+            # Tune's iteration count came from the named checkpoint's metrics: one step
+            # is one epoch, so the engine's own count is the true one.
             self._iteration = self.engine.epoch
-            logger.warning("the experiment state named checkpoint %s, but the trial had "
-                           "saved a newer one: resumed from %s at epoch %d",
-                           named.checkpoint.path, candidate.path, self.engine.epoch)
-            return True
-        return False
+            return candidate
+        return None
 
     def _restart_engine(self) -> None:
         self.engine = None
