@@ -1,7 +1,10 @@
 """Run a study module (argv: module, then its options) in this process, and SIGKILL this
 process group at the moment Tune writes its experiment state, once `TUNEGAP_TEST_KILL_AFTER`
 trials have finished: the run folder's `experiment_state-*.json` is left holding the first
-half of what Tune was writing, as a kill in the middle of copying it there leaves it."""
+half of what Tune was writing, as a kill in the middle of copying it there leaves it. The ids
+of the trials Tune had finished by then go to `TUNEGAP_TEST_FINISHED_FILE`, one a line: a
+trial can have reported its last epoch without being finished (its final checkpoint not yet
+saved), and only the finished ones must never train again."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ def save_then_die(self: TuneController) -> None:
     save_to_dir(self)
     if sum(t.status == "TERMINATED" for t in self.get_trials()) < NEED:
         return
+    finished = [t.trial_id for t in self.get_trials() if t.status == "TERMINATED"]
+    Path(os.environ["TUNEGAP_TEST_FINISHED_FILE"]).write_text("\n".join(finished))
     name = self.experiment_state_file_name
     written = Path(self._storage.experiment_driver_staging_path, name).read_bytes()
     Path(self._storage.experiment_fs_path, name).write_bytes(written[: len(written) // 2])

@@ -16,6 +16,7 @@ trained again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -80,7 +81,10 @@ def keep_good_copies(run_dir: Path, seen: dict[str, tuple[int, int]] | None = No
             shutil.copyfile(path, tmp)
             os.replace(tmp, good / path.name)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            # A full or read-only disk: the last good copy stays, and the study's own
+            # storage check says what went wrong.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             continue
         if seen is not None:
             seen[path.name] = key

@@ -100,6 +100,8 @@ class GapTrainable(tune.Trainable):
         self.resolved["resolved_cpu_malloc"] = applied_mode() or "system"
 
     def step(self) -> dict[str, Any]:
+        if self._iteration == 0 and not self._restored:
+            self._restore_saved_earlier()
         if self.engine.done and self.last_result is not None:
             return {**self.last_result, **self.resolved, "done": True}
         try:
@@ -152,7 +154,7 @@ class GapTrainable(tune.Trainable):
         # optimizer): every attempt starts from a fresh one.
         self._restart_engine()
         candidate = self._restore_first_that_loads(sibling_checkpoints(named.checkpoint),
-                                                   named)
+                                                   named.metrics)
         if candidate is not None:
             logger.warning(
                 "checkpoint %s could not be restored (%s): resumed from %s at epoch %d instead",
@@ -166,6 +168,26 @@ class GapTrainable(tune.Trainable):
             named.checkpoint.path, one_line(failure),
         )
 
+    def _restore_saved_earlier(self) -> None:
+        """Restore a trial that Tune starts afresh from the newest checkpoint it saved
+        under an earlier driver, if one loads. Tune's state put back from its last good
+        copy can predate the trial's first checkpoint, or the trial itself: Tune then names
+        no checkpoint, or creates the trial again (same id, a new folder), and without this
+        the trial would train those epochs again. A checkpoint of another configuration
+        (a searcher that suggests anew) does not load (`Engine.load_state_dict`)."""
+        # The trial's storage folder (local, a shared mount, or a bucket) is known only to
+        # Tune's StorageContext; no public accessor exists in Ray 2.60.
+        storage = getattr(self, "_storage", None)
+        if storage is None or not storage.trial_fs_path:
+            return
+        saved = earlier_checkpoints(storage.storage_filesystem, storage.trial_fs_path,
+                                    self.trial_id)
+        candidate = self._restore_first_that_loads(saved, {})
+        if candidate is not None:
+            logger.warning("the experiment state named no checkpoint of trial %s, but it had "
+                           "saved one: resumed from %s at epoch %d",
+                           self.trial_id, candidate.path, self.engine.epoch)
+
     def _restore_newer(self, named: _TrainingResult) -> bool:
         """Restore from a checkpoint of the trial newer than the one Tune named, if one
         loads: Tune's state may be one save behind the trial (a kill, a state file put back
@@ -174,9 +196,8 @@ class GapTrainable(tune.Trainable):
         if match is None:
             return False
         newer = [c for c in sibling_checkpoints(named.checkpoint)
-                 if int(CHECKPOINT_FOLDER.fullmatch(posixpath.basename(c.path)).group(1))
-                 > int(match.group(1))]
-        candidate = self._restore_first_that_loads(newer, named)
+                 if checkpoint_index(c) > int(match.group(1))]
+        candidate = self._restore_first_that_loads(newer, named.metrics)
         if candidate is None:
             return False
         logger.warning("the experiment state named checkpoint %s, but the trial had "
@@ -185,13 +206,13 @@ class GapTrainable(tune.Trainable):
         return True
 
     def _restore_first_that_loads(self, candidates: Iterable[tune.Checkpoint],
-                                  named: _TrainingResult) -> tune.Checkpoint | None:
+                                  metrics: dict[str, Any]) -> tune.Checkpoint | None:
         """Restore from the first of `candidates` (newest first) that loads; None if none
         does. A failed load may have changed part of the engine, so each try after one
         starts from a fresh engine."""
         for candidate in candidates:
             try:
-                super().restore(_TrainingResult(checkpoint=candidate, metrics=named.metrics))
+                super().restore(_TrainingResult(checkpoint=candidate, metrics=metrics))
             except Exception:  # this one is unusable too: the next older one may do
                 self._restart_engine()
                 continue
@@ -225,16 +246,45 @@ def as_training_result(checkpoint: str | tune.Checkpoint | _TrainingResult) -> _
 def sibling_checkpoints(named: tune.Checkpoint) -> list[tune.Checkpoint]:
     """The other `checkpoint_<index>` folders next to `named` (the trial's storage folder),
     newest first, on `named`'s own filesystem (local, a shared mount, or a bucket)."""
-    fs, parent = named.filesystem, posixpath.dirname(named.path.rstrip("/"))
+    parent = posixpath.dirname(named.path.rstrip("/"))
+    return [c for c in trial_checkpoints(named.filesystem, parent)
+            if posixpath.normpath(c.path) != posixpath.normpath(named.path)]
+
+
+def earlier_checkpoints(fs: pyarrow.fs.FileSystem, trial_folder: str,
+                        trial_id: str) -> list[tune.Checkpoint]:
+    """The checkpoints trial `trial_id` saved in `trial_folder` or in an earlier folder of
+    the same trial (Tune names a trial's folder `<trainable>_<trial id>_<index>_..._<time>`,
+    so a trial created again gets a new one), newest first."""
+    run_folder = posixpath.dirname(trial_folder.rstrip("/"))
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(run_folder, allow_not_found=True))
+    except OSError:
+        entries = []
+    folders = {posixpath.normpath(trial_folder)} | {
+        posixpath.normpath(e.path) for e in entries
+        if e.type == pyarrow.fs.FileType.Directory and f"_{trial_id}_" in e.base_name}
+    found = [c for folder in folders for c in trial_checkpoints(fs, folder)]
+    # Each folder counts its checkpoints from 0: the time saved orders them across folders.
+    saved_at = {c.path: fs.get_file_info(c.path).mtime_ns or 0 for c in found}
+    return sorted(found, key=lambda c: (saved_at[c.path], checkpoint_index(c)), reverse=True)
+
+
+def checkpoint_index(checkpoint: tune.Checkpoint) -> int:
+    """The index in a `checkpoint_<index>` folder's name."""
+    return int(CHECKPOINT_FOLDER.fullmatch(posixpath.basename(checkpoint.path)).group(1))
+
+
+def trial_checkpoints(fs: pyarrow.fs.FileSystem, trial_folder: str) -> list[tune.Checkpoint]:
+    """The `checkpoint_<index>` folders of a trial's storage folder on `fs`, newest first."""
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_folder, allow_not_found=True))
     except OSError:
         return []
     found = []
     for entry in entries:
         match = CHECKPOINT_FOLDER.fullmatch(entry.base_name)
-        same = posixpath.normpath(entry.path) == posixpath.normpath(named.path)
-        if match and entry.type == pyarrow.fs.FileType.Directory and not same:
+        if match and entry.type == pyarrow.fs.FileType.Directory:
             found.append((int(match.group(1)), entry.path))
     found.sort(reverse=True)
     return [tune.Checkpoint(path, filesystem=fs) for _, path in found]
