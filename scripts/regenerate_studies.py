@@ -60,9 +60,11 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "optimizers": (),
     # The same questions on real images (Fashion-MNIST from Debian's package).
     "table1_fashion": ("--workload", "fashion-cnn", "--max-seeds", "6"),
+    "frontier_fashion": ("--workload", "fashion-cnn", "--batch-sizes", "1024", "--margin", "1.0",
+                         "--max-seeds", "3"),
 }
 # Folders that hold a study under another name: the study each one runs.
-STUDY_OF: dict[str, str] = {"table1_fashion": "table1"}
+STUDY_OF: dict[str, str] = {"table1_fashion": "table1", "frontier_fashion": "frontier"}
 # A second run of a study under other options, written to `studies/<name>/<subfolder>/`, and
 # the study module's function (cells_main, cells_companion, workload) -> markdown that puts
 # both side by side in the study's README.
@@ -302,7 +304,7 @@ def readme_table(studies_root: str | os.PathLike[str], *, link_root: str = "stud
     for name in names:
         folder = root / name
         bracket = folder / "frontier.csv"
-        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=name in FRONTIER_STUDIES,
+        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=study_of(name) in FRONTIER_STUDIES,
                              brackets=pd.read_csv(bracket) if bracket.is_file() else None)
         question = _readme_question(folder / "README.md").replace("|", "\\|")
         lines.append(f"| `{name}` | {question} | [{result}]({link_root}/{name}/README.md) |")

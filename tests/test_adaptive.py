@@ -168,16 +168,34 @@ def test_frontier_brackets_with_two_fixed_sequences():
 def test_fixed_sequences_stop_at_the_first_failure():
     line = FixedSequences(1024, 32)
     assert line.multipliers == [1, 2, 4, 8, 16, 32]
-    assert line.next_multiplier() == 32
+    assert line.next_multipliers() == [32, 1]  # both sequences' first probes, at once
     line.settle(32, "closed")
-    assert line.next_multiplier() == 16
+    assert line.next_multipliers() == [16, 1]
     line.settle(16, "inconclusive")  # the closed sequence stops here
-    assert line.next_multiplier() == 1
+    assert line.next_multipliers() == [1]
     line.settle(1, "open")
     line.settle(2, "at the margin")  # and the open one here
-    assert line.done and line.next_multiplier() is None
+    assert line.done and line.next_multipliers() == []
     assert line.bracket() == (1, 32)
     assert FixedSequences(96, 3).multipliers == [1, 2, 3]
+
+
+def test_both_sequences_probe_at_once_to_fill_the_slots():
+    searcher = FrontierSearch([1024], 32, {**BASE, "ghost_batch_size": 32, "lr_exponent": 0.5},
+                              {**BASE, "seed": 0}, margin=1.0, min_seeds=3, max_seeds=6)
+    handed = []
+    while isinstance(out := searcher.suggest(f"t{len(handed)}"), dict):
+        handed.append(out)
+    # With no result yet: the baseline's first look, then the first look of matched (the
+    # closed sequence) and of 1 (the open one), not one probe with idle slots beside it.
+    assert [(c["batch_size"], c["regime_multiplier"], c["seed"]) for c in handed[3:]] == [
+        (1024, 32.0, 0), (1024, 32.0, 1), (1024, 32.0, 2),
+        (1024, 1.0, 0), (1024, 1.0, 1), (1024, 1.0, 2)]
+    assert out is None  # the rest waits for results
+    line = FixedSequences(96, 3)
+    line.settle(3, "closed")
+    line.settle(1, "open")
+    assert line.next_multipliers() == [2]  # where the sequences meet, one probe serves both
 
 
 def test_probe_config_and_seed_budget_checks():

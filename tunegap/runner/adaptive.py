@@ -17,6 +17,8 @@ at, and the same for "open" (`benchmarks/verdict_error.py` simulates this very l
   stopping at the first that is not open. A fixed sequence keeps the family-wise error of
   each at 5% without adjustment, whatever the gap does with the multiplier, and the two give
   the frontier as a bracket: the largest multiplier decided open, the smallest decided closed.
+  Both sequences' next probes run at once, beside the baseline's first seeds (a frontier
+  waiting on one probe of three seeds left a slot of two idle: +72% over the trials' own time).
 
 Both are ordinary `ray.tune.search.Searcher`s: they run inside the study's one Tuner, and
 Tune saves their state with the experiment, so `--resume` continues where they stopped.
@@ -126,13 +128,15 @@ class SeedLedger:
         has at least as many; it settles when decided or at the
         margin, or when that look was the last; otherwise it grows to the next look.
         """
-        if self.pending(key) or self.pending(self.baseline) or self.hopeless(key):
+        if self.hopeless(key):
             return None
         cell, base = self.cells[key], self.cells[self.baseline]
         looks = self.design.looks
         have = len(cell.seeds)
         if have < looks[0]:
-            return key
+            return key  # the first look's seeds go out at once, as a grid's would
+        if self.pending(key) or self.pending(self.baseline):
+            return None
         look = max(n for n in looks if n <= have)
         if have > look:
             return key  # on the way to the next look: not judged in between
@@ -248,7 +252,6 @@ class FixedSequences:
     bottom: int = 0  # index of the next multiplier the open sequence tests
     closed_done: bool = False
     open_done: bool = False
-    probing: int | None = None
 
     def __post_init__(self) -> None:
         if not self.multipliers:
@@ -259,19 +262,21 @@ class FixedSequences:
     def done(self) -> bool:
         return self.closed_done and self.open_done
 
-    def next_multiplier(self) -> int | None:
-        """The closed sequence's next probe first, then the open sequence's; None when both
-        have stopped."""
+    def next_multipliers(self) -> list[int]:
+        """The probes each sequence tests next, the closed sequence's first; [] when both
+        have stopped. They run at once: each sequence's path depends on its own verdicts
+        only, so the probes tested are the same as one after the other, and two probes'
+        seeds fill the trial slots that one probe's few seeds would leave idle."""
         self.walk()
+        wanted = []
         if not self.closed_done:
-            return self.multipliers[self.top]
-        if not self.open_done:
-            return self.multipliers[self.bottom]
-        return None
+            wanted.append(self.multipliers[self.top])
+        if not self.open_done and self.multipliers[self.bottom] not in wanted:
+            wanted.append(self.multipliers[self.bottom])
+        return wanted
 
     def settle(self, multiplier: int, verdict: str) -> None:
         self.verdicts[multiplier] = verdict
-        self.probing = None
         self.walk()
 
     def walk(self) -> None:
@@ -341,20 +346,17 @@ class FrontierSearch(StatefulSearcher):
         return key
 
     def _advance(self, line: FixedSequences, trial_id: str) -> dict | None:
-        """A trial for this batch size's sequences, or None if it must wait or is done."""
-        if line.probing is None:
-            multiplier = line.next_multiplier()
-            if multiplier is None:
-                return None
-            line.probing = multiplier
-        key = self._probe_key(line, line.probing)
-        target = self.ledger.wants_seed(key)
-        if target is not None:
-            return self.ledger.hand_out(target, trial_id)
-        if self.ledger.pending(key) or self.ledger.pending(self.ledger.baseline):
-            return None
-        line.settle(line.probing, self.ledger.decide(key).verdict)
-        return self._advance(line, trial_id)
+        """A trial for this batch size's sequences, or None if they must wait or are done."""
+        for multiplier in line.next_multipliers():
+            key = self._probe_key(line, multiplier)
+            target = self.ledger.wants_seed(key)
+            if target is not None:
+                return self.ledger.hand_out(target, trial_id)
+            if self.ledger.pending(key) or self.ledger.pending(self.ledger.baseline):
+                continue
+            line.settle(multiplier, self.ledger.decide(key).verdict)
+            return self._advance(line, trial_id)
+        return None
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.queue:
