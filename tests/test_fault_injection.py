@@ -5,9 +5,11 @@ logged twice."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,6 +172,27 @@ def test_a_disk_that_fills_stops_in_one_line_and_resumes_after_space_is_freed(
     assert str(storage) in line and "--resume" in line and "No space left" in line
 
     ballast.unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_complete(storage, uri)
+
+
+def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
+        tmp_path, data_dir, small_mount):
+    storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    filler = [sys.executable, str(Path(__file__).with_name("fill_at_final_tables.py")),
+              *command[2:]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
+    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    (line,) = [ln for ln in first.stderr.splitlines() if "tunegap.studies.regime_length:" in ln]
+    assert "No space left" in line and "--resume" in line
+
+    (small_mount / "ballast").unlink()
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

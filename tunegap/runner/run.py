@@ -40,7 +40,11 @@ from tunegap.runner.records import JOURNAL_FILE, EpochJournal
 from tunegap.runner.report_text import study_banner
 from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
-from tunegap.runner.storage_faults import QuietStorageFaults, StorageUnwritable
+from tunegap.runner.storage_faults import (
+    QuietStorageFaults,
+    StorageUnwritable,
+    storage_write_error,
+)
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import Study
 from tunegap.tracking.text import one_line
@@ -352,6 +356,10 @@ def storage_fault(err: BaseException) -> StorageUnwritable | None:
         if isinstance(current, StorageUnwritable):
             return current
         todo += [current.__cause__, current.__context__]
+    # A refused write outside Tune's loop (the final tables, summary and figures).
+    refused = storage_write_error(err)
+    if refused is not None:
+        return StorageUnwritable(refused.filename or "the run folder", refused)
     return None
 
 
