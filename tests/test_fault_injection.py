@@ -198,3 +198,29 @@ def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     assert_complete(storage, uri)
+
+
+def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(
+        tmp_path, data_dir, small_mount):
+    storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    # fill_at_checkpoint/sitecustomize.py fills the mount inside the Ray worker, as the
+    # 80-epoch trial saves its epoch-10 checkpoint.
+    hook = str(Path(__file__).with_name("fill_at_checkpoint"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount),
+           "TUNEGAP_TEST_FILL_AT_EPOCH": "10",
+           "PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "first.log").write_text(first.stderr)
+    assert (small_mount / "ballast").exists(), "the checkpoint hook never ran"
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    (line,) = [ln for ln in first.stderr.splitlines() if "tunegap.studies.regime_length:" in ln]
+    assert "No space left" in line and "--resume" in line
+
+    (small_mount / "ballast").unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_complete(storage, uri)

@@ -23,6 +23,10 @@ STORAGE_ERRNOS = frozenset(
 )
 _READ_ONLY_WORDS = ("read-only file system", "no space left on device", "disk quota exceeded")
 _TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+# Ray's syncer, copying the driver's files to the run folder, logs a refused copy's traceback
+# as the text of a warning.
+_SYNCER_LOGGER = "ray.train._internal.syncer"
+_QUIETED_LOGGERS = (_TUNE_CONTROLLER_LOGGER, _SYNCER_LOGGER)
 
 
 class StorageUnwritable(RuntimeError):
@@ -76,7 +80,15 @@ def refused_path(error: OSError, fallback: str) -> str:
 class _DropStorageFaultTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return storage_write_error(exc) is None and not _gone_checkpoint(record, exc)
+        return (storage_write_error(exc) is None and not _gone_checkpoint(record, exc)
+                and not _refused_sync(record))
+
+
+def _refused_sync(record: logging.LogRecord) -> bool:
+    """The syncer's warning for a copy to the run folder that the file system refused."""
+    text = record.getMessage()
+    return (record.name == _SYNCER_LOGGER and "Traceback" in text
+            and any(words in text.lower() for words in _READ_ONLY_WORDS))
 
 
 def _gone_checkpoint(record: logging.LogRecord, exc: BaseException | None) -> bool:
@@ -89,18 +101,21 @@ def _gone_checkpoint(record: logging.LogRecord, exc: BaseException | None) -> bo
 
 class QuietStorageFaults:
     """Within the block, Tune's traceback for a trial whose storage refused a write is not
-    printed (the study's one-line stop says it instead), nor the one for deleting an old
-    checkpoint already gone after a resume (`_gone_checkpoint`)."""
+    printed (the study's one-line stop says it instead), nor the syncer's for a refused copy
+    to the run folder, nor the one for deleting an old checkpoint already gone after a resume
+    (`_gone_checkpoint`)."""
 
     def __init__(self) -> None:
         self._filter = _DropStorageFaultTracebacks()
 
     def __enter__(self) -> QuietStorageFaults:
-        logging.getLogger(_TUNE_CONTROLLER_LOGGER).addFilter(self._filter)
+        for name in _QUIETED_LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        logging.getLogger(_TUNE_CONTROLLER_LOGGER).removeFilter(self._filter)
+        for name in _QUIETED_LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
 
 
 def trial_storage_fault(trial: Any) -> StorageUnwritable | None:
