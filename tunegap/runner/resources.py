@@ -67,6 +67,8 @@ def start_local_ray(**init_kwargs: Any) -> None:
     Ray on 127.0.0.1. Its gRPC servers bind 127.0.0.1 when that is the node address.
     """
     import ray
+
+    # Ray 2.60 has no public way to keep a local Ray on 127.0.0.1 on Linux (see above).
     from ray._private import ray_constants
 
     # Only this call reads the flag (services.get_node_ip_address): the processes it starts
@@ -128,7 +130,7 @@ def _ray_targets(address: str) -> list[tuple[str, str]]:
         recorded = ""
     if recorded:
         return [(recorded, f" (the cluster recorded in {recorded_file}: {recorded})")]
-    running = sorted(_running_gcs_addresses())
+    running = sorted(running_gcs_addresses())
     if running:
         return [(gcs, f" (the Ray running on this machine at {gcs})") for gcs in running]
     raise StudyError(
@@ -146,7 +148,7 @@ def _ray_address_file() -> Path:
     return Path(system_tmp) / "ray" / "ray_current_cluster"
 
 
-def _running_gcs_addresses() -> set[str]:
+def running_gcs_addresses() -> set[str]:
     """The --gcs-address of every raylet on this machine (services._find_address_from_flag)."""
     found = set()
     for entry in os.listdir("/proc"):

@@ -28,6 +28,9 @@ from typing import Any
 import pyarrow.fs
 import torch
 from ray import tune
+
+# What Tune hands `Trainable.restore` (a checkpoint with the metrics it was saved with) has no
+# public name in Ray 2.60; restoring from a checkpoint of our choosing needs it to keep them.
 from ray.train._internal.checkpoint_manager import _TrainingResult
 
 from tunegap import registry
@@ -100,6 +103,9 @@ class GapTrainable(tune.Trainable):
         self.resolved["resolved_cpu_malloc"] = applied_mode() or "system"
 
     def step(self) -> dict[str, Any]:
+        # `Trainable` keeps its step count and whether Tune restored it in attributes of its
+        # own (`_iteration`, `_restored`): Ray 2.60 exposes `iteration` read-only and the
+        # other not at all.
         if self._iteration == 0 and not self._restored:
             self._restore_saved_earlier()
         if self.engine.done and self.last_result is not None:

@@ -61,6 +61,9 @@ class StoredOptunaSearch(OptunaSearch):
         self.storage_url = storage_url
         super().__init__(study_name=study_name, storage=None, **kwargs)
 
+    # OptunaSearch (Ray 2.60) takes a storage object, not a URL, and has no public hook for
+    # "load the study instead of making it" or for the trials it asked: its own `_setup_study`,
+    # `_storage`, `_points_to_evaluate`, `_ot_study` and `_ot_trials` are the only way.
     def _setup_study(self, mode: Any) -> None:
         import optuna
 
