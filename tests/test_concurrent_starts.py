@@ -1,5 +1,5 @@
-"""Two identical studies started at once on one storage path and one MLflow store (a job
-array, two terminals): two real processes, each gets its own run folder and parent run, and
+"""Three identical studies started at once on one storage path and one MLflow store (a job
+array, three terminals): three real processes, each gets its own run folder and parent run, and
 both finish with complete tables."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import pandas as pd
 import pytest
 
+STUDIES = 3
+
 
 def tunegap_command() -> list[str]:
     exe = shutil.which("tunegap")
@@ -19,7 +21,7 @@ def tunegap_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_identical_studies_started_together_both_finish(tmp_path, data_dir):
+def test_three_identical_studies_started_together_all_finish(tmp_path, data_dir):
     argv = [*tunegap_command(), "run", "ghost_size", "--batch-sizes", "128", "--ghost-sizes",
             "none", "--seeds", "2", "--epochs", "1", "--baseline-epochs", "1", "--quiet", "--device", "cpu",
             "--max-concurrent", "1", "--data-dir", str(data_dir),
@@ -27,13 +29,13 @@ def test_two_identical_studies_started_together_both_finish(tmp_path, data_dir):
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True) for _ in range(STUDIES)]
     outs = [p.communicate(timeout=600) for p in procs]
     for proc, (_out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert "Traceback" not in err, err
     runs = sorted((tmp_path / "results" / "ghost_size").iterdir())
-    assert len(runs) == 2, runs
+    assert len(runs) == STUDIES, runs
     for run_dir in runs:
         trials = pd.read_parquet(run_dir / "trials.parquet")
         assert len(trials) == 4 and set(trials["outcome"]) == {"completed"}
@@ -48,5 +50,5 @@ def test_two_identical_studies_started_together_both_finish(tmp_path, data_dir):
     if not parents:  # the tag that marks parents, whatever its name: runs without a parent
         parents = [r for r in client.search_runs([experiment.experiment_id])
                    if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2
+    assert len(parents) == STUDIES
     assert {p.data.params["run_dir"] for p in parents} == {str(r) for r in runs}
