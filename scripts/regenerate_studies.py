@@ -60,8 +60,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "optimizers": (),
     # The same questions on real images (Fashion-MNIST from Debian's package).
     "table1_fashion": ("--workload", "fashion-cnn", "--max-seeds", "6"),
-    "frontier_fashion": ("--workload", "fashion-cnn", "--batch-sizes", "1024", "--margin", "1.0",
-                         "--max-seeds", "3"),
+    # Margin 0.5 as table1_fashion: the real data's gaps are a point or two, not MNIST-1D's.
+    "frontier_fashion": ("--workload", "fashion-cnn", "--batch-sizes", "1024", "--max-seeds", "3"),
 }
 # Folders that hold a study under another name: the study each one runs.
 STUDY_OF: dict[str, str] = {"table1_fashion": "table1", "frontier_fashion": "frontier"}
