@@ -118,3 +118,14 @@ def test_fashion_epoch_times_the_engine_beside_a_minimal_loop():
     rows = [line for line in out.splitlines() if line.startswith("| fashion-f1 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["128", "2048"]
     assert all(float(row.split("|")[5]) > 0 for row in rows)
+
+
+def test_study_overhead_reads_a_regenerated_folder(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "README.md").write_text("- wall time of the command: 300 s (measured)\n")
+    pd.DataFrame({"train_seconds": [100.0, 150.0, 250.0]}).to_parquet(
+        tmp_path / "trials.parquet")
+    out = run("study_overhead.py", "--folder", str(tmp_path), "--slots", "2")
+    # 300 s of wall on 2 slots against 500 s of training: +20%.
+    assert "| 300 | 500 | 2 | +20.0% |" in out

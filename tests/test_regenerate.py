@@ -151,6 +151,14 @@ def test_readme_table_counts_each_study_verdicts_at_its_margin(run_dir, tmp_path
     ]
 
 
+def test_a_folder_holding_a_frontier_under_another_name_reads_as_a_frontier(tmp_path):
+    (tmp_path / "frontier_fashion").mkdir()
+    frontier_cells().to_csv(tmp_path / "frontier_fashion" / "cells.csv", index=False)
+    (row,) = regen.readme_table(tmp_path).splitlines()[2:]
+    assert row.startswith(f"| `frontier_fashion` | {regen.question_of('frontier')} | "
+                          "[B=256: closed at multiplier 4; B=1024: not closed")
+
+
 def test_readme_table_says_when_a_cells_table_has_no_verdicts(tmp_path):
     (tmp_path / "table1").mkdir()
     pd.DataFrame({"batch_size": [32], "status": ["baseline"]}).to_csv(
@@ -178,10 +186,12 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
         "--storage-path $TMP/results --tracking-uri sqlite:///$TMP/mlflow.db --quiet")
     assert list(regen.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
                                     "table1", "diffusion", "frontier", "warmup", "optimizers",
-                                    "table1_fashion"]
+                                    "table1_fashion", "frontier_fashion"]
     # A folder holding a study under another name runs that study.
     assert regen.study_args("table1_fashion", "/tmp/x")[:4] == [
         "run", "table1", "--workload", "fashion-cnn"]
+    assert regen.study_args("frontier_fashion", "/tmp/x")[:4] == [
+        "run", "frontier", "--workload", "fashion-cnn"]
 
     def no_run(*args, **kwargs):
         raise AssertionError("--dry-run ran a command")
