@@ -19,6 +19,8 @@ import pytest
 import ray.cloudpickle
 import torch
 from ray import tune
+
+# What Tune hands `Trainable.restore` has no public name in Ray 2.60 (see trainable.py).
 from ray.train._internal.checkpoint_manager import _TrainingResult
 
 from tunegap.config import TrialConfig

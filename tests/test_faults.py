@@ -144,8 +144,17 @@ def test_out_of_memory_trial_is_an_error_with_the_hint(
     # Defined here and using nothing else of this module, so Ray ships the class itself to
     # its workers (pickled by value; they cannot import this test module).
     class OutOfMemoryAtLargeBatch(GapTrainable):
-        def _start(self, config):
-            super()._start(config)
+        # Tune's two hooks that start a trial: a new actor, and a reused one.
+        def setup(self, config, registrations=None):
+            super().setup(config, registrations)
+            self._fail_at_large_batch()
+
+        def reset_config(self, new_config):
+            started = super().reset_config(new_config)
+            self._fail_at_large_batch()
+            return started
+
+        def _fail_at_large_batch(self):
             if self.trial_config.batch_size == 2048:
                 self.engine.train_epoch = self._out_of_memory
 
