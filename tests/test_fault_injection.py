@@ -6,7 +6,6 @@ logged twice."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from ballast import fill
 from mlflow_checks import trial_runs_logged_once
 from study_procs import (
     MlflowServer,
@@ -41,9 +41,30 @@ def finish(proc: subprocess.Popen, timeout_s: float = 300) -> int:
         raise AssertionError(f"the study did not end within {timeout_s} s") from None
 
 
-def error_lines(log: Path) -> list[str]:
-    """The lines a user reads as tunegap's verdict on the run (not Ray's or MLflow's logs)."""
-    return [ln for ln in log.read_text().splitlines() if "tunegap.studies.regime_length:" in ln]
+def error_lines(log: Path | str) -> list[str]:
+    """The lines a user reads as tunegap's verdict on the run (not Ray's or MLflow's logs),
+    from a log file or from captured text."""
+    text = log.read_text() if isinstance(log, Path) else log
+    return [ln for ln in text.splitlines() if "tunegap.studies.regime_length:" in ln]
+
+
+def full_disk_line(stderr: str) -> str:
+    """The study's one line for a full disk, with no traceback beside it."""
+    assert "Traceback" not in stderr
+    (line,) = error_lines(stderr)
+    assert "No space left" in line and "--resume" in line
+    return line
+
+
+def resume_after_freeing(ballast: Path, command: list[str], storage: Path,
+                         tracking_uri: str) -> None:
+    """Free the space, run the same command with --resume: it finishes every trial once."""
+    ballast.unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_complete(storage, tracking_uri)
 
 
 def assert_complete(storage: Path, tracking_uri: str) -> None:
@@ -139,24 +160,6 @@ def test_storage_turned_read_only_stops_in_one_line_and_resumes(tmp_path, data_d
     assert_complete(storage, uri)
 
 
-def fill(mount: Path, leave_bytes: int) -> Path:
-    """Fill the file system at `mount` with a ballast file until `leave_bytes` are free (as
-    another program writing there would): the study's next writes find it full."""
-    ballast = mount / "ballast"
-    with open(ballast, "wb") as out:
-        chunk = b"\0" * (1 << 20)
-        while shutil.disk_usage(mount).free > leave_bytes + len(chunk):
-            out.write(chunk)
-            out.flush()
-        try:
-            while shutil.disk_usage(mount).free > leave_bytes:
-                out.write(b"\0" * 4096)
-                out.flush()
-        except OSError:
-            pass
-    return ballast
-
-
 def test_a_disk_that_fills_stops_in_one_line_and_resumes_after_space_is_freed(
         tmp_path, data_dir, small_mount):
     storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
@@ -166,17 +169,9 @@ def test_a_disk_that_fills_stops_in_one_line_and_resumes_after_space_is_freed(
     # A few kilobytes left: Tune's next state file (tens of kilobytes) is cut short there.
     ballast = fill(small_mount, leave_bytes=8192)
     assert finish(proc) == 1
-    text = (tmp_path / "first.log").read_text()
-    assert "Traceback" not in text
-    (line,) = error_lines(tmp_path / "first.log")
-    assert str(storage) in line and "--resume" in line and "No space left" in line
-
-    ballast.unlink()
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stderr
-    assert_complete(storage, uri)
+    line = full_disk_line((tmp_path / "first.log").read_text())
+    assert str(storage) in line
+    resume_after_freeing(ballast, command, storage, uri)
 
 
 def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
@@ -188,16 +183,8 @@ def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
     first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stderr[-3000:]
-    assert "Traceback" not in first.stderr
-    (line,) = [ln for ln in first.stderr.splitlines() if "tunegap.studies.regime_length:" in ln]
-    assert "No space left" in line and "--resume" in line
-
-    (small_mount / "ballast").unlink()
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stderr
-    assert_complete(storage, uri)
+    full_disk_line(first.stderr)
+    resume_after_freeing(small_mount / "ballast", command, storage, uri)
 
 
 def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(
@@ -211,16 +198,7 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(
            "TUNEGAP_TEST_FILL_AT_EPOCH": "10",
            "PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])}
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    (tmp_path / "first.log").write_text(first.stderr)
     assert (small_mount / "ballast").exists(), "the checkpoint hook never ran"
     assert first.returncode == 1, first.stderr[-3000:]
-    assert "Traceback" not in first.stderr
-    (line,) = [ln for ln in first.stderr.splitlines() if "tunegap.studies.regime_length:" in ln]
-    assert "No space left" in line and "--resume" in line
-
-    (small_mount / "ballast").unlink()
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stderr
-    assert_complete(storage, uri)
+    full_disk_line(first.stderr)
+    resume_after_freeing(small_mount / "ballast", command, storage, uri)

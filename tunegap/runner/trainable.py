@@ -263,17 +263,13 @@ def earlier_checkpoints(fs: pyarrow.fs.FileSystem, trial_folder: str,
     the same trial (Tune names a trial's folder `<trainable>_<trial id>_<index>_..._<time>`,
     so a trial created again gets a new one), newest first."""
     run_folder = posixpath.dirname(trial_folder.rstrip("/"))
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(run_folder, allow_not_found=True))
-    except OSError:
-        entries = []
     folders = {posixpath.normpath(trial_folder)} | {
-        posixpath.normpath(e.path) for e in entries
+        posixpath.normpath(e.path) for e in _listing(fs, run_folder)
         if e.type == pyarrow.fs.FileType.Directory and f"_{trial_id}_" in e.base_name}
-    found = [c for folder in folders for c in trial_checkpoints(fs, folder)]
+    found = [entry for folder in folders for entry in _checkpoint_entries(fs, folder)]
     # Each folder counts its checkpoints from 0: the time saved orders them across folders.
-    saved_at = {c.path: fs.get_file_info(c.path).mtime_ns or 0 for c in found}
-    return sorted(found, key=lambda c: (saved_at[c.path], checkpoint_index(c)), reverse=True)
+    found.sort(key=lambda e: (e[1].mtime_ns or 0, e[0]), reverse=True)
+    return [tune.Checkpoint(info.path, filesystem=fs) for _, info in found]
 
 
 def checkpoint_index(checkpoint: tune.Checkpoint) -> int:
@@ -283,17 +279,27 @@ def checkpoint_index(checkpoint: tune.Checkpoint) -> int:
 
 def trial_checkpoints(fs: pyarrow.fs.FileSystem, trial_folder: str) -> list[tune.Checkpoint]:
     """The `checkpoint_<index>` folders of a trial's storage folder on `fs`, newest first."""
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_folder, allow_not_found=True))
-    except OSError:
-        return []
+    found = sorted(_checkpoint_entries(fs, trial_folder), key=lambda e: e[0], reverse=True)
+    return [tune.Checkpoint(info.path, filesystem=fs) for _, info in found]
+
+
+def _checkpoint_entries(fs: pyarrow.fs.FileSystem,
+                        trial_folder: str) -> list[tuple[int, pyarrow.fs.FileInfo]]:
+    """(index, file info) of each `checkpoint_<index>` folder in `trial_folder`."""
     found = []
-    for entry in entries:
+    for entry in _listing(fs, trial_folder):
         match = CHECKPOINT_FOLDER.fullmatch(entry.base_name)
         if match and entry.type == pyarrow.fs.FileType.Directory:
-            found.append((int(match.group(1)), entry.path))
-    found.sort(reverse=True)
-    return [tune.Checkpoint(path, filesystem=fs) for _, path in found]
+            found.append((int(match.group(1)), entry))
+    return found
+
+
+def _listing(fs: pyarrow.fs.FileSystem, folder: str) -> list[pyarrow.fs.FileInfo]:
+    """What `folder` holds on `fs`; nothing where it is missing or cannot be read."""
+    try:
+        return fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
 
 
 def with_workload(trainable: type[tune.Trainable], workload: str,
