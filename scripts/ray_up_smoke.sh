@@ -39,7 +39,9 @@ SMOKE_USER="${TUNEGAP_SMOKE_USER:-tunegap-smoke}"
 PIP_CACHE="${TUNEGAP_SMOKE_PIP_CACHE-/var/cache/tunegap-ray-up-smoke/pip}"
 MARKER=".tunegap-ray-up-smoke"
 CLUSTER="tunegap-smoke-$$"
-STUDY_ARGS=(--epochs 1 --batch-sizes 512 --ghost-sizes none,32 --seeds 2)
+# --baseline-epochs 1: the small batch otherwise trains its workload's whole base regime,
+# and the check on the head counts one epoch per trial.
+STUDY_ARGS=(--epochs 1 --baseline-epochs 1 --batch-sizes 512 --ghost-sizes none,32 --seeds 2)
 TRIALS=6  # (2 cells + the small-batch baseline) x 2 seeds
 
 WORK=""
