@@ -161,10 +161,12 @@ class Engine:
         else:
             # Large batches on the CPU would otherwise fault their activations in every step.
             reuse_freed_memory()
-        # bf16 autocast and channels_last pay off on tensor-core GPUs; on a CPU they are slower.
+        # bf16 autocast and channels_last pay off on tensor-core GPUs; on a CPU bf16 is slower,
+        # and channels_last only pays for the workloads that say so.
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
         # Streamed data is always NCHW images; each batch is laid out as it arrives.
-        self.channels_last = cuda and (self.streaming or self.data.x_train.dim() == 4)
+        self.channels_last = ((cuda or self.workload.cpu_channels_last)
+                              and (self.streaming or self.data.x_train.dim() == 4))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
             if not self.streaming:

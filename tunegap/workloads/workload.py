@@ -106,6 +106,10 @@ class Workload:
     # processes. The dataset's own training transform augments then, so `augment` only
     # applies where the engine is handed in-memory `TensorData` of this workload instead.
     streaming: bool = False
+    # True: on a CPU too, the model and its images are laid out channels_last (NHWC), where
+    # oneDNN's convolutions run faster than on NCHW for this model (measured per workload by
+    # benchmarks/fashion_epoch.py; off by default, as it depends on the model: measure first).
+    cpu_channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.streaming and self.dataset not in STREAMING_DATASETS:
