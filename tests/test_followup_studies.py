@@ -286,3 +286,7 @@ def test_optimizers_end_to_end(tmp_path, data_dir, ray_session):
     assert "steps_to_target.png" in {p.name for p in outcome.files}
     readme = (outcome.run_dir / "summary.md").read_text()
     assert "Fits (perfect scaling, slope -1" in readme and "- Adam: " in readme
+    # The baseline is cut short by the budget like every trial, and the summary says so.
+    assert "- regime: every trial, the baseline at B0=32 included, stops at 30 weight " \
+           "updates" in readme
+    assert "regime: baseline 20 epochs" not in readme

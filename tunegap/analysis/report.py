@@ -152,11 +152,13 @@ def best_epoch_warning(accuracy: str, protocol: str, validation_fraction: float 
 
 
 def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: float,
-                      base_epochs: int | None = None) -> list[str]:
+                      base_epochs: int | None = None,
+                      max_updates: int | None = None) -> list[str]:
     """One-line warnings about the reference itself: trained fewer epochs than the
-    workload's base regime (`base_epochs`), or its test accuracy still rising by more than
-    the margin over its last quarter of epochs (mean over its seeds), i.e. "closing" would
-    mean matching an undertrained small batch.
+    workload's base regime (`base_epochs`; because of --baseline-epochs, or of a study-wide
+    budget of `max_updates` weight updates that stops every trial alike), or its test
+    accuracy still rising by more than the margin over its last quarter of epochs (mean over
+    its seeds), i.e. "closing" would mean matching an undertrained small batch.
 
     >>> t = pd.DataFrame({"trial_id": ["a"], "is_baseline": [True], "resolved_epochs": [4.0]})
     >>> e = pd.DataFrame({"trial_id": ["a"] * 4, "epoch": [1, 2, 3, 4],
@@ -164,6 +166,8 @@ def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: flo
     >>> for line in baseline_warnings(t, e, margin=0.5, base_epochs=20): print(line)
     warning: the baseline trained 4 epochs, not the workload's 20 (--baseline-epochs): gaps are measured against a shortened small batch
     warning: the baseline's test accuracy still rose by 1.00 points over its last quarter of epochs (3 to 4), more than the margin 0.5: it may be undertrained, and "closed" may mean matching an undertrained reference
+    >>> baseline_warnings(t, e.iloc[:0], margin=0.5, base_epochs=20, max_updates=1000)[0][:85]
+    "warning: the baseline trained 4 epochs, not the workload's 20 (--max-updates 1000, as"
     """
     base_ids = trials.loc[trials["is_baseline"].fillna(False).astype(bool), "trial_id"]
     lines = []
@@ -171,8 +175,10 @@ def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: flo
         trained = pd.to_numeric(trials.loc[trials["trial_id"].isin(base_ids),
                                            "resolved_epochs"], errors="coerce").max()
         if math.isfinite(trained) and trained < base_epochs:
+            cause = ("--baseline-epochs" if max_updates is None
+                     else f"--max-updates {max_updates}, as every trial")
             lines.append(f"warning: the baseline trained {trained:g} epochs, not the "
-                         f"workload's {base_epochs} (--baseline-epochs): "
+                         f"workload's {base_epochs} ({cause}): "
                          "gaps are measured against a shortened small batch")
     if epochs.empty or not len(base_ids):
         return lines

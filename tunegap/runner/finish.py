@@ -166,7 +166,8 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
 
         table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
     warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
-                                        base_epochs=study.workload_def.regime.epochs)
+                                        base_epochs=study.workload_def.regime.epochs,
+                                        max_updates=study.knobs.get("max_updates"))
     warnings += report.best_epoch_warning(str(study.accuracy), study.protocol,
                                           float(study.knobs.get("validation_fraction", 0.0)))
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,

@@ -84,6 +84,21 @@ def and_list(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def regime_line(study: Study) -> str:
+    """The summary's line on how long the baseline and the cells trained."""
+    b0 = study.workload_def.regime.base_batch_size
+    budget = study.knobs.get("max_updates")
+    if budget is not None:
+        # A budget of updates replaces epochs for every trial, the baseline's included.
+        return (f"- regime: every trial, the baseline at B0={b0} included, stops at {budget} "
+                f"weight updates (--max-updates) in place of the workload's "
+                f"{study.workload_def.regime.epochs} epochs")
+    return (f"- regime: baseline {study.reference_epochs} epochs at B0={b0}"
+            + ("" if study.baseline_epochs else " (the workload's base regime)")
+            + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
+               if study.epochs is not None else ""))
+
+
 def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[str, int],
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
                    baseline_sentence: str, warnings: Sequence[str] = ()) -> str:
@@ -104,11 +119,7 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         f"- seeds: {study.seeds}; search: {study.search}; protocol: {study.protocol}"
         + (f"; every trial with {', '.join(f'{k}={v}' for k, v in study.knobs.items())}"
            if study.knobs else ""),
-        f"- regime: baseline {study.reference_epochs} epochs at B0="
-        f"{study.workload_def.regime.base_batch_size}"
-        + ("" if study.baseline_epochs else " (the workload's base regime)")
-        + (f"; cells' base {study.epochs} epochs (--epochs), times their multiplier"
-           if study.epochs is not None else ""),
+        regime_line(study),
         f"- verdict per cell: {rule}; "
         f"the Holm families are the {int(decidable.sum())} decidable cells",
         "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
