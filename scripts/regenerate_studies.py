@@ -15,7 +15,8 @@ exact command, hardware, package versions, git commit, wall time measured here),
 typed by hand: where a study module defines `interpretation(cells, trials, epochs) -> str`,
 its output follows. Last, `readme_table` rebuilds the root README's study table (between
 `TABLE_START` and `TABLE_END`) from every `studies/*/cells.csv`: the verdict counts at each
-study's margin, and for the frontier the closing multiplier per batch size.
+study's margin, and for the frontier the closing multiplier per batch size; and
+`readme_real_data.py` its paragraph on real against generated data.
 
 A study whose command fails keeps its old folder; the script then exits with status 1.
 """
@@ -40,6 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+# Its sibling module, importable however this script is loaded (run, or by file in tests).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_real_data import REGION_START, real_data_paragraph, replace_region
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES_ROOT = REPO / "studies"
@@ -375,6 +380,16 @@ def replace_table(readme_text: str, table: str) -> str:
     return head + "\n" + table.strip("\n") + "\n" + readme_text[end:]
 
 
+def rewrite_readme(readme: Path, studies_root: Path) -> None:
+    """The root README's study table and, where the README has its region and the studies
+    it reads are shipped, its generated paragraph on real against generated data."""
+    text = replace_table(readme.read_text(), readme_table(studies_root))
+    paragraph = real_data_paragraph(studies_root)
+    if paragraph is not None and REGION_START in text:
+        text = replace_region(text, paragraph)
+    readme.write_text(text)
+
+
 # ----------------------------------------------------------------------------------- driver
 
 
@@ -461,8 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   and not run_companion(n, args.studies_root / n, common)]
     else:
         failed = [n for n in names if not run_study(n, args.studies_root / n, common)]
-    args.readme.write_text(replace_table(args.readme.read_text(),
-                                         readme_table(args.studies_root)))
+    rewrite_readme(args.readme, args.studies_root)
     print(f"README table rewritten in {args.readme}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -239,3 +239,25 @@ def test_every_study_interpretation_takes_the_three_tables():
         found = getattr(module, "interpretation", None)
         if found is not None:
             assert len(inspect.signature(found).parameters) == 3, name
+
+
+def test_the_real_data_paragraph_is_written_from_the_shipped_tables(tmp_path):
+    """The README's paragraph on real against generated data: every number read from the
+    shipped cells.csv and frontier.csv, and the root README holds exactly what it writes."""
+    import readme_real_data as real_data  # beside regenerate_studies.py, which put it on the path
+
+    studies = SCRIPT.parent.parent / "studies"
+    paragraph = real_data.real_data_paragraph(studies)
+    real = pd.read_csv(studies / "table1_fashion" / "cells.csv")
+    generated = pd.read_csv(studies / "table1" / "cells.csv")
+    for cells in (real, generated):
+        plain = real_data._plain_large_batch(cells)
+        assert f"{plain['gap']:.2f} " in paragraph
+    base = real[real["is_baseline"]].iloc[0]
+    assert f"reaches {base['test_acc_mean']:.2f}%" in paragraph
+    bracket = pd.read_csv(studies / "frontier_fashion" / "frontier.csv")["bracket"].iloc[0]
+    assert f"`frontier_fashion`): {bracket} (B=" in paragraph
+    readme = (SCRIPT.parent.parent / "README.md").read_text()
+    assert real_data.replace_region(readme, paragraph) == readme
+    # Without the tables it reads there is no paragraph, and the region stays as it is.
+    assert real_data.real_data_paragraph(tmp_path) is None
