@@ -186,10 +186,12 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
         "--storage-path $TMP/results --tracking-uri sqlite:///$TMP/mlflow.db --quiet")
     assert list(regen.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
                                     "table1", "diffusion", "frontier", "warmup", "optimizers",
-                                    "table1_fashion", "frontier_fashion"]
+                                    "table1_fashion", "table1_fashion_f1", "frontier_fashion"]
     # A folder holding a study under another name runs that study.
     assert regen.study_args("table1_fashion", "/tmp/x")[:4] == [
         "run", "table1", "--workload", "fashion-cnn"]
+    assert regen.study_args("table1_fashion_f1", "/tmp/x")[:4] == [
+        "run", "table1", "--workload", "fashion-f1"]
     assert regen.study_args("frontier_fashion", "/tmp/x")[:4] == [
         "run", "frontier", "--workload", "fashion-cnn"]
 

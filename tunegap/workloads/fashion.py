@@ -1,8 +1,8 @@
 """Real images on two CPU cores: Fashion-MNIST (Debian's `dataset-fashion-mnist`).
 
 Two workloads, each with a base regime short enough that the matched +RA run of the large
-batch fits a study on a CPU. Their regimes are provisional: the study folders that measure
-the gap on them (table1, frontier) are still to be run (see the README).
+batch fits a study on a CPU; `studies/table1_fashion`, `studies/table1_fashion_f1` and
+`studies/frontier_fashion` measure the gap on them.
 """
 
 from __future__ import annotations
