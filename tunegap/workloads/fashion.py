@@ -69,7 +69,8 @@ register_workload(
             "BatchNorm entry), narrowed to 16/32 channels of 3x3 and 128 hidden units for a "
             "CPU; SGD momentum 0.9, wd 5e-4, clip 5, base lr 0.05 at B0=128, 4 epochs with "
             "decays x0.1 at epochs 2 and 3 (50% and 75%), large batch 1024 (matched +RA: 32 "
-            "epochs, about 9 minutes a seed on 2 CPU cores; 2048's 64 would not fit a study)"
+            "epochs, about 10 minutes a seed with two seeds at once on 2 CPU cores, laid out "
+            "channels_last; 2048's 64 would not fit a study)"
         ),
     )
 )
