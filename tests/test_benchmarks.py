@@ -114,10 +114,13 @@ def test_fashion_epoch_times_the_engine_beside_a_minimal_loop():
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
     out = run("fashion_epoch.py", "--workloads", "fashion-f1", "--repeats", "1")
-    assert "| workload | batch | engine epoch (s) | minimal epoch (s) | engine / minimal |" in out
-    rows = [line for line in out.splitlines() if line.startswith("| fashion-f1 |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["128", "2048"]
-    assert all(float(row.split("|")[5]) > 0 for row in rows)
+    assert ("| workload | batch | layout | engine epoch (s) | minimal epoch (s) | engine / minimal "
+            "| minimal, NCHW (s) | NCHW / channels_last |") in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| fashion-f1 |")]
+    assert [row[2].strip() for row in rows] == ["128", "2048"]
+    # F1 has no convolution: no channels_last, so no NCHW side to compare with.
+    assert all(row[3].strip() == "NCHW" and row[7].strip() == "—" for row in rows)
+    assert all(float(row[6]) > 0 for row in rows)
 
 
 def test_study_overhead_reads_a_regenerated_folder(tmp_path):
