@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from study_procs import refused_line
 
@@ -214,6 +216,18 @@ def test_optimizers_analysis_fits_each_optimizer_from_its_complete_cells():
     fig = optimizers.figures(None, trials, None)["steps_to_target"]
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "SGD fit: knee inside 128" in labels and "Adam fit: knee at least 512" in labels
+
+
+def test_knee_intervals_do_not_depend_on_the_order_trials_finished_in():
+    """The shipped optimizers trials, and the same rows in another order (as another run
+    would finish them), give the same bootstrap intervals."""
+    shipped = Path(__file__).resolve().parents[1] / "studies" / "optimizers" / "trials.parquet"
+    trials = pd.read_parquet(shipped)
+    shuffled = trials.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    first = optimizers.knee_bootstrap(trials, resamples=50)
+    optimizers.knee_bootstrap(trials, resamples=40)  # the one result it keeps is another now
+    assert optimizers.knee_bootstrap(shuffled, resamples=50) == first
+    assert {k: v["knee_ci_low"] for k, v in first.items()}  # intervals were computed
 
 
 @pytest.mark.parametrize("module, argv, named", [

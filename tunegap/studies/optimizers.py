@@ -129,6 +129,13 @@ def _knee_bootstrap(trials: pd.DataFrame, *, resamples: int,
                     seed: int) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(seed)
     labelled = trials.assign(label=trials.apply(optimizer_label, axis=1))
+    # The draws follow the rows: put them in an order that does not depend on when each
+    # trial finished, so the same trials always give the same intervals.
+    rank = {k: i for i, k in enumerate(OPTIMIZER_LABELS)}
+    labelled = labelled.assign(_rank=labelled["label"].map(rank).fillna(len(rank)))
+    labelled = labelled.sort_values(
+        ["_rank", "label", "batch_size", *(["seed"] if "seed" in labelled else [])],
+        kind="stable")
     fits = scaling_fits(trials)
     out = {}
     for label, group in labelled.groupby("label", sort=False):
