@@ -9,7 +9,6 @@ the shipped `studies/table1/`, `studies/table1_fashion/`, `studies/frontier_fash
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -91,7 +90,7 @@ def real_data_paragraph(studies_root: str | os.PathLike[str]) -> str | None:
         rows = pd.read_csv(bracket)
         parts = [f"{r.bracket} (B={int(r.batch_size)}, of the {int(r.matched_multiplier)}x "
                  f"that matches the small batch's updates)" for r in rows.itertuples()
-                 if isinstance(r.bracket, str) and not _is_nan(r.matched_multiplier)]
+                 if isinstance(r.bracket, str) and pd.notna(r.matched_multiplier)]
         if parts:
             text += f"; the frontier (`{FRONTIER}`): {'; '.join(parts)}"
     text += "."
@@ -111,10 +110,6 @@ def _second_workload_sentence(cells: pd.DataFrame) -> str:
     if ra is not None:
         text += f", and +RA is {ra['verdict']} (gap {float(ra['gap']):+.2f} points)"
     return text + "."
-
-
-def _is_nan(value: object) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 def replace_region(readme_text: str, body: str, start: str = REGION_START,

@@ -375,11 +375,7 @@ def _readme_question(readme: Path) -> str:
 
 def replace_table(readme_text: str, table: str) -> str:
     """`readme_text` with everything between TABLE_START and TABLE_END replaced by `table`."""
-    start, end = readme_text.find(TABLE_START), readme_text.find(TABLE_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the README has no {TABLE_START} ... {TABLE_END} region")
-    head = readme_text[: start + len(TABLE_START)]
-    return head + "\n" + table.strip("\n") + "\n" + readme_text[end:]
+    return replace_region(readme_text, table, TABLE_START, TABLE_END)
 
 
 def rewrite_readme(readme: Path, studies_root: Path) -> None:
