@@ -144,7 +144,10 @@ def test_warmup_runs_three_rules_per_large_batch():
 
 def test_optimizers_runs_four_optimizers_under_one_budget():
     study = build(optimizers)
-    assert study.knobs == {"max_updates": optimizers.DEFAULT_MAX_UPDATES, "schedule": "constant"}
+    # At a constant lr each trial is judged at its best epoch on a held-out validation split.
+    assert study.accuracy == "best"
+    assert study.knobs == {"max_updates": optimizers.DEFAULT_MAX_UPDATES, "schedule": "constant",
+                           "validation_fraction": 0.1}
     assert study.target_test_acc == optimizers.DEFAULT_TARGET
     configs = [c for c in study.trial_configs() if c.seed == 0]
     assert all(c.max_updates == optimizers.DEFAULT_MAX_UPDATES for c in configs)
@@ -155,8 +158,9 @@ def test_optimizers_runs_four_optimizers_under_one_budget():
     assert len(configs) == 20
     assert {c.batch_size for c in configs} == {32, 64, 128, 256, 512}
     assert {c.lr_exponent for c in configs if c.batch_size > 32} == {0.5}
-    assert build(optimizers, ["--max-updates", "50", "--schedule", "step"]).knobs == \
-        {"max_updates": 50, "schedule": "step"}
+    final = build(optimizers, ["--max-updates", "50", "--schedule", "step", "--accuracy", "final"])
+    assert final.accuracy == "final"
+    assert final.knobs == {"max_updates": 50, "schedule": "step"}
 
 
 def test_warmup_report_reads_every_number_from_the_cells():
