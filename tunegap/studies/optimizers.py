@@ -19,7 +19,9 @@ its last update: at a constant lr the last iterate is wherever the noise left it
 SGD at B=512 fell from over 96% to 11%, 22% and 57% on its last epochs in 3 of 12 seeds,
 and the four plain-SGD cells stayed undecided at 12 seeds a side), while its best
 validated epoch is what the run reached, chosen without looking at the test set
-(`--accuracy final` judges the last epoch). Four optimizers at each
+(`--accuracy final` judges the last epoch). A fixed budget of updates is more epochs at a
+larger batch (4 at B=32, 63 at B=512 on MNIST-1D), so a large batch has more epochs to stop
+at: that is early stopping's own advantage, part of what the verdicts measure. Four optimizers at each
 batch size, all with lr = base_lr * (B/B0)^`--lr-exponent` (default 0.5, the paper's rule):
 
 - `SGD`: momentum 0, base lr = the workload's / (1 - its momentum), the same effective
