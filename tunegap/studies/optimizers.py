@@ -21,8 +21,9 @@ and the four plain-SGD cells stayed undecided at 12 seeds a side), while its bes
 validated epoch is what the run reached, chosen without looking at the test set
 (`--accuracy final` judges the last epoch). A fixed budget of updates is more epochs at a
 larger batch (4 at B=32, 63 at B=512 on MNIST-1D), so a large batch has more epochs to stop
-at: that is early stopping's own advantage, part of what the verdicts measure. Four optimizers at each
-batch size, all with lr = base_lr * (B/B0)^`--lr-exponent` (default 0.5, the paper's rule):
+at: that is early stopping's own advantage, part of what the verdicts measure. Four
+optimizers at each batch size, all with lr = base_lr * (B/B0)^`--lr-exponent` (default 0.5,
+the paper's rule):
 
 - `SGD`: momentum 0, base lr = the workload's / (1 - its momentum), the same effective
   learning rate as heavy-ball momentum (Shallue et al. compare optimizers at their
