@@ -35,7 +35,7 @@ the paper's rule):
 No lr is tuned per batch size, unlike Shallue et al.: the fitted knees are those of these
 rules. Per optimizer the perfect-scaling and diminishing-returns regions are fitted
 (`tunegap.analysis.scaling.fit_scaling_regions`) to the mean steps of the batch sizes where
-every seed reached the target; `scaling_fits.csv` has the fits. Each cell's final accuracy is
+every seed reached the target; `scaling_fits.csv` has the fits. Each cell's judged accuracy is
 judged against the small-batch baseline (B0, SGD+momentum, same budget) at the margin.
 """
 
