@@ -117,7 +117,10 @@ def test_fashion_epoch_times_the_engine_beside_a_minimal_loop():
     assert ("| workload | batch | layout | engine epoch (s) | minimal epoch (s) | engine / minimal "
             "| minimal, NCHW (s) | NCHW / channels_last |") in out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| fashion-f1 |")]
-    assert [row[2].strip() for row in rows] == ["128", "2048"]
+    from tunegap.workloads import get_workload
+
+    f1 = get_workload("fashion-f1")
+    assert [int(row[2]) for row in rows] == [f1.regime.base_batch_size, f1.large_batch_size]
     # F1 has no convolution: no channels_last, so no NCHW side to compare with.
     assert all(row[3].strip() == "NCHW" and row[7].strip() == "—" for row in rows)
     assert all(float(row[6]) > 0 for row in rows)
