@@ -90,7 +90,8 @@ def steps_table(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (label, batch), group in trials.groupby(["label", "batch_size"], sort=True):
         steps = pd.to_numeric(group["steps_to_target"], errors="coerce").astype(float)
-        reached = steps[np.isfinite(steps) & (steps > 0)]
+        # Sorted, so the mean's rounding does not depend on the order the trials finished in.
+        reached = np.sort(steps[np.isfinite(steps) & (steps > 0)].to_numpy())
         every = len(reached) == len(group)
         rows.append({
             "optimizer": label, "batch_size": int(batch), "n_seeds": len(group),
