@@ -338,6 +338,24 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
                   a_mean, b_mean)
 
 
+def judged_accuracy(accuracy: str = "final", validation_fraction: float = 0.0) -> str:
+    """Which test accuracy of a trial the verdicts judge, in words: the final epoch's, the
+    one at the best epoch on a held-out validation split, or the best over the test
+    evaluations (the authors' way, optimistic).
+
+    >>> judged_accuracy("best", 0.1)[:60]
+    'test accuracy at the epoch of best accuracy on 10% of the tr'
+    >>> judged_accuracy("final")
+    'final-epoch test accuracy'
+    """
+    if accuracy != "best":
+        return "final-epoch test accuracy"
+    if validation_fraction:
+        return (f"test accuracy at the epoch of best accuracy on {100 * validation_fraction:g}% "
+                "of the training set held out, trained on the rest")
+    return "best-epoch test accuracy, the maximum over test evaluations: optimistic"
+
+
 def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final",
                   validation_fraction: float = 0.0) -> str:
     """The rule a map was judged by, in one sentence (summaries, MLflow, the CLI).
@@ -350,13 +368,7 @@ def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final",
         how = (f"seeds added where undecided, judged only at {', '.join(map(str, looks))} "
                f"seeds a side ({len(looks)} looks, Bonferroni: each one-sided test at "
                f"{100 * design.alpha:.3g}%)")
-    if accuracy != "best":
-        which = "final-epoch test accuracy"
-    elif validation_fraction:
-        which = (f"test accuracy at the epoch of best accuracy on {100 * validation_fraction:g}% "
-                 "of the training set held out, trained on the rest")
-    else:
-        which = "best-epoch test accuracy, the maximum over test evaluations: optimistic"
+    which = judged_accuracy(accuracy, validation_fraction)
     return (f"Welch {conf} interval of gap = baseline - cell ({which}; {how}) "
             f"against the margin {margin:g} points declared before the run: closed if its "
             f"upper end <= {margin:g}, open if its lower end > {margin:g}, at the margin if "

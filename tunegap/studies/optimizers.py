@@ -46,6 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from tunegap.analysis.decide import judged_accuracy
 from tunegap.analysis.report import format_number
 from tunegap.analysis.scaling import fit_scaling_regions, fits_table
 from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
@@ -266,19 +267,21 @@ def report(cells, trials, epochs) -> str:
             if more["knee_inside"] < 0.95:
                 line += ": the knee is not determined by these seeds, so none is claimed"
         lines.append(line + ".")
-    lines += ["", *verdict_lines(cells)]
+    held_out = (float(trials["validation_fraction"].max())
+                if "validation_fraction" in trials else 0.0)
+    lines += ["", *verdict_lines(cells, held_out)]
     return "\n".join(lines)
 
 
-def verdict_lines(cells: pd.DataFrame) -> list[str]:
-    """Per optimizer: the verdicts of its cells against the baseline at the margin."""
+def verdict_lines(cells: pd.DataFrame, validation_fraction: float = 0.0) -> list[str]:
+    """Per optimizer: the verdicts of its cells against the baseline at the margin, naming
+    the accuracy judged (`validation_fraction`: the share the trials held out)."""
     if cells is None or cells.empty:
         return []
     margin = float(cells["margin"].iloc[0])
-    judged = ("Test accuracy at each trial's best epoch on the validation split"
-              if "accuracy" in cells and cells["accuracy"].iloc[0] == "best"
-              else "Final test accuracy")
-    lines = [f"{judged} against the baseline at the margin of {margin:g} points:", ""]
+    judged = judged_accuracy(str(cells["accuracy"].iloc[0]), validation_fraction)
+    lines = [f"Verdicts on the {judged}, against the baseline at the margin of {margin:g} "
+             "points:", ""]
     grid = cells[~cells["is_baseline"]].assign(label=lambda c: c.apply(optimizer_label, axis=1))
     for label in OPTIMIZER_LABELS:
         group = grid[grid["label"] == label].sort_values("batch_size")
