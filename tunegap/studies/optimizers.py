@@ -59,6 +59,8 @@ QUESTION = (
     "Nesterov and Adam, and where does perfect scaling end for each?"
 )
 OPTIMIZER_LABELS = ("SGD", "SGD+momentum", "Nesterov", "Adam")
+# Tables, draws and figures list the optimizers in that order.
+OPTIMIZER_RANK = {label: i for i, label in enumerate(OPTIMIZER_LABELS)}
 DEFAULT_MAX_UPDATES = 1000
 DEFAULT_TARGET = 85.0
 # A constant lr makes the first crossing of the target independent of the budget (a step
@@ -100,7 +102,7 @@ def steps_table(trials: pd.DataFrame) -> pd.DataFrame:
             "steps": float(np.exp(np.log(reached).mean())) if every and len(reached) else math.nan,
         })
     table = pd.DataFrame(rows, columns=["optimizer", "batch_size", "n_seeds", "n_reached", "steps"])
-    order = table["optimizer"].map({k: i for i, k in enumerate(OPTIMIZER_LABELS)})
+    order = table["optimizer"].map(OPTIMIZER_RANK)
     return (table.assign(_o=order).sort_values(["_o", "batch_size"], kind="stable")
             .drop(columns="_o").reset_index(drop=True))
 
@@ -144,8 +146,8 @@ def _knee_bootstrap(trials: pd.DataFrame, *, resamples: int,
     labelled = trials.assign(label=trials.apply(optimizer_label, axis=1))
     # The draws follow the rows: put them in an order that does not depend on when each
     # trial finished, so the same trials always give the same intervals.
-    rank = {k: i for i, k in enumerate(OPTIMIZER_LABELS)}
-    labelled = labelled.assign(_rank=labelled["label"].map(rank).fillna(len(rank)))
+    labelled = labelled.assign(
+        _rank=labelled["label"].map(OPTIMIZER_RANK).fillna(len(OPTIMIZER_RANK)))
     labelled = labelled.sort_values(
         ["_rank", "label", "batch_size", *(["seed"] if "seed" in labelled else [])],
         kind="stable")
