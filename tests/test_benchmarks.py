@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from study_procs import HANG_S
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -17,7 +18,7 @@ def run(script: str, *args: str) -> str:
         cwd=BENCHMARKS,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -54,7 +55,7 @@ def test_gbn_speed_refuses_unknown_nets():
         cwd=BENCHMARKS,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
     )
     assert proc.returncode == 2 and "--nets 'resnet50' is not allowed" in proc.stderr
 

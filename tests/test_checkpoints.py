@@ -22,6 +22,7 @@ from ray import tune
 
 # What Tune hands `Trainable.restore` has no public name in Ray 2.60 (see trainable.py).
 from ray.train._internal.checkpoint_manager import _TrainingResult
+from study_procs import HANG_S
 
 from tunegap.config import TrialConfig
 from tunegap.engine import Engine
@@ -264,7 +265,7 @@ def killed_experiment(tmp_path: Path, data_dir: Path) -> Path:
     storage = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, str(script), str(storage), json.dumps(config(data_dir)), str(KILL_AT)],
-        env=env, start_new_session=True, capture_output=True, text=True, timeout=300,
+        env=env, start_new_session=True, capture_output=True, text=True, timeout=HANG_S,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     return storage / "exp"

@@ -32,6 +32,7 @@ import click
 import jsonschema
 import pytest
 import yaml
+from study_procs import HANG_S
 
 import tunegap.runner.options as study_module
 from tunegap.cli import options_from_args
@@ -310,7 +311,7 @@ def test_the_synced_checkout_does_not_hide_the_installed_package(target, tmp_pat
     done = subprocess.run(
         [sys.executable, "-m", "tunegap.studies.ghost_size", "--help"],
         cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--batch-sizes" in done.stdout
@@ -538,7 +539,7 @@ def test_start_mlflow_serves_on_loopback_only_and_stop_mlflow_ends_it(tmp_path):
     (tmp_path / ".tunegap_env").write_text(f"export TUNEGAP_MLFLOW_PORT={port}\n")
     pid_file = tmp_path / "mlflow" / "server.pid"
     try:
-        setup_step(tmp_path, "start-mlflow", check=True, timeout=240)
+        setup_step(tmp_path, "start-mlflow", check=True, timeout=HANG_S)
         pgid = int(pid_file.read_text())
         assert _listening(port) == {"0100007F"}  # 127.0.0.1, and nothing else
         argv = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")

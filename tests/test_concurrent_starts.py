@@ -11,6 +11,7 @@ import sys
 
 import pandas as pd
 import pytest
+from study_procs import HANG_S
 
 STUDIES = 3
 
@@ -30,7 +31,7 @@ def test_three_identical_studies_started_together_all_finish(tmp_path, data_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(STUDIES)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [p.communicate(timeout=HANG_S) for p in procs]
     for proc, (_out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert "Traceback" not in err, err

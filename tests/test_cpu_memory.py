@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from study_procs import HANG_S
 
 from tunegap.cpu_memory import MODE_VARIABLE
 
@@ -81,7 +82,7 @@ def clean_env(mode: str | None) -> dict[str, str]:
 def run_python(code: str, *args: str, mode: str | None = None) -> dict:
     env = clean_env(mode)
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -129,7 +130,7 @@ def test_unknown_mode_is_refused_before_training(tmp_path):
     env = clean_env("jemalloc")
     proc = subprocess.run(
         [sys.executable, "-m", "tunegap.train", "--batch-size", "64", "--epochs", "1"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=HANG_S,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -157,7 +158,7 @@ print(json.dumps([r.data.params.get("resolved_cpu_malloc") for r in runs]))
 @pytest.mark.slow
 def test_study_trials_run_and_log_the_mode_the_driver_was_given(tmp_path, data_dir):
     proc = subprocess.run([sys.executable, "-c", STUDY, str(tmp_path), str(data_dir)],
-                          capture_output=True, text=True, env=clean_env("heap"), timeout=400)
+                          capture_output=True, text=True, env=clean_env("heap"), timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     modes = json.loads(proc.stdout.strip().splitlines()[-1])
     assert modes == ["heap"] * 3, modes  # two grid points and the baseline

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from study_procs import HANG_S
 from test_datasets import write_mnist
 
 from tunegap.config import TrialConfig
@@ -42,7 +43,7 @@ def test_tunegap_train_trains_fashion_cnn_on_the_real_files(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tunegap", "train", "--workload",
                            "fashion-cnn", "--batch-size", "2048", "--epochs", "1",
                            "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=HANG_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("# completed: test_acc")
@@ -61,7 +62,7 @@ def test_files_in_data_dir_are_read_and_an_empty_one_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tunegap", "train", "--workload",
                            "fashion-cnn", "--data-dir", str(tmp_path / "empty"),
                            "--batch-size", "128", "--epochs", "1"], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_S)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Fashion-MNIST is not in --data-dir" in lines[0]

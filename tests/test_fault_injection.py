@@ -17,6 +17,7 @@ import pytest
 from ballast import fill
 from mlflow_checks import trial_runs_logged_once
 from study_procs import (
+    HANG_S,
     MlflowServer,
     kill_group,
     regime_study,
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 EXPERIMENT = "tunegap/regime_length"
 
 
-def finish(proc: subprocess.Popen, timeout_s: float = 300) -> int:
+def finish(proc: subprocess.Popen, timeout_s: float = HANG_S) -> int:
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -61,7 +62,7 @@ def resume_after_freeing(ballast: Path, command: list[str], storage: Path,
     """Free the space, run the same command with --resume: it finishes every trial once."""
     ballast.unlink()
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
+                             timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     assert_complete(storage, tracking_uri)
@@ -105,7 +106,7 @@ def test_ctrl_c_stops_in_one_line_marks_the_parent_killed_and_resumes(tmp_path, 
     assert parent.info.status == "KILLED"
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
+                             timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_complete(storage, uri)
 
@@ -132,7 +133,7 @@ def test_tracking_server_killed_mid_study_loses_nothing(tmp_path, data_dir):
 
         server.start()
         resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                                 timeout=600)
+                                 timeout=HANG_S)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "logged what 3 trial run(s) missed" in resumed.stdout
         assert_complete(storage, server.uri)
@@ -155,7 +156,7 @@ def test_storage_turned_read_only_stops_in_one_line_and_resumes(tmp_path, data_d
 
     remount(small_mount, "rw")
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
-                             timeout=600)
+                             timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_complete(storage, uri)
 
@@ -181,7 +182,7 @@ def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
     filler = [sys.executable, str(Path(__file__).with_name("fill_at_final_tables.py")),
               *command[2:]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
-    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert first.returncode == 1, first.stderr[-3000:]
     full_disk_line(first.stderr)
     resume_after_freeing(small_mount / "ballast", command, storage, uri)
@@ -197,7 +198,7 @@ def test_a_disk_that_fills_during_a_checkpoint_stops_in_one_line_and_resumes(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount),
            "TUNEGAP_TEST_FILL_AT_EPOCH": "10",
            "PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])}
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert (small_mount / "ballast").exists(), "the checkpoint hook never ran"
     assert first.returncode == 1, first.stderr[-3000:]
     full_disk_line(first.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from study_procs import HANG_S
 from test_datasets import write_mnist
 
 from tunegap import RunOptions, Study, StudyError, run_study
@@ -166,7 +167,7 @@ def test_fractional_gpu_shares_pack_trials_onto_one_gpu(tmp_path, data_dir, gpus
         [sys.executable, "-c", SHARE_SCRIPT, str(gpus_per_trial), str(tmp_path), str(data_dir)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=HANG_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

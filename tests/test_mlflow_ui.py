@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from gap_records import study_records
+from study_procs import HANG_S
 
 from tunegap.analysis.cells import compute_cells
 from tunegap.analysis.tables import build_tables
@@ -178,9 +179,9 @@ def test_printed_url_opens_the_runs_in_a_real_browser(finished_study):
         browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                    "--virtual-time-budget=15000", "--window-size=1400,900"]
         dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True,
-                             timeout=120).stdout
+                             timeout=HANG_S).stdout
         subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True,
-                       timeout=120)
+                       timeout=HANG_S)
         keep = os.environ.get("TUNEGAP_UI_SHOT")
         if keep:  # where to keep what the browser saw, to look at it
             shutil.copy(shot, keep)

@@ -33,6 +33,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow_checks import trial_runs_logged_once
+from study_procs import HANG_S
 
 from tunegap.analysis.tables import read_tables
 
@@ -92,7 +93,7 @@ class LocalCluster:
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=120,
+                timeout=HANG_S,
                 start_new_session=True,
             )
         assert done.returncode == 0, f"ray start {name} failed:\n{log.read_text()[-3000:]}"
@@ -239,7 +240,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint(local_cluster, tmp_path,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + HANG_S
         while live_progress(local_cluster) < KILL_AFTER_EPOCHS and proc.poll() is None:
             assert time.monotonic() < deadline, "the study never got going"
             time.sleep(0.05)
@@ -317,7 +318,7 @@ def test_a_plugin_workload_trains_on_the_other_node(local_cluster, tmp_path, dat
          "--seeds", "1", "--address", local_cluster.address, "--device", "cpu", "--quiet",
          "--storage-path", str(tmp_path / "results"),
          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        env=local_cluster.env, capture_output=True, text=True, timeout=300,
+        env=local_cluster.env, capture_output=True, text=True, timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "results" / "ghost_size").glob("2*")

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from ray import tune
-from study_procs import kill_group, start, wait_for_epochs
+from study_procs import HANG_S, kill_group, start, wait_for_epochs
 
 from tunegap.analysis.tables import read_tables
 from tunegap.runner.tuner import (
@@ -117,7 +117,7 @@ def test_killed_optuna_study_resumes_the_same_optuna_study(tmp_path, data_dir):
     wait_for_epochs(proc, storage, 16, study="lr_scaling")
     kill_group(proc)
     resumed = subprocess.run(study_command(storage, tracking_uri, data_dir, "--resume"),
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (run_dir,) = sorted((storage / "lr_scaling").glob("2*"))
     stored = check_study_matches_trials(run_dir)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from study_procs import HANG_S
 
 from tunegap import TrialConfig, get_workload
 from tunegap.names import TABLE1_COLUMNS
@@ -64,7 +65,7 @@ def test_table1_quick_runs_and_says_when_the_paper_has_no_row(data_dir):
     done = subprocess.run(
         [sys.executable, "-m", "tunegap.table1_quick", "--epochs", "1", "--device", "cpu",
          "--data-dir", str(data_dir), "--large-batch-size", "512"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=HANG_S,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from study_procs import HANG_S
 
 import tunegap
 from tunegap.analysis.tables import read_tables
@@ -183,7 +184,7 @@ def test_plugin_workload_survives_a_killed_driver_and_resume(plugin_file, tmp_pa
         counts = [len(p.read_text().splitlines()) for p in root.glob("2*/*/result.json")]
         return max(counts, default=0)
 
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_S
     while epochs_done() < 20 and proc.poll() is None:
         assert time.monotonic() < deadline, "the study never got going"
         time.sleep(0.1)
@@ -193,7 +194,7 @@ def test_plugin_workload_survives_a_killed_driver_and_resume(plugin_file, tmp_pa
     time.sleep(2)
     assert epochs_done() < 240
 
-    resumed = run([*command, "--resume"], cwd=tmp_path, timeout=600)
+    resumed = run([*command, "--resume"], cwd=tmp_path, timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (run_dir,) = root.glob("2*")
     trials, epochs = read_tables(run_dir)
@@ -224,11 +225,11 @@ def test_an_installed_package_exposes_workloads_through_the_entry_point_group(tm
     (info / "entry_points.txt").write_text("[tunegap.workloads]\nlab = lab_pkg\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([*tunegap_command(), "list"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     assert any(line.split()[:1] == ["lab-workload"] for line in done.stdout.splitlines())
     # And a study accepts it by name, with no --plugin (validated before Ray: a bad knob).
     bad = subprocess.run([*tunegap_command(), "run", "ghost_size", "--workload", "lab-workload",
                           "--batch-sizes", "0"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=HANG_S)
     assert bad.returncode == 2 and "unknown workload" not in bad.stderr

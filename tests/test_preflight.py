@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from study_procs import HANG_S
 
 from tunegap.config import TrialConfig
 from tunegap.preflight import PreflightError, preflight
@@ -120,7 +121,7 @@ def tunegap_command() -> list[str]:
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def study_argv(workload: str, plugin: Path, tmp_path: Path) -> list[str]:

@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow_checks import trial_runs_logged_once
+from study_procs import HANG_S
 
 from tunegap.analysis.tables import read_tables
 
@@ -62,7 +63,7 @@ def test_killed_study_resumes_every_trial_exactly_once(tmp_path, data_dir):
 
     proc = subprocess.Popen(study_command(killed, data_dir), start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_S
     while longest_trial_progress(killed) < 20 and proc.poll() is None:
         assert time.monotonic() < deadline, "the study never got going"
         time.sleep(0.2)
@@ -74,10 +75,10 @@ def test_killed_study_resumes_every_trial_exactly_once(tmp_path, data_dir):
     assert 20 <= interrupted_at < 80
 
     resumed = subprocess.run(study_command(killed, data_dir, "--resume"), env=env,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     plain = subprocess.run(study_command(straight, data_dir), env=env,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=HANG_S)
     assert plain.returncode == 0, plain.stderr[-3000:]
 
     trials, epochs = read_tables(run_dir_of(killed))
@@ -116,7 +117,7 @@ def test_a_driver_killed_while_tune_writes_its_state_resumes_from_the_last_good_
     killer = [sys.executable, str(Path(__file__).with_name("kill_at_state_write.py")),
               *command[2:]]
     proc = subprocess.run(killer, env=env, start_new_session=True, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG_S)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     time.sleep(2)  # let Ray's own processes notice their driver is gone
     run_dir = run_dir_of(tmp_path)
@@ -128,7 +129,7 @@ def test_a_driver_killed_while_tune_writes_its_state_resumes_from_the_last_good_
     assert finished, "no trial had finished when the driver was killed"
 
     resumed = subprocess.run(study_command(tmp_path, data_dir, "--resume"), env=env,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=HANG_S)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"--resume: {state.name} was cut short" in resumed.stderr
     assert "Traceback" not in resumed.stderr

@@ -27,7 +27,7 @@ from typing import ClassVar
 import mlflow
 import pytest
 from ray import cloudpickle
-from study_procs import MlflowServer
+from study_procs import HANG_S, MlflowServer
 
 from tunegap.tracking import (
     MlflowTrackingCallback,
@@ -166,13 +166,13 @@ def test_concurrent_studies_share_a_new_sqlite_file(tmp_path: Path) -> None:
         for i in range(procs)
     ]
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG_S
         while len(list(tmp_path.glob("ready-*"))) < procs:
             assert all(p.poll() is None for p in started), "a study process died on import"
             assert time.monotonic() < deadline, "the study processes never got ready"
             time.sleep(0.05)
         (tmp_path / "go").touch()
-        outputs = [p.communicate(timeout=300)[0] for p in started]
+        outputs = [p.communicate(timeout=HANG_S)[0] for p in started]
     finally:
         for p in started:
             p.kill()

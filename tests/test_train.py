@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from study_procs import HANG_S
 
 from tunegap.config import TrialConfig
 from tunegap.engine import Engine
@@ -138,7 +139,7 @@ def test_cli_runs_one_config_end_to_end(data_dir):
         [sys.executable, "-m", "tunegap.train", "--batch-size", "2048", "--ghost-batch-size",
          "32", "--lr-exponent", "0.5", "--regime-multiplier", "matched", "--epochs", "1",
          "--device", "cpu", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=HANG_S,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -150,7 +151,7 @@ def test_cli_runs_one_config_end_to_end(data_dir):
 def test_cli_bad_input_as_a_real_process():
     proc = subprocess.run(
         [sys.executable, "-m", "tunegap.train", "--batch-size", "64", "--ghost-batch-size", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_S,
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1
