@@ -29,12 +29,8 @@ import pandas as pd
 from _provenance import git_commit
 
 from tunegap import RunOptions, run_study
-from tunegap.analysis.decide import (
-    CONFIDENCE,
-    DEFAULT_MARGIN,
-    MAX_SEEDS_TO_DECIDE,
-    seeds_for_power,
-)
+from tunegap.analysis.decide import CONFIDENCE, DEFAULT_MARGIN
+from tunegap.analysis.power import MAX_SEEDS_TO_DECIDE, seeds_for_power
 from tunegap.studies import ghost_size
 
 MAX_N = MAX_SEEDS_TO_DECIDE
@@ -43,7 +39,7 @@ MAX_N = MAX_SEEDS_TO_DECIDE
 def seeds_needed(base: np.ndarray, cell: np.ndarray, margin: float, *,
                  paired: bool = False) -> int | None:
     """Smallest n (>= 2) deciding at 80% power if the observed gap and spreads were the
-    truth (`decide.seeds_for_power`, the rule behind `seeds_to_decide`); paired: on the
+    truth (`power.seeds_for_power`, the rule behind `seeds_to_decide`); paired: on the
     per-seed differences."""
     if paired:
         k = min(len(base), len(cell))

@@ -9,13 +9,13 @@ from scipy import stats
 
 from tunegap.analysis.cells import compute_cells, verdict_counts
 from tunegap.analysis.decide import (
-    MAX_SEEDS_TO_DECIDE,
     VERDICTS,
     GapDecision,
     closed_p_value,
     decide_gap,
     holm,
 )
+from tunegap.analysis.power import MAX_SEEDS_TO_DECIDE
 from tunegap.analysis.report import baseline_summary
 from tunegap.analysis.tables import build_tables, read_tables, write_tables
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tunegap.analysis.power import seeds_for_power
 from tunegap.names import TRAINING_KNOBS
 
 __all__ = [
@@ -62,10 +63,8 @@ __all__ = [
     "EQUIVALENT",
     "FAMILY_ALPHA",
     "INCONCLUSIVE",
-    "MAX_SEEDS_TO_DECIDE",
     "OPEN",
     "OPTIONAL_KNOBS",
-    "POWER",
     "VERDICTS",
     "WORSE",
     "Effect",
@@ -79,7 +78,6 @@ __all__ = [
     "map_verdicts",
     "paired_effect",
     "rule_sentence",
-    "seeds_for_power",
 ]
 
 # Only knobs of a cell when a study sets them on some trial; otherwise always missing. The
@@ -89,8 +87,6 @@ OPTIONAL_KNOBS: tuple[str, ...] = ("base_lr_override", "epochs_override", *TRAIN
 DEFAULT_MARGIN = 0.5
 FAMILY_ALPHA = 0.05  # each one-sided test, over all looks (and over a map, after Holm)
 CONFIDENCE = 1 - 2 * FAMILY_ALPHA  # the interval of a one-look design: 90%
-POWER = 0.80  # what `seeds_to_decide` plans for
-MAX_SEEDS_TO_DECIDE = 1000
 # Trials-table column each accuracy mode judges a trial by.
 ACCURACIES: dict[str, str] = {"final": "test_acc", "best": "best_test_acc"}
 
@@ -431,25 +427,3 @@ def _welch_interval(base: np.ndarray, other: np.ndarray, confidence: float) -> t
         test = stats.ttest_ind(base, other, equal_var=False)
         interval = test.confidence_interval(confidence)
     return float(interval.low), float(interval.high)
-
-
-def seeds_for_power(gap: float, var_b: float, var_c: float, *, margin: float,
-                    confidence: float, more_than: int) -> int | None:
-    """The smallest n in (more_than, MAX_SEEDS_TO_DECIDE] at which a Welch test at this
-    confidence, with n seeds a side, decides with probability POWER if `gap` and the
-    sample variances `var_b`, `var_c` were the truth; None if none does. A paired design is
-    var_b = the variance of the per-seed differences and var_c = 0 (then df = n - 1)."""
-    if more_than >= MAX_SEEDS_TO_DECIDE or var_b + var_c == 0 or gap == margin:
-        return None
-    from scipy import stats
-
-    n = np.arange(more_than + 1, MAX_SEEDS_TO_DECIDE + 1, dtype=float)
-    se = np.sqrt((var_b + var_c) / n)
-    # Welch–Satterthwaite with n seeds on both sides: (vb + vc)^2 (n - 1) / (vb^2 + vc^2).
-    df = (var_b + var_c) ** 2 * (n - 1) / (var_b**2 + var_c**2)
-    t_test = stats.t.ppf(0.5 + confidence / 2, df)
-    # Power of the one-sided test on the side the gap lies: P(T > t_test - |gap - M| / se),
-    # with T ~ t(df) (a central-t approximation of the noncentral t, fine for planning).
-    power = stats.t.sf(t_test - abs(gap - margin) / se, df)
-    hits = np.flatnonzero(power >= POWER)
-    return int(n[hits[0]]) if hits.size else None
