@@ -5,7 +5,7 @@
     python scripts/regenerate_studies.py --dry-run        # print the commands, run nothing
     python scripts/regenerate_studies.py --only table1 --companion-only  # table1 --protocol authors
 
-Per study: run its recorded command (`COMMANDS`: `tunegap run NAME` at its defaults, in a new
+Per study: run its recorded command (`shipped_studies.COMMANDS`: `tunegap run NAME` at its defaults, in a new
 temporary folder for `--storage-path` and the MLflow `--tracking-uri`, `--quiet`), then
 `write_folder` copies the run folder's `trials.parquet`, `cells.csv`, figures (`*.png`) and
 any other `*.csv` (e.g. `frontier.csv`) into `studies/<name>/`, after removing the stale
@@ -13,7 +13,7 @@ files of those kinds there, and writes its README.md: a header (the study's ques
 exact command, hardware, package versions, git commit, wall time measured here), then
 "## Result", the run's own `summary.md` verbatim, the figures beside it. No sentence is
 typed by hand: where a study module defines `interpretation(cells, trials, epochs) -> str`,
-its output follows. Last, `readme_table` rebuilds the root README's study table (between
+its output follows. Last, `readme_studies.readme_table` rebuilds the root README's study table (between
 `TABLE_START` and `TABLE_END`) from every `studies/*/cells.csv`: the verdict counts at each
 study's margin, and for the frontier the closing multiplier per batch size; and
 `readme_real_data.py` its paragraph on real against generated data.
@@ -44,47 +44,16 @@ import pandas as pd
 
 # Its sibling module, importable however this script is loaded (run, or by file in tests).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_real_data import REGION_START, real_data_paragraph, replace_region
+from readme_studies import readme_table, rewrite_readme
+from shipped_studies import COMMANDS, COMPANIONS, QUESTION_PREFIX, question_of, study_of
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES_ROOT = REPO / "studies"
 README = REPO / "README.md"
-TABLE_START = "<!-- studies:start -->"
-TABLE_END = "<!-- studies:end -->"
-# Each study's options beyond `tunegap run NAME` (its defaults), in the README's order.
-COMMANDS: dict[str, tuple[str, ...]] = {
-    "ghost_size": (),
-    "batch_size": (),
-    "lr_scaling": (),
-    "regime_length": (),
-    "table1": (),
-    "diffusion": (),
-    "frontier": ("--batch-sizes", "256,1024", "--margin", "1.0", "--max-seeds", "3",
-                 "--epochs", "4"),
-    "warmup": (),
-    "optimizers": (),
-    # The same questions on real images (Fashion-MNIST from Debian's package).
-    "table1_fashion": ("--workload", "fashion-cnn", "--max-seeds", "6"),
-    "table1_fashion_f1": ("--workload", "fashion-f1", "--max-seeds", "6"),
-    # Margin 0.5 as table1_fashion: the real data's gaps are a point or two, not MNIST-1D's.
-    "frontier_fashion": ("--workload", "fashion-cnn", "--batch-sizes", "1024", "--max-seeds", "3"),
-}
-# Folders that hold a study under another name: the study each one runs.
-STUDY_OF: dict[str, str] = {"table1_fashion": "table1", "table1_fashion_f1": "table1",
-                             "frontier_fashion": "frontier"}
-# A second run of a study under other options, written to `studies/<name>/<subfolder>/`, and
-# the study module's function (cells_main, cells_companion, workload) -> markdown that puts
-# both side by side in the study's README.
-COMPANIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "table1": ("authors", ("--protocol", "authors"), "protocols_markdown"),
-}
-# Studies whose result column is the closing multiplier per batch size.
-FRONTIER_STUDIES = ("frontier",)
 PACKAGES = ("torch", "ray", "mlflow", "optuna")
 # What a study folder holds from its run; the kinds `write_folder` replaces.
 TABLE_FILES = ("trials.parquet", "cells.csv")
 COPIED_PATTERNS = ("*.png", "*.csv")
-QUESTION_PREFIX = "> **Question:** "
 TMP = "$TMP"  # how the command shows the temporary folder
 IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
@@ -114,22 +83,10 @@ def study_args(name: str, tmp: str = TMP, extra: Sequence[str] = ()) -> list[str
             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--quiet"]
 
 
-def study_of(folder: str) -> str:
-    """The study a folder of `studies/` holds (`STUDY_OF`, else its own name)."""
-    return STUDY_OF.get(folder, folder)
-
-
 def display_command(name: str, extra: Sequence[str] = ()) -> str:
     """The command as the README shows it: `tunegap ...`, the temporary folder as $TMP."""
     return " ".join(a if TMP in a else shlex.quote(a)
                     for a in ["tunegap", *study_args(name, extra=extra)])
-
-
-def question_of(name: str) -> str:
-    """The module's QUESTION, else the first paragraph of its docstring, on one line."""
-    module = importlib.import_module(f"tunegap.studies.{name}")
-    text = getattr(module, "QUESTION", None) or (module.__doc__ or "").strip().split("\n\n")[0]
-    return " ".join(text.split())
 
 
 def hardware() -> str:
@@ -291,101 +248,6 @@ def _run_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         trials = pd.read_parquet(run_dir / "trials.parquet")
         epochs = pd.DataFrame(columns=EPOCHS_SCHEMA.names)
     return cells, trials, epochs
-
-
-# --------------------------------------------------------------------- the root README table
-
-
-def readme_table(studies_root: str | os.PathLike[str], *, link_root: str = "studies") -> str:
-    """The root README's study table, from every `<studies_root>/<name>/` with a cells.csv:
-    the study, its question (from its README.md, else its module) and, linked to its README.md, the verdict
-    counts of its cells at its margin (for a frontier study: per batch size the smallest
-    closed regime multiplier, or "not closed")."""
-    root = Path(studies_root)
-    names = [n for n in COMMANDS if (root / n / "cells.csv").is_file()]
-    names += sorted(p.parent.name for p in root.glob("*/cells.csv") if p.parent.name not in names)
-    lines = [
-        "| study | question | result (generated from its cells.csv) |",
-        "|---|---|---|",
-    ]
-    for name in names:
-        folder = root / name
-        bracket = folder / "frontier.csv"
-        result = result_text(pd.read_csv(folder / "cells.csv"), frontier=study_of(name) in FRONTIER_STUDIES,
-                             brackets=pd.read_csv(bracket) if bracket.is_file() else None)
-        question = _readme_question(folder / "README.md").replace("|", "\\|")
-        lines.append(f"| `{name}` | {question} | [{result}]({link_root}/{name}/README.md) |")
-    return "\n".join(lines)
-
-
-def result_text(cells: pd.DataFrame, *, frontier: bool = False,
-                brackets: pd.DataFrame | None = None) -> str:
-    """"closed 2, open 5, inconclusive 3 at margin 0.5 (Holm: closed 1, open 4)" from a cells
-    table (Holm's open count only where the table was judged both ways: a cells.csv of the
-    second release adjusted "closed" alone); with `frontier`, per batch size the bracket of
-    its frontier.csv where it has one, else the smallest closed multiplier, first."""
-    if "verdict" not in cells.columns or "margin" not in cells.columns:
-        return "no verdicts in its cells.csv: regenerate it"
-    grid = cells[~cells["is_baseline"].astype(bool)]
-    counts = grid["verdict"].value_counts()
-    parts = [f"{v} {int(counts.get(v, 0))}" for v in ("closed", "open", "inconclusive")]
-    parts += [f"{v} {int(counts[v])}" for v in ("at the margin", "diverged", "error")
-              if counts.get(v, 0)]
-    text = ", ".join(parts) + f" at margin {float(cells['margin'].iloc[0]):g}"
-    if "verdict_holm" in grid.columns:
-        holm = grid["verdict_holm"]
-        both_ways = "p_value_open_holm" in grid.columns
-        text += (f" (Holm: closed {int((holm == 'closed').sum())}"
-                 + (f", open {int((holm == 'open').sum())})" if both_ways else ")"))
-    if len(grid):
-        from tunegap.analysis.decide import ANSWERED
-
-        done = grid["verdict"].isin(ANSWERED).sum()
-        text += f"; decided or at the margin {int(done)}/{len(grid)}"
-    if frontier:
-        parts = ([f"B={r.batch_size}: {r.bracket}" for r in brackets.itertuples()]
-                 if brackets is not None and "bracket" in brackets.columns
-                 else _frontier_parts(grid))
-        text = "; ".join(parts) + f". Cells: {text}"
-    return text
-
-
-def _frontier_parts(grid: pd.DataFrame) -> list[str]:
-    parts = []
-    for batch, group in grid.groupby("batch_size", sort=True):
-        closed = group.loc[group["verdict"] == "closed", "multiplier"]
-        if len(closed):
-            parts.append(f"B={batch}: closed at multiplier {float(closed.min()):g}")
-        else:
-            parts.append(f"B={batch}: not closed (probed up to {float(group['multiplier'].max()):g})")
-    return parts
-
-
-def _readme_question(readme: Path) -> str:
-    """The question line `header` wrote, else the study module's question, else "—"."""
-    if readme.is_file():
-        for line in readme.read_text().splitlines():
-            if line.startswith(QUESTION_PREFIX):
-                return line.removeprefix(QUESTION_PREFIX).strip()
-    try:
-        return question_of(study_of(readme.parent.name))
-    except ModuleNotFoundError:
-        return "—"
-
-
-def replace_table(readme_text: str, table: str) -> str:
-    """`readme_text` with everything between TABLE_START and TABLE_END replaced by `table`."""
-    return replace_region(readme_text, table, TABLE_START, TABLE_END)
-
-
-def rewrite_readme(readme: Path, studies_root: Path) -> None:
-    """The root README's study table and, where the README has its region and the studies
-    it reads are shipped, its generated paragraph on real against generated data."""
-    text = replace_table(readme.read_text(), readme_table(studies_root))
-    paragraph = real_data_paragraph(studies_root)
-    if paragraph is not None and REGION_START in text:
-        text = replace_region(text, paragraph)
-    readme.write_text(text)
 
 
 # ----------------------------------------------------------------------------------- driver

@@ -20,6 +20,8 @@ spec = importlib.util.spec_from_file_location("regenerate_studies", SCRIPT)
 regen = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = regen  # dataclasses look their module up there
 spec.loader.exec_module(regen)
+import readme_studies  # noqa: E402  (on the path once the script is loaded)
+import shipped_studies  # noqa: E402
 
 SUMMARY = "# tunegap study `fake`\n\n| batch | verdict |\n|---|---|\n\n![gap_map.png](gap_map.png)\n"
 
@@ -137,14 +139,14 @@ def test_readme_table_counts_each_study_verdicts_at_its_margin(run_dir, tmp_path
     (root / "frontier").mkdir()
     frontier_cells().to_csv(root / "frontier" / "cells.csv", index=False)
     (root / "unrelated").mkdir()  # no cells.csv: not a study folder
-    assert regen.readme_table(root).splitlines() == [
+    assert readme_studies.readme_table(root).splitlines() == [
         "| study | question | result (generated from its cells.csv) |",
         "|---|---|---|",
         "| `ghost_size` | Which ghosts? | [closed 0, open 1, inconclusive 2, diverged 1, error 1 "
         "at margin 0.5 (Holm: closed 0, open 1); decided or at the margin 1/5]"
         "(studies/ghost_size/README.md) |",
         # No README written: the question is the module's.
-        f"| `frontier` | {regen.question_of('frontier')} | [B=256: closed at multiplier 4; "
+        f"| `frontier` | {shipped_studies.question_of('frontier')} | [B=256: closed at multiplier 4; "
         "B=1024: not closed (probed up to 32). Cells: closed 2, open 2, inconclusive 2 at "
         "margin 1 (Holm: closed 1); decided or at the margin 4/6]"
         "(studies/frontier/README.md) |",
@@ -154,8 +156,8 @@ def test_readme_table_counts_each_study_verdicts_at_its_margin(run_dir, tmp_path
 def test_a_folder_holding_a_frontier_under_another_name_reads_as_a_frontier(tmp_path):
     (tmp_path / "frontier_fashion").mkdir()
     frontier_cells().to_csv(tmp_path / "frontier_fashion" / "cells.csv", index=False)
-    (row,) = regen.readme_table(tmp_path).splitlines()[2:]
-    assert row.startswith(f"| `frontier_fashion` | {regen.question_of('frontier')} | "
+    (row,) = readme_studies.readme_table(tmp_path).splitlines()[2:]
+    assert row.startswith(f"| `frontier_fashion` | {shipped_studies.question_of('frontier')} | "
                           "[B=256: closed at multiplier 4; B=1024: not closed")
 
 
@@ -163,18 +165,18 @@ def test_readme_table_says_when_a_cells_table_has_no_verdicts(tmp_path):
     (tmp_path / "table1").mkdir()
     pd.DataFrame({"batch_size": [32], "status": ["baseline"]}).to_csv(
         tmp_path / "table1" / "cells.csv", index=False)
-    assert "[no verdicts in its cells.csv: regenerate it]" in regen.readme_table(tmp_path)
+    assert "[no verdicts in its cells.csv: regenerate it]" in readme_studies.readme_table(tmp_path)
 
 
 def test_replace_table_touches_only_the_marked_region():
-    readme = (f"# T\n\n## Studies\n\nintro\n\n{regen.TABLE_START}\n| old | row |\n"
-              f"{regen.TABLE_END}\n\nafter\n")
-    new = regen.replace_table(readme, "| new | row |\n")
-    assert new == (f"# T\n\n## Studies\n\nintro\n\n{regen.TABLE_START}\n| new | row |\n"
-                   f"{regen.TABLE_END}\n\nafter\n")
-    assert regen.replace_table(new, "| new | row |") == new
+    readme = (f"# T\n\n## Studies\n\nintro\n\n{readme_studies.TABLE_START}\n| old | row |\n"
+              f"{readme_studies.TABLE_END}\n\nafter\n")
+    new = readme_studies.replace_table(readme, "| new | row |\n")
+    assert new == (f"# T\n\n## Studies\n\nintro\n\n{readme_studies.TABLE_START}\n| new | row |\n"
+                   f"{readme_studies.TABLE_END}\n\nafter\n")
+    assert readme_studies.replace_table(new, "| new | row |") == new
     with pytest.raises(ValueError, match="studies:start"):
-        regen.replace_table("# no markers\n", "| x |")
+        readme_studies.replace_table("# no markers\n", "| x |")
 
 
 def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_path, capsys):
@@ -184,7 +186,7 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
     assert regen.display_command("frontier") == (
         "tunegap run frontier --batch-sizes 256,1024 --margin 1.0 --max-seeds 3 --epochs 4 "
         "--storage-path $TMP/results --tracking-uri sqlite:///$TMP/mlflow.db --quiet")
-    assert list(regen.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
+    assert list(shipped_studies.COMMANDS) == ["ghost_size", "batch_size", "lr_scaling", "regime_length",
                                     "table1", "diffusion", "frontier", "warmup", "optimizers",
                                     "table1_fashion", "table1_fashion_f1", "frontier_fashion"]
     # A folder holding a study under another name runs that study.
@@ -200,20 +202,20 @@ def test_commands_are_the_study_defaults_with_a_fresh_store(monkeypatch, tmp_pat
 
     monkeypatch.setattr(subprocess, "run", no_run)
     readme = tmp_path / "README.md"
-    readme.write_text(f"{regen.TABLE_START}\n{regen.TABLE_END}\n")
+    readme.write_text(f"{readme_studies.TABLE_START}\n{readme_studies.TABLE_END}\n")
     assert regen.main(["--dry-run", "--only", "diffusion", "--studies-root", str(tmp_path),
                        "--readme", str(readme)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("diffusion: tunegap run diffusion --storage-path $TMP/results")
     assert "ghost_size" not in out.splitlines()[0]
-    assert readme.read_text() == f"{regen.TABLE_START}\n{regen.TABLE_END}\n"  # unwritten
+    assert readme.read_text() == f"{readme_studies.TABLE_START}\n{readme_studies.TABLE_END}\n"  # unwritten
 
 
 def test_header_facts_come_from_this_machine():
     assert regen.hardware().startswith("CPU ") and "; GPU: " in regen.hardware()
     assert set(regen.versions()) >= {"python", "torch", "ray", "mlflow"}
-    assert "does the weight distance" in regen.question_of("diffusion").lower()
-    assert "\n" not in regen.question_of("frontier")
+    assert "does the weight distance" in shipped_studies.question_of("diffusion").lower()
+    assert "\n" not in shipped_studies.question_of("frontier")
 
 
 def test_a_companion_run_is_put_beside_the_main_one(run_dir, tmp_path):
@@ -230,14 +232,14 @@ def test_a_companion_run_is_put_beside_the_main_one(run_dir, tmp_path):
     assert "verdict at 0.5" in section and "verdict at 1" in section
     assert "| SB |" in section and "| LB |" in section
     assert "Columns whose verdict is the same under both protocols:" in section
-    assert regen.COMPANIONS["table1"][1] == ("--protocol", "authors")
+    assert shipped_studies.COMPANIONS["table1"][1] == ("--protocol", "authors")
 
 
 def test_every_study_interpretation_takes_the_three_tables():
     import inspect
 
-    for name in regen.COMMANDS:
-        module = importlib.import_module(f"tunegap.studies.{regen.study_of(name)}")
+    for name in shipped_studies.COMMANDS:
+        module = importlib.import_module(f"tunegap.studies.{shipped_studies.study_of(name)}")
         found = getattr(module, "interpretation", None)
         if found is not None:
             assert len(inspect.signature(found).parameters) == 3, name
