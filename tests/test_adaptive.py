@@ -14,6 +14,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from tunegap.analysis.decide import decide_gap
+from tunegap.analysis.tables import best_epoch_test_acc
 from tunegap.runner.adaptive import (
     FixedSequences,
     FrontierSearch,
@@ -136,6 +137,32 @@ def test_a_diverging_cell_stops_and_errors_count_as_unusable():
         n += 1
     assert out == Searcher.FINISHED
     assert len(seeds_by_cell(suggested)[cell_key(cell(2048))]) == 3
+
+
+def test_best_accuracy_is_judged_at_the_best_validation_epoch_as_the_trials_table_does():
+    # Each trial peaks on the test set at epoch 2 but on the validation split at epoch 3:
+    # the searcher must judge the test accuracy at epoch 3, as `best_test_acc` does, never
+    # the highest test accuracy (that would peek at the test set).
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(256)]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=3,
+                                 accuracy="best")
+    histories = {}
+    for n in range(len(first)):
+        config = searcher.suggest(f"t{n}")
+        shift = config["seed"] / 10 - (config["batch_size"] == 256)
+        history = [{"epoch": 1, "test_acc": 90.0 + shift, "val_acc": 89.0},
+                   {"epoch": 2, "test_acc": 97.0 + shift, "val_acc": 90.0},
+                   {"epoch": 3, "test_acc": 95.0 + shift, "val_acc": 93.0},
+                   {"epoch": 4, "test_acc": 94.0 + shift, "val_acc": 92.0}]
+        # A restored trial reports epoch 2 again, from its checkpoint: the later report wins.
+        history_sent = [*history[:3], {**history[1], "val_acc": 91.0}, history[3]]
+        for row in history_sent[:-1]:
+            searcher.on_trial_result(f"t{n}", row)
+        searcher.on_trial_complete(f"t{n}", {**history[-1], "diverged": False})
+        histories[(cell_key(config), config["seed"])] = history
+    for (key, seed), history in histories.items():
+        judged = searcher.ledger.cells[key].values[seed]
+        assert judged == best_epoch_test_acc(history) == history[2]["test_acc"]
 
 
 def test_frontier_brackets_with_two_fixed_sequences():

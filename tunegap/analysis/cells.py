@@ -44,11 +44,12 @@ from tunegap.analysis.decide import (
     GapDecision,
     SeedDesign,
     check_margin,
+    counted_seeds,
     decide_gap,
     gap_p_values,
     map_verdicts,
 )
-from tunegap.names import CELL_KNOBS, COMPLETED, ERROR, STOPPED, TRAINING_KNOBS
+from tunegap.names import CELL_KNOBS, ERROR, STOPPED, TRAINING_KNOBS
 
 
 class UnmeasurableBaseline(ValueError):
@@ -263,8 +264,7 @@ def _accuracy_interval(acc: pd.Series) -> dict[str, float]:
 
 def _usable_acc(trials: pd.DataFrame, col: str) -> pd.Series:
     acc = pd.to_numeric(trials[col], errors="coerce").astype(float)
-    ok = (trials["outcome"] == COMPLETED).to_numpy() & np.isfinite(acc.to_numpy())
-    return acc[ok]
+    return acc[counted_seeds(trials["outcome"].tolist(), acc.tolist())]
 
 
 def _mean(trials: pd.DataFrame, col: str) -> float:

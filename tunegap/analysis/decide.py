@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis.power import seeds_for_power
-from tunegap.names import TRAINING_KNOBS
+from tunegap.names import COMPLETED, TRAINING_KNOBS
 
 __all__ = [
     "ACCURACIES",
@@ -72,6 +72,7 @@ __all__ = [
     "SeedDesign",
     "check_margin",
     "closed_p_value",
+    "counted_seeds",
     "decide_gap",
     "gap_p_values",
     "holm",
@@ -334,6 +335,18 @@ def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: flo
                   a_mean, b_mean)
 
 
+def counted_seeds(outcomes: Sequence[str], values: Sequence[object]) -> np.ndarray:
+    """Which seeds a verdict counts, as a mask: a trial that completed its regime with a
+    finite judged accuracy. The one rule for the map's cells, the paired comparisons and the
+    searchers that add seeds; diverged, failed and stopped trials are counted apart.
+
+    >>> counted_seeds(["completed", "diverged", "completed"], [91.0, 10.0, float("nan")])
+    array([ True, False, False])
+    """
+    judged = np.array(list(outcomes), dtype=object) == COMPLETED
+    return judged & np.isfinite(_as_floats(values))
+
+
 def judged_accuracy(accuracy: str = "final", validation_fraction: float = 0.0) -> str:
     """Which test accuracy of a trial the verdicts judge, in words: the final epoch's, the
     one at the best epoch on a held-out validation split, or the best over the test
@@ -387,9 +400,13 @@ def _is_finite(value: object) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
+def _as_floats(values: Sequence[object]) -> np.ndarray:
+    return np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"),
+                      dtype=float)
+
+
 def _finite(values: Sequence[float]) -> np.ndarray:
-    array = np.asarray(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"),
-                       dtype=float)
+    array = _as_floats(values)
     return array[np.isfinite(array)]
 
 

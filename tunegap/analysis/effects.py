@@ -42,10 +42,10 @@ from tunegap.analysis.decide import (
     WORSE,
     SeedDesign,
     check_margin,
+    counted_seeds,
     holm,
     paired_effect,
 )
-from tunegap.names import COMPLETED
 
 EFFECTS_FILE = "effects.csv"
 
@@ -187,19 +187,15 @@ def _holm_verdict(row: Mapping[str, Any]) -> str:
 
 
 def _by_seed(trials: pd.DataFrame, knobs: Mapping[str, Any], acc_col: str) -> dict[int, float]:
-    mask = (trials["outcome"] == COMPLETED).to_numpy().copy()
+    mask = counted_seeds(trials["outcome"].tolist(), trials[acc_col].tolist())
     for knob, value in knobs.items():
         if knob not in trials.columns:
             return {}
         # A list, not Series.map: pandas would turn None back into NaN in a float column.
         mask &= np.array([_same(plain_value(v), value) for v in trials[knob].tolist()],
                          dtype=bool)
-    out = {}
-    for seed, acc in zip(trials.loc[mask, "seed"], trials.loc[mask, acc_col], strict=True):
-        acc = float(acc) if acc is not None and not pd.isna(acc) else math.nan
-        if math.isfinite(acc):
-            out[int(seed)] = acc
-    return out
+    return {int(seed): float(acc)
+            for seed, acc in zip(trials.loc[mask, "seed"], trials.loc[mask, acc_col], strict=True)}
 
 
 def _same(value: Any, wanted: Any) -> bool:

@@ -40,9 +40,11 @@ from tunegap.analysis.decide import (
     OPEN,
     GapDecision,
     SeedDesign,
+    counted_seeds,
     decide_gap,
 )
-from tunegap.names import DIVERGED
+from tunegap.analysis.tables import best_epoch_test_acc
+from tunegap.names import COMPLETED, DIVERGED, ERROR
 from tunegap.study import cell_key
 
 
@@ -51,10 +53,11 @@ class CellSeeds:
     config: dict[str, Any]
     seeds: list[int] = field(default_factory=list)
     running: dict[str, int] = field(default_factory=dict)  # trial id -> seed
-    values: dict[int, float | None] = field(default_factory=dict)  # seed -> accuracy
+    values: dict[int, float | None] = field(default_factory=dict)  # seed -> judged accuracy
 
     def usable(self) -> list[float]:
-        return [v for _, v in sorted(self.values.items()) if v is not None and math.isfinite(v)]
+        """The finished seeds' accuracies that a verdict counts, in seed order."""
+        return [v for _, v in sorted(self.values.items()) if v is not None]
 
     def next_config(self) -> dict[str, Any]:
         seed = max(self.seeds, default=-1) + 1
@@ -72,7 +75,9 @@ class SeedLedger:
         self.cells: dict[str, CellSeeds] = {}
         self.baseline = self.add_cell(baseline)
         self.by_trial: dict[str, str] = {}
-        self.best: dict[str, float] = {}
+        # trial id -> epoch -> its test and validation accuracy: enough to judge a trial at
+        # its best epoch by the trials table's own rule (`best_epoch_test_acc`).
+        self.epochs: dict[str, dict[int, dict[str, float]]] = {}
 
     def add_cell(self, config: dict[str, Any]) -> str:
         key = cell_key(config)
@@ -88,9 +93,11 @@ class SeedLedger:
         return config
 
     def record_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        acc = result.get("test_acc")
-        if isinstance(acc, int | float) and math.isfinite(acc):
-            self.best[trial_id] = max(acc, self.best.get(trial_id, -math.inf))
+        epoch = result.get("epoch", result.get("training_iteration"))
+        if isinstance(epoch, int):
+            # A restored trial re-reporting an epoch replaces it, as in the epochs table.
+            self.epochs.setdefault(trial_id, {})[epoch] = {
+                k: result[k] for k in ("test_acc", "val_acc") if isinstance(result.get(k), float | int)}
 
     def finish(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
         key = self.by_trial.get(trial_id)
@@ -100,10 +107,13 @@ class SeedLedger:
         seed = cell.running.pop(trial_id, None)
         if seed is None:
             return
-        value: float | None = None
-        if not error and result and not result.get(DIVERGED):
-            value = result.get("test_acc") if self.accuracy == "final" else self.best.get(trial_id)
-        cell.values[seed] = value
+        outcome = ERROR if error or not result else DIVERGED if result.get(DIVERGED) else COMPLETED
+        history = [row for _, row in sorted(self.epochs.pop(trial_id, {}).items())]
+        # The accuracy the map judges (`decide.ACCURACIES`): the last epoch's, or the test
+        # accuracy at the best epoch, chosen on the validation split where there is one.
+        value = ((result or {}).get("test_acc") if self.accuracy == "final"
+                 else best_epoch_test_acc(history))
+        cell.values[seed] = value if counted_seeds([outcome], [value])[0] else None
 
     def pending(self, key: str) -> bool:
         return bool(self.cells[key].running)
@@ -154,7 +164,7 @@ class SeedLedger:
     def state(self) -> dict[str, Any]:
         return {"margin": self.margin, "accuracy": self.accuracy, "design": self.design,
                 "cells": self.cells,
-                "baseline": self.baseline, "by_trial": self.by_trial, "best": self.best}
+                "baseline": self.baseline, "by_trial": self.by_trial, "epochs": self.epochs}
 
     def load(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
