@@ -45,7 +45,7 @@ def main() -> None:
                "--min-seeds", str(min(3, args.max_seeds))]
         bisect = frontier.build(frontier.parser().parse_args(cli))
         started = time.perf_counter()
-        adaptive = run_study(bisect, options)
+        adaptive = run_study(bisect, options=options)
         adaptive_wall = time.perf_counter() - started
 
         points = tuple(
@@ -58,7 +58,7 @@ def main() -> None:
                      baseline_epochs=args.epochs, margin=args.margin,
                      instruments=dict(bisect.instruments))
         started = time.perf_counter()
-        full = run_study(grid, options)
+        full = run_study(grid, options=options)
         grid_wall = time.perf_counter() - started
 
     mine = frontier.frontier_table(adaptive.cells, adaptive.trials, adaptive.epochs)

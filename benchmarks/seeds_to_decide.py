@@ -79,7 +79,7 @@ def run(workload: str, args, tmp: str) -> tuple[object, float]:
     options = RunOptions(storage_path=f"{tmp}/{workload}", tracking_uri=f"sqlite:///{tmp}/m.db",
                          device="cpu", quiet=True, data_dir=args.data_dir)
     start = time.perf_counter()
-    outcome = run_study(study, options)
+    outcome = run_study(study, options=options)
     return outcome, time.perf_counter() - start
 
 

@@ -38,6 +38,6 @@ tunegap.register_workload(tunegap.Workload(
 if __name__ == "__main__":
     study = tunegap.Study(name="waves_ghost", workload="waves-net", seeds=2, grid={
         "batch_size": (1024,), "ghost_batch_size": (None, 32), "lr_exponent": (0.5,)})
-    outcome = tunegap.run_study(study, tunegap.RunOptions(quiet=True))
+    outcome = tunegap.run_study(study, options=tunegap.RunOptions(quiet=True))
     print(outcome.cells[["batch_size", "ghost_batch_size", "test_acc_mean", "gap"]])
     print(outcome.result_grid.get_dataframe()[["test_acc", "config/batch_size"]])

@@ -244,7 +244,7 @@ def test_seeds_auto_through_a_real_study(tmp_path, data_dir, ray_session):
                   seeds="auto",
                   min_seeds=2, max_seeds=3, margin=1.0,
                   grid={"batch_size": (256, 2048), "lr_exponent": (0.5,)})
-    outcome = run_study(study, RunOptions(
+    outcome = run_study(study, options=RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
         device="cpu", data_dir=str(data_dir), quiet=True))
     trials, cells = outcome.trials, outcome.cells

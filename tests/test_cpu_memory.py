@@ -147,7 +147,7 @@ study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=1, baseline_epoc
               grid={"batch_size": (1024,), "ghost_batch_size": (None, 64)})
 options = RunOptions(storage_path=tmp + "/results", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                      data_dir=data_dir, quiet=True)
-outcome = run_study(study, options)
+outcome = run_study(study, options=options)
 client = mlflow.MlflowClient(options.tracking_uri)
 exp = client.get_run(outcome.parent_run_id).info.experiment_id
 runs = client.search_runs([exp], "tags.`tunegap.role` = 'trial'")

@@ -178,7 +178,7 @@ def test_out_of_memory_trial_is_an_error_with_the_hint(
         quiet=True,
         max_failures=1,
     )
-    outcome = run_study(study, options)
+    outcome = run_study(study, options=options)
 
     trials = outcome.trials.set_index("batch_size")
     assert trials.loc[2048, "outcome"] == "error"

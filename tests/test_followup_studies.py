@@ -235,7 +235,7 @@ def test_knee_intervals_do_not_depend_on_the_order_trials_finished_in():
 
 
 @pytest.mark.parametrize("module, argv, named", [
-    (warmup, ["--warmup-fraction", "0"], "--warmup-fraction '0' is not allowed"),
+    (warmup, ["--warmup-fraction", "0"], "--warmup-fraction 0 is not allowed"),
     (warmup, ["--warmup-fraction", "soon"], "--warmup-fraction 'soon' is not a number"),
     (warmup, ["--warmup-epochs", "3"], "--warmup-epochs is not allowed here"),
     (warmup, ["--warmup-start-factor", "0.5"], "--warmup-start-factor is not allowed here"),
@@ -245,8 +245,8 @@ def test_knee_intervals_do_not_depend_on_the_order_trials_finished_in():
     (optimizers, ["--momentum", "0.5"], "--momentum is not allowed here"),
     (optimizers, ["--target-acc", "120"], "--target-acc 120.0 is not allowed"),
     (optimizers, ["--max-updates", "0"], "max_updates 0"),
-    (optimizers, ["--lr-exponent", "2"], "--lr-exponent '2' is not allowed"),
-    (optimizers, ["--adam-lr", "-1"], "--adam-lr '-1' is not allowed"),
+    (optimizers, ["--lr-exponent", "2"], "--lr-exponent 2 is not allowed"),
+    (optimizers, ["--adam-lr", "-1"], "--adam-lr -1 is not allowed"),
     (optimizers, ["--workload", "nowhere"], "unknown workload 'nowhere'"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_study_options_are_one_line_and_exit_2(module, argv, named, tmp_path, capsys):

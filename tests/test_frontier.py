@@ -32,7 +32,7 @@ def test_frontier_study_writes_one_row_per_batch_size(tmp_path, data_dir, ray_se
     study = build(["--batch-sizes", "128,256", "--epochs", "1", "--baseline-epochs", "1",
                    "--margin", "1.0",
                    "--min-seeds", "2", "--max-seeds", "2"])
-    outcome = run_study(study, RunOptions(
+    outcome = run_study(study, options=RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
         device="cpu", data_dir=str(data_dir), quiet=True))
     table = pd.read_csv(outcome.run_dir / frontier.FRONTIER_FILE)

@@ -79,7 +79,7 @@ def test_gpu_workload_with_device_auto_runs_on_a_machine_without_gpus(tmp_path, 
         data_dir=str(tmp_path / "data"),
         quiet=True,
     )
-    outcome = run_study(study, options)
+    outcome = run_study(study, options=options)
     # The grid point and the baseline at B0 that every map is measured against.
     assert list(outcome.trials["outcome"]) == ["completed", "completed"]
     run = mlflow.MlflowClient(options.tracking_uri).get_run(outcome.parent_run_id)
@@ -122,7 +122,7 @@ def test_resume_that_would_plan_other_gpus_is_refused(tmp_path):
         device="cpu",
     )
     with pytest.raises(StudyError, match=r"gave each trial 0.5 GPU\(s\) on device auto, but"):
-        run_study(study, options)
+        run_study(study, options=options)
 
 
 SHARE_SCRIPT = """
@@ -138,7 +138,7 @@ study = Study(name="ghost_size", workload="mnist1d-cnn", epochs=3, baseline_epoc
               grid={"batch_size": (256,), "ghost_batch_size": (None, 32, 64, 128)})
 options = RunOptions(storage_path=tmp + "/results", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                      data_dir=data_dir, gpus_per_trial=gpus_per_trial, quiet=True)
-outcome = run_study(study, options)
+outcome = run_study(study, options=options)
 client = mlflow.MlflowClient(options.tracking_uri)
 exp = client.get_run(outcome.parent_run_id).info.experiment_id
 runs = client.search_runs([exp], "tags.`tunegap.role` = 'trial'")

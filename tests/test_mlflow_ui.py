@@ -149,7 +149,7 @@ def finished_study(tmp_path_factory, data_dir, ray_session):
                          data_dir=str(data_dir), checkpoint_every=1)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        outcome = run_study(study, options)
+        outcome = run_study(study, options=options)
     return tmp, outcome, printed.getvalue()
 
 

@@ -91,7 +91,7 @@ def test_optuna_search_leaves_a_study_optuna_opens(tmp_path, data_dir, ray_sessi
     args = lr_scaling.parser().parse_args(
         ["--search", "optuna", "--num-samples", "3", "--epochs", "1", "--baseline-epochs", "1", "--batch-sizes", "512"])
     study = lr_scaling.build(args)
-    outcome = run_study(study, RunOptions(
+    outcome = run_study(study, options=RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
         device="cpu", data_dir=str(data_dir), quiet=True, max_concurrent=1))
     assert optuna_study_name(study, outcome.run_dir) == f"lr_scaling-{outcome.run_dir.name}"

@@ -157,17 +157,25 @@ def test_a_plugin_optimizer_trains_every_trial_through_ray(plugin_file, tmp_path
 
 
 @pytest.mark.slow
-def test_plugin_workload_through_run_study_in_process(plugin_file, tmp_path, ray_session):
-    load_plugin(str(plugin_file))
-    study = tunegap.Study(name="plugin_inproc", workload="lab-workload",
-                          grid={"batch_size": (128,), "ghost_batch_size": (None, 32)})
-    outcome = tunegap.run_study(study, tunegap.RunOptions(
+def test_a_user_script_builds_ghost_size_with_a_plugin_optimizer_and_runs_it(
+        plugin_file, tmp_path, ray_session):
+    # What a user's script does: load plugins (a workload and an optimizer, real files), build
+    # the paper's ghost_size study with typed keywords, run it through Ray in process.
+    from tunegap.studies import ghost_size
+
+    optimizer_file = tmp_path / "lab_optim_inproc.py"
+    optimizer_file.write_text(OPTIMIZER_PLUGIN)
+    tunegap.load_plugins([str(plugin_file), str(optimizer_file)])
+    study = ghost_size.study(workload="lab-workload", batch_sizes=(128,), ghost_sizes=(None, 32),
+                             seeds=1, optimizer="lab-half-momentum")
+    outcome = tunegap.run_study(study, options=tunegap.RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
         device="cpu", quiet=True))
     assert set(outcome.trials["outcome"]) == {"completed"}
     assert len(outcome.result_grid) == 3
     assert not outcome.result_grid.errors
     assert set(outcome.result_grid.get_dataframe()["config/workload"]) == {"lab-workload"}
+    assert set(outcome.trials["optimizer"]) == {"lab-half-momentum"}
 
 
 @pytest.mark.slow

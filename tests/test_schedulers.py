@@ -118,7 +118,7 @@ def test_asha_stops_a_hopeless_trial_and_the_map_leaves_it_out(tmp_path, data_di
                   grid={"batch_size": (256,)}, points=({"batch_size": 256, "base_lr": 1e-6},),
                   scheduler="asha", grace_updates=1, reduction_factor=2)
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    outcome = run_study(study, RunOptions(
+    outcome = run_study(study, options=RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=tracking_uri, device="cpu",
         data_dir=str(data_dir), quiet=True, max_concurrent=1, checkpoint_every=1))
     trials, _ = read_tables(outcome.run_dir)

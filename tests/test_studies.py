@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import pkgutil
 
 import pandas as pd
 import pytest
 from gap_records import trial
 
+import tunegap.studies
 from tunegap.analysis.tables import build_tables
-from tunegap.studies import batch_size, diffusion, ghost_size, lr_scaling, regime_length, table1
+from tunegap.studies import (
+    batch_size,
+    diffusion,
+    frontier,
+    ghost_size,
+    lr_scaling,
+    optimizers,
+    regime_length,
+    table1,
+    warmup,
+)
 from tunegap.study import StudyError
 
 
@@ -290,11 +303,43 @@ def test_diffusion_never_counts_a_duplicate_b0_run_as_a_seed():
     assert sum("32" in label for label in labels) == 1
 
 
-@pytest.mark.parametrize("module", [batch_size, diffusion, ghost_size, lr_scaling, regime_length,
-                                    table1])
+ALL_STUDIES = [batch_size, diffusion, frontier, ghost_size, lr_scaling, optimizers,
+               regime_length, table1, warmup]
+
+
+def test_the_nine_studies_are_all_the_study_modules():
+    shipped = {m.name for m in pkgutil.iter_modules(tunegap.studies.__path__)}
+    assert shipped == {m.__name__.rsplit(".", 1)[1] for m in ALL_STUDIES}
+
+
+@pytest.mark.parametrize("module", ALL_STUDIES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_every_study_can_be_built_from_python_as_from_its_command(module):
     assert module.study() == module.build(module.parser().parse_args([]))
-    built = module.study(seeds=2, margin=1.0, epochs=3)
-    assert (built.seeds, built.margin, built.epochs) == (2, 1.0, 3)
+    seeds = "auto" if module is frontier else 3  # the frontier decides its own seeds
+    built = module.study(seeds=seeds, margin=1.0, epochs=3)
+    assert (built.seeds, built.margin, built.epochs) == (seeds, 1.0, 3)
     with pytest.raises(StudyError, match="--margin"):
         module.study(margin=-1)
+    # Typed keywords only: its own options annotated, the common ones `StudyOptions`.
+    params = inspect.signature(module.study).parameters.values()
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params)
+    assert all(p.annotation is not p.empty for p in params)
+    assert [p.annotation for p in params if p.kind is p.VAR_KEYWORD] == [
+        "Unpack[StudyOptions]"]
+    with pytest.raises(TypeError):
+        module.study(512)
+    # Where a study runs is RunOptions, never silently dropped.
+    with pytest.raises(TypeError, match=r"'storage_path'.*RunOptions"):
+        module.study(storage_path="/tmp/results")
+
+
+def test_a_study_option_is_the_same_value_from_python_and_from_its_command():
+    from_cli = ghost_size.build(ghost_size.parser().parse_args(
+        ["--batch-sizes", "512,2048", "--ghost-sizes", "none,32", "--seeds", "auto",
+         "--momentum", "0.5", "--accuracy", "best"]))
+    from_python = ghost_size.study(batch_sizes=(512, 2048), ghost_sizes=(None, 32),
+                                   seeds="auto", momentum=0.5, accuracy="best")
+    assert from_cli == from_python
+    assert from_python.knobs["momentum"] == 0.5
+    with pytest.raises(StudyError, match="--search 'optuna' is not allowed: use grid"):
+        ghost_size.study(search="optuna")

@@ -39,7 +39,7 @@ def ghost_study(tmp_path_factory, data_dir, ray_session):
         points=({"batch_size": 1024, "base_lr": 1e6},),
         figures=ghost_size.figures,
     )
-    outcome = run_study(study, options(tmp, data_dir))
+    outcome = run_study(study, options=options(tmp, data_dir))
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     return study, outcome, client
 
@@ -130,7 +130,7 @@ def test_gap_is_measured_against_the_baseline(ghost_study):
 def test_resume_without_previous_run_is_refused(tmp_path, data_dir):
     study = Study(name="lr_scaling", workload="mnist1d-cnn", grid={"batch_size": (64,)})
     with pytest.raises(StudyError, match="--resume found no previous run"):
-        run_study(study, options(tmp_path, data_dir, resume=True))
+        run_study(study, options=options(tmp_path, data_dir, resume=True))
 
 
 def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_session):
@@ -140,7 +140,7 @@ def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_
         ["--search", "optuna", "--num-samples", "4", "--epochs", "1", "--baseline-epochs", "1", "--batch-sizes",
          "512,2048"])
     study = lr_scaling.build(args)
-    outcome = run_study(study, options(tmp_path, data_dir, max_concurrent=2))
+    outcome = run_study(study, options=options(tmp_path, data_dir, max_concurrent=2))
     trials = outcome.trials
     assert len(trials) == 4
     base = trials[trials["is_baseline"]]

@@ -55,7 +55,7 @@ def test_a_clean_study_judging_the_best_epoch_holds_out_a_split(tmp_path, data_d
     assert study.knobs == {"validation_fraction": 0.1}
     final = Study(name="s", workload="mnist1d-cnn", grid={"batch_size": (512,)})
     assert "validation_fraction" not in final.knobs  # final-epoch judging trains on it all
-    outcome = run_study(study, RunOptions(
+    outcome = run_study(study, options=RunOptions(
         storage_path=str(tmp_path / "results"), tracking_uri=f"sqlite:///{tmp_path}/m.db",
         device="cpu", data_dir=str(data_dir), quiet=True))
     trials, epochs = read_tables(outcome.run_dir)

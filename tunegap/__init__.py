@@ -26,7 +26,7 @@ Bring your own model and data, and run a study on them::
         regime=tunegap.Regime(base_lr=0.05, base_batch_size=32, epochs=4, decay_epochs=(2, 3))))
     study = tunegap.Study(name="my_study", workload="my-workload",
                           grid={"batch_size": (256,), "ghost_batch_size": (None, 32)})
-    outcome = tunegap.run_study(study, tunegap.RunOptions(storage_path="./results"))
+    outcome = tunegap.run_study(study, options=tunegap.RunOptions(storage_path="./results"))
     print(outcome.cells)        # one row per cell: gap to the small batch and its verdict
 
 Names are imported on first use, so `import tunegap` stays cheap (no torch, no Ray).
@@ -55,6 +55,7 @@ _HOMES = {
     "register_dataset": "tunegap.data",
     "register_model": "tunegap.models",
     "register_optimizer": "tunegap.optim",
+    "load_plugins": "tunegap.registry",
     "GhostBatchNorm1d": "tunegap.gbn",
     "GhostBatchNorm2d": "tunegap.gbn",
     "convert_to_ghost_bn": "tunegap.gbn_convert",
@@ -73,6 +74,7 @@ __all__ = [
     "Workload",
     "convert_to_ghost_bn",
     "get_workload",
+    "load_plugins",
     "register_dataset",
     "register_model",
     "register_optimizer",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from tunegap.models import register_model
     from tunegap.optim import register_optimizer
     from tunegap.regime import Regime
+    from tunegap.registry import load_plugins
     from tunegap.runner.options import RunOptions
     from tunegap.runner.run import StudyOutcome, run_study
     from tunegap.study import Study

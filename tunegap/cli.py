@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
@@ -36,6 +36,12 @@ from tunegap.runner.options import (
 )
 from tunegap.study import Study
 from tunegap.study_checks import SCHEDULERS
+from tunegap.study_options import (
+    DEFAULT_STUDY_WORKLOAD,
+    STUDY_DEFAULTS,
+    STUDY_OPTIONS,
+    own_defaults,
+)
 
 if TYPE_CHECKING:
     from tunegap.runner.run import StudyOutcome
@@ -100,33 +106,31 @@ def import_plugins(prog: str, args: argparse.Namespace) -> None:
                        "@register_optimizer in a --plugin file)")
 
 
-# Studies judge cells, so they measure on the larger MNIST-1D test set: the same training as
-# mnist1d-cnn, a third of the seed-to-seed spread (benchmarks/seeds_to_decide.py).
-DEFAULT_STUDY_WORKLOAD = "mnist1d-cnn-10k"
-
-
-def study_parser(name: str, description: str, *, seeds: int | str = 1,
+def study_parser(name: str, description: str, *, defaults: Mapping[str, Any] | None = None,
                  searches: Sequence[str] = ("grid",)) -> argparse.ArgumentParser:
-    """The options every study has; a study module adds its own grid options."""
+    """The options every study has, at `STUDY_DEFAULTS` under the study's own `defaults`
+    (those of its `study()` function); a study module adds its own options."""
+    values = {**STUDY_DEFAULTS, "search": searches[0], **(defaults or {})}
+    seeds = values["seeds"]
     p = OneLineParser(prog=f"python -m tunegap.studies.{name}", description=description,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", default=DEFAULT_STUDY_WORKLOAD,
+    p.add_argument("--workload",
                    help=f"a named workload (default {DEFAULT_STUDY_WORKLOAD}: mnist1d-cnn "
                         "measured on 10,000 test samples, which decides cells with fewer seeds)")
-    p.add_argument("--seeds", type=seed_count, default=seeds,
+    p.add_argument("--seeds", type=seed_count,
                    help=f"seeds per cell, or 'auto': judged at planned looks, --min-seeds "
                         f"a side, then doubling up to --max-seeds, more seeds only where a "
                         f"cell is undecided; each one-sided test at 5%% / looks (default "
                         f"{seeds})")
-    p.add_argument("--min-seeds", type=positive_int("--min-seeds"), default=3,
+    p.add_argument("--min-seeds", type=positive_int("--min-seeds"),
                    help="with --seeds auto: the seeds every cell starts with (default 3)")
-    p.add_argument("--max-seeds", type=positive_int("--max-seeds"), default=12,
+    p.add_argument("--max-seeds", type=positive_int("--max-seeds"),
                    help="with --seeds auto: the most seeds a cell gets, its last look "
                         "(default 12: looks at 3, 6 and 12)")
-    p.add_argument("--search", choices=list(searches), default=searches[0])
-    p.add_argument("--num-samples", type=positive_int("--num-samples"), default=20,
+    p.add_argument("--search", choices=list(searches))
+    p.add_argument("--num-samples", type=positive_int("--num-samples"),
                    help="trials for --search optuna")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS), default="none",
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
                    help="stop trials early on test accuracy, with time in weight updates: "
                         "asha (successive halving) or median (median stopping); stopped "
                         "trials are kept but are no seeds of their cell (default none)")
@@ -139,21 +143,20 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
                    help=f"MLflow tracking URI (default ${TRACKING_URI_ENV} where set, else "
                         f"{DEFAULT_TRACKING_URI} in this folder)")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted run")
-    p.add_argument("--epochs", type=positive_int("--epochs"), default=None,
+    p.add_argument("--epochs", type=positive_int("--epochs"),
                    help="override the cells' base epochs (quick looks); the baseline keeps "
                         "the workload's full base regime unless --baseline-epochs says")
-    p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"), default=None,
+    p.add_argument("--baseline-epochs", type=positive_int("--baseline-epochs"),
                    help="epochs of the small-batch baseline (default: the workload's base "
                         "regime); a shorter one is warned of in the summary")
-    p.add_argument("--margin", type=non_negative("--margin"), default=DEFAULT_MARGIN,
-                   metavar="POINTS",
+    p.add_argument("--margin", type=non_negative("--margin"), metavar="POINTS",
                    help="the largest loss of test accuracy, in points, that still counts as no "
                         "gap; declare it before the run, never fit it to the results. A cell is "
                         "closed when the upper end of Welch's interval of baseline - cell "
                         "(90%% for one look) is <= POINTS, open when its lower end is > POINTS, "
                         "at the margin when neither but no wider than 2 x POINTS, else "
                         f"inconclusive (default {DEFAULT_MARGIN:g})")
-    p.add_argument("--accuracy", choices=list(ACCURACIES), default=None,
+    p.add_argument("--accuracy", choices=list(ACCURACIES),
                    help="judge each trial by its final-epoch test accuracy (default) or its "
                         "best epoch's, as the paper's authors report (the default with "
                         "--protocol authors)")
@@ -165,6 +168,7 @@ def study_parser(name: str, description: str, *, seeds: int | str = 1,
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     add_training_knobs(p)
     add_plugin_option(p)
+    p.set_defaults(**{k: v for k, v in values.items() if k in STUDY_OPTIONS})
     return p
 
 
@@ -210,7 +214,7 @@ def add_training_knobs(parser: argparse.ArgumentParser) -> None:
                    help="BatchNorm weights start at one, or uniform U(0,1) as in 2017 PyTorch")
     g.add_argument("--zero-init-residual", action="store_true", default=None,
                    help="zero the last BatchNorm weight of each residual block (ResNet/WRN)")
-    g.add_argument("--protocol", choices=list(PROTOCOLS), default="clean",
+    g.add_argument("--protocol", choices=list(PROTOCOLS),
                    help="clean (default) or authors: bigBatch's own training loop and input "
                         "pipelines")
 
@@ -239,7 +243,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 def study_main(
     parser: argparse.ArgumentParser,
-    build: Callable[[argparse.Namespace], Study],
+    study: Callable[..., Study],
     argv: Sequence[str] | None = None,
     *,
     prog: str | None = None,
@@ -257,9 +261,8 @@ def study_main(
         import_plugins(parser.prog, args)
         from tunegap.runner.run import run_study  # Ray and MLflow load only once input is good
 
-        study = build(args)
-        options = options_from_args(args)
-        return run_study(study, options)
+        built = study_from_args(study, args)
+        return run_study(built, options=options_from_args(args))
     except StudyError as err:
         fail(parser.prog, err, status=err.exit_status)
     except StudyInterrupted as stop:
@@ -269,67 +272,36 @@ def study_main(
 
 
 def study_command(
-    parser: Callable[[], argparse.ArgumentParser], build: Callable[[argparse.Namespace], Study]
+    parser: Callable[[], argparse.ArgumentParser], study: Callable[..., Study]
 ) -> Callable[..., StudyOutcome]:
-    """The `main(argv=None, *, prog=None)` of a study module, from its parser and builder."""
+    """The `main(argv=None, *, prog=None)` of a study module: its command, a thin layer over
+    its `study()` function."""
 
     def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> StudyOutcome:
-        return study_main(parser(), build, argv, prog=prog)
+        return study_main(parser(), study, argv, prog=prog)
 
     return main
 
 
-def study_builder(
-    parser: Callable[[], argparse.ArgumentParser], build: Callable[[argparse.Namespace], Study]
-) -> Callable[..., Study]:
-    """The `study(**options)` of a study module: the `Study` its command would run, built
-    from the command's options given as keywords (`batch_sizes=(512, 2048)`, `ghost_sizes=
-    (None, 32)`, `seeds="auto"`, `quiet=True`), parsed and checked exactly as on the command
-    line; a bad one raises `StudyError` in one line.
+def study_from_args(study: Callable[..., Study], args: argparse.Namespace) -> Study:
+    """The `Study` a study function builds from a parsed command line: its own options and
+    the common ones (`StudyOptions`) that were given, by keyword.
 
     >>> from tunegap.studies import ghost_size
-    >>> study = ghost_size.study(batch_sizes=(512,), ghost_sizes=(None, 32), seeds=2, epochs=2)
-    >>> study.name, study.seeds, [(c.batch_size, c.ghost_batch_size) for c in study.trial_configs()][:3]
-    ('ghost_size', 2, [(32, None), (512, None), (512, 32)])
-    >>> ghost_size.study(batch_sise=(512,))
-    Traceback (most recent call last):
-    ...
-    tunegap.errors.StudyError: unrecognized arguments: --batch-sise 512
+    >>> args = ghost_size.parser().parse_args(["--batch-sizes", "512", "--seeds", "2"])
+    >>> study_from_args(ghost_size.study, args) == ghost_size.study(batch_sizes=(512,), seeds=2)
+    True
     """
-    def study(**options: Any) -> Study:
-        argv: list[str] = []
-        for key, value in options.items():
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                argv.append(flag)
-            elif value is not None and value is not False:
-                items = value if isinstance(value, list | tuple) else [value]
-                argv += [flag, ",".join("none" if v is None else str(v) for v in items)]
-        p = parser()
-
-        def refuse(message: str) -> NoReturn:
-            raise StudyError(message)
-
-        p.error = refuse  # type: ignore[method-assign]
-        return build(p.parse_args(argv))
-
-    return study
+    own = {name: getattr(args, name) for name in own_defaults(study)}
+    given = {k: v for k in STUDY_OPTIONS if (v := getattr(args, k, None)) is not None}
+    return study(**own, **given)
 
 
-def common_study_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """Study fields that come straight from the common options."""
-    return {
-        "workload": args.workload,
-        "seeds": args.seeds,
-        "min_seeds": args.min_seeds,
-        "max_seeds": args.max_seeds,
-        "search": args.search,
-        "num_samples": args.num_samples,
-        "epochs": args.epochs,
-        "baseline_epochs": args.baseline_epochs,
-        "margin": args.margin,
-        "accuracy": args.accuracy,
-        "scheduler": args.scheduler,
-        "knobs": training_knobs(args),
-        "protocol": args.protocol,
-    }
+def args_builder(study: Callable[..., Study]) -> Callable[[argparse.Namespace], Study]:
+    """A study module's `build(args)`: `study_from_args` for its function, kept for callers
+    that parse the command line themselves."""
+
+    def build(args: argparse.Namespace) -> Study:
+        return study_from_args(study, args)
+
+    return build

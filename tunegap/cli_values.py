@@ -89,20 +89,33 @@ def non_negative(flag: str) -> Callable[[str], float]:
 
 def number_in(flag: str, *, low: float, high: float | None = None,
               low_open: bool = False) -> Callable[[str], float]:
-    """A finite number from `low` (excluded with `low_open`) up to `high` (None: no bound),
-    for a study's own options; the message says the range."""
+    """A finite number from `low` (excluded with `low_open`) up to `high` (None: no bound);
+    the message says the range (`outside_range`)."""
     as_number = number(flag)
-    floor = f"> {low:g}" if low_open else f">= {low:g}"
-    allowed = f"a number {floor}" + ("" if high is None else f" and <= {high:g}")
 
     def parse(text: str) -> float:
         value = as_number(text)
-        above = value > low if low_open else value >= low
-        if not (math.isfinite(value) and above and (high is None or value <= high)):
+        allowed = outside_range(value, low=low, high=high, low_open=low_open)
+        if allowed:
             raise argparse.ArgumentTypeError(f"{flag} {text!r} is not allowed: use {allowed}")
         return value
 
     return parse
+
+
+def outside_range(value: float, *, low: float, high: float | None = None,
+                  low_open: bool = False) -> str | None:
+    """None where `value` is finite, from `low` (excluded with `low_open`) up to `high`;
+    else what is allowed, in words.
+
+    >>> outside_range(2.0, low=0, high=1)
+    'a number >= 0 and <= 1'
+    """
+    above = value > low if low_open else value >= low
+    if math.isfinite(value) and above and (high is None or value <= high):
+        return None
+    floor = f"> {low:g}" if low_open else f">= {low:g}"
+    return f"a number {floor}" + ("" if high is None else f" and <= {high:g}")
 
 
 def integer(flag: str) -> Callable[[str], int]:

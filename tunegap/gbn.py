@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +89,8 @@ def check_ghost_batch_size(value: object) -> int | None:
     return int(value)
 
 
-SPLITS = ("fixed", "chunk")
+Split = Literal["fixed", "chunk"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 
 def check_split(value: object) -> str:
@@ -97,7 +99,7 @@ def check_split(value: object) -> str:
     return str(value)
 
 
-def _ghost_size(batch: int, ghost: int, split: str) -> int:
+def _ghost_size(batch: int, ghost: int, split: Split) -> int:
     """The size of the full ghost batches of a batch of `batch` (> `ghost`) samples."""
     if split == "chunk":
         # torch.chunk(k): chunks of ceil(batch / k), so there may be fewer than k of them.
@@ -283,7 +285,7 @@ class GhostBatchNorm(_BatchNorm):
         dtype: torch.dtype | None = None,
         *,
         ghost_batch_size: int | None = None,
-        split: str = "fixed",
+        split: Split = "fixed",
     ) -> None:
         super().__init__(
             num_features,

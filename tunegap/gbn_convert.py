@@ -11,6 +11,7 @@ from tunegap.gbn import (
     GhostBatchNorm,
     GhostBatchNorm1d,
     GhostBatchNorm2d,
+    Split,
     check_ghost_batch_size,
     check_split,
 )
@@ -64,7 +65,7 @@ def _replace(
 
 
 def convert_to_ghost_bn(
-    model: nn.Module, ghost_batch_size: int | None, *, split: str = "fixed"
+    model: nn.Module, ghost_batch_size: int | None, *, split: Split = "fixed"
 ) -> nn.Module:
     """Turn every `nn.BatchNorm1d` / `nn.BatchNorm2d` in `model` into its ghost version.
 

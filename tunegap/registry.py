@@ -212,7 +212,14 @@ def _import_file(path: Path, spec: str) -> ModuleType:
 
 
 def load_plugins(specs: Iterable[str]) -> list[ModuleType]:
-    """`load_plugin` for each spec, in order."""
+    """Import plugins, in order: module names or `.py` files whose `register_*` calls add
+    workloads, models, datasets or optimizers (what `--plugin` does on a command line). What
+    they register reaches Ray's workers with the study; a bad plugin is a `PluginError` in
+    one line.
+
+    >>> [m.__name__ for m in load_plugins(["tunegap.studies.ghost_size"])]
+    ['tunegap.studies.ghost_size']
+    """
     return [load_plugin(spec) for spec in specs]
 
 

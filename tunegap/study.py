@@ -93,7 +93,7 @@ class Study:
     workload: str
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     points: tuple[dict[str, Any], ...] = ()
-    seeds: int | str = 1
+    seeds: int | Literal["auto"] = 1
     search: Search = "grid"
     num_samples: int = 20
     optuna_space: dict[str, tuple[float, float]] = field(default_factory=dict)

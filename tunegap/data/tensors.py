@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tunegap.registry import Registry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TensorData:
     """A train/test split as tensors; `x_*` are float32 with a channel axis.
 

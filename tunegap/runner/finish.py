@@ -25,7 +25,7 @@ from tunegap.study import Study
 from tunegap.tracking.results import publish_study
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyOutcome:
     """What a finished study leaves behind.
 

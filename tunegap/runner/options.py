@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunegap.config import Device
 from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.errors import StudyError
 from tunegap.study_checks import check_count
@@ -23,7 +24,7 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 STORAGE_ENV = "TUNEGAP_STORAGE"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """Where and how a study runs: options common to every study's CLI.
 
@@ -42,7 +43,7 @@ class RunOptions:
     resume: bool = False
     max_concurrent: int | None = None
     gpus_per_trial: float | None = None
-    device: str = "auto"
+    device: Device = "auto"
     data_dir: str | None = None
     checkpoint_every: int = 5
     max_failures: int = 3

@@ -180,8 +180,10 @@ def claim_run_dir(run_dir: Path) -> Path:
     raise StudyError(f"--storage-path: no free run folder name under {run_dir.parent}")
 
 
-def run_study(study: Study, options: RunOptions) -> StudyOutcome:
+def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcome:
     """Run (or with `options.resume`, continue) a study; everything is checked first.
+    `options` (keyword only; default `RunOptions()`) say where it runs and where its
+    results and MLflow runs go.
 
     Bad input raises `StudyError` (one line) before Ray or MLflow start, and leaves nothing
     behind. Ctrl-C raises `StudyInterrupted` (the parent run is KILLED, `--resume`
@@ -201,7 +203,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     >>> options = RunOptions(storage_path=f"{tmp}/results", tracking_uri=f"sqlite:///{tmp}/m.db",
     ...                      data_dir=f"{tmp}/data", device="cpu", quiet=True)
     >>> with contextlib.redirect_stdout(io.StringIO()):
-    ...     outcome = run_study(study, options)
+    ...     outcome = run_study(study, options=options)
     >>> len(outcome.trials), sorted(set(outcome.trials["outcome"]))
     (6, ['completed'])
     >>> outcome.cells["verdict"].iloc[0], outcome.cells["n_used"].tolist()
@@ -213,6 +215,7 @@ def run_study(study: Study, options: RunOptions) -> StudyOutcome:
     from tunegap.tracking import StudyTracker
     from tunegap.tracking.health import bounded_http_retries
 
+    options = RunOptions() if options is None else options
     root = study_root(options, study)
     check_storage(root)
     options = plan_trial_hardware(study, options)

@@ -16,15 +16,19 @@ first lr decay) of one set of trials, named in the report (see `critical_batch`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Unpack
 
 import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
 from tunegap.analysis.report import format_number
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, positive_int
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -291,28 +295,22 @@ def comparisons(trials: pd.DataFrame) -> list:
     return out
 
 
-def parser():
-    p = study_parser("batch_size", __doc__, seeds="auto")
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
-                   default=(32, 64, 128, 256, 512, 1024, 2048, 4096))
-    p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"), default=None,
-                   help="ghost size of the +GBN curve (default: the workload's B0)")
-    p.add_argument("--target-acc", type=float, default=None,
-                   help="test accuracy (percent) for steps-to-target (default: the workload's)")
-    p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"), default=4,
-                   help="measure the gradient noise scale every k-th step (default 4)")
-    return p
-
-
-def build(args) -> Study:
+def study(*, batch_sizes: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048, 4096),
+          ghost_batch_size: int | None = None, target_acc: float | None = None,
+          noise_scale_every: int = 4, **options: Unpack[StudyOptions]) -> Study:
+    """The batch_size study: per batch size the plain large batch, +LR and +LR+GBN (ghost
+    `ghost_batch_size`, default the workload's B0); steps to `target_acc` (default the
+    workload's), the noise scale every `noise_scale_every` steps; `options` as
+    `StudyOptions`."""
+    fields = study_fields("batch_size", options, seeds=AUTO)
     try:
-        workload = get_workload(args.workload)
+        workload = get_workload(fields["workload"])
         b0, base_epochs = workload.regime.base_batch_size, workload.regime.epochs
     except ValueError as err:
         raise StudyError(str(err)) from None
-    ghost = args.ghost_batch_size or b0
+    ghost = ghost_batch_size or b0
     points = []
-    for b in args.batch_sizes:
+    for b in batch_sizes:
         points.append({"batch_size": b})
         if b == b0:
             continue  # at B0 the remedies change nothing: the baseline covers it
@@ -325,15 +323,30 @@ def build(args) -> Study:
         figures=figures,
         report=report,
         comparisons=comparisons,
-        instruments={"noise_scale_every": args.noise_scale_every,
-                     "sharpness_every": args.epochs or base_epochs},
-        target_test_acc=args.target_acc or workload.target_test_acc,
-        **common_study_fields(args),
+        instruments={"noise_scale_every": noise_scale_every,
+                     "sharpness_every": fields["epochs"] or base_epochs},
+        target_test_acc=target_acc or workload.target_test_acc,
+        **fields,
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("batch_size", __doc__, defaults={"seeds": AUTO})
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"),
+                   default=own["ghost_batch_size"],
+                   help="ghost size of the +GBN curve (default: the workload's B0)")
+    p.add_argument("--target-acc", type=float, default=own["target_acc"],
+                   help="test accuracy (percent) for steps-to-target (default: the workload's)")
+    p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"),
+                   default=own["noise_scale_every"],
+                   help="measure the gradient noise scale every k-th step (default 4)")
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

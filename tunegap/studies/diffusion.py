@@ -12,14 +12,17 @@ exponent: at B0 every exponent gives the same learning rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Unpack
 
 import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import float_list, int_list
 from tunegap.study import Study
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 
 QUESTION = (
     "Does the weight distance from initialization grow like log(updates), and does sqrt LR "
@@ -94,26 +97,30 @@ def _number(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "—"
 
 
-def parser():
-    p = study_parser("diffusion", __doc__, seeds=3)
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(32, 128, 512, 2048))
-    p.add_argument("--exponents", type=float_list("--exponents"), default=(0.0, 0.5))
-    return p
-
-
-def build(args) -> Study:
+def study(*, batch_sizes: Sequence[int] = (32, 128, 512, 2048),
+          exponents: Sequence[float] = (0.0, 0.5), **options: Unpack[StudyOptions]) -> Study:
+    """The diffusion study: `batch_sizes` x lr `exponents`, 3 seeds by default; `options`
+    as `StudyOptions`."""
     return Study(
         name="diffusion",
-        grid={"batch_size": args.batch_sizes, "lr_exponent": args.exponents},
+        grid={"batch_size": tuple(batch_sizes), "lr_exponent": tuple(exponents)},
         question=QUESTION,
         figures=figures,
         report=report,
-        **common_study_fields(args),
+        **study_fields("diffusion", options, seeds=3),
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("diffusion", __doc__, defaults={"seeds": 3})
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--exponents", type=float_list("--exponents"), default=own["exponents"])
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

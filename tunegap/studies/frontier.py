@@ -16,14 +16,18 @@ the two ends that neither sequence decided are reported as such.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Unpack
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, positive_int
 from tunegap.runner.adaptive import FixedSequences
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -202,39 +206,50 @@ def tables(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> d
     return {FRONTIER_FILE: frontier_table(cells, trials, epochs)}
 
 
-def parser():
-    p = study_parser("frontier", __doc__, seeds="auto", searches=("frontier",))
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(256, 512, 1024, 2048))
-    p.add_argument("--ghost-size", type=positive_int("--ghost-size"), default=None,
-                   help="ghost batch size (default: the workload's B0)")
-    p.add_argument("--lr-exponent", type=float, default=0.5)
-    p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"), default=4,
-                   help="measure the gradient noise scale every k-th step (critical batch)")
-    return p
-
-
-def build(args) -> Study:
-    b0 = get_workload(args.workload).regime.base_batch_size
-    small = [b for b in args.batch_sizes if b <= b0]
+def study(*, batch_sizes: Sequence[int] = (256, 512, 1024, 2048), ghost_size: int | None = None,
+          lr_exponent: float = 0.5, noise_scale_every: int = 4,
+          **options: Unpack[StudyOptions]) -> Study:
+    """The frontier study: per batch size (each above B0), the bracket of regime multipliers
+    where the gap closes, with ghost `ghost_size` (default B0) at `lr_exponent`; `options`
+    as `StudyOptions` (its search is "frontier", its seeds "auto")."""
+    fields = study_fields("frontier", options, searches=("frontier",), seeds=AUTO)
+    try:
+        b0 = get_workload(fields["workload"]).regime.base_batch_size
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    small = [b for b in batch_sizes if b <= b0]
     if small:
         raise StudyError(f"--batch-sizes {', '.join(map(str, small))} are not above the small "
                          f"batch B0={b0}: the frontier is about larger batches")
     return Study(
         name="frontier",
-        grid={"batch_size": args.batch_sizes,
-              "ghost_batch_size": (args.ghost_size or b0,),
-              "lr_exponent": (args.lr_exponent,)},
-        instruments={"noise_scale_every": args.noise_scale_every},
+        grid={"batch_size": tuple(batch_sizes),
+              "ghost_batch_size": (ghost_size or b0,),
+              "lr_exponent": (lr_exponent,)},
+        instruments={"noise_scale_every": noise_scale_every},
         question=QUESTION,
         figures=figures,
         report=report,
         tables=tables,
-        **common_study_fields(args),
+        **fields,
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("frontier", __doc__, defaults={"seeds": AUTO}, searches=("frontier",))
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--ghost-size", type=positive_int("--ghost-size"), default=own["ghost_size"],
+                   help="ghost batch size (default: the workload's B0)")
+    p.add_argument("--lr-exponent", type=float, default=own["lr_exponent"])
+    p.add_argument("--noise-scale-every", type=positive_int("--noise-scale-every"),
+                   default=own["noise_scale_every"],
+                   help="measure the gradient noise scale every k-th step (critical batch)")
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ The map is the gap (points of test accuracy below the baseline) per (batch, ghos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Unpack
+
 from tunegap.analysis import plots
 from tunegap.analysis.effects import comparisons_within
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import ghost_list, int_list
 from tunegap.study import Study
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 
 QUESTION = (
     "Which ghost batch sizes close the generalization gap at each batch size, with sqrt "
@@ -36,31 +41,38 @@ def comparisons(trials):
                               reference=[None])
 
 
-def parser():
-    p = study_parser("ghost_size", __doc__, seeds="auto")
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
-    p.add_argument("--ghost-sizes", type=ghost_list, default=(None, 16, 32, 128, 512))
-    p.add_argument("--lr-exponent", type=float, default=0.5)
-    return p
+def study(*, batch_sizes: Sequence[int] = (128, 512, 2048),
+          ghost_sizes: Sequence[int | None] = (None, 16, 32, 128, 512),
+          lr_exponent: float = 0.5, **options: Unpack[StudyOptions]) -> Study:
+    """The ghost_size study: `batch_sizes` x `ghost_sizes` (None: plain BatchNorm) at
+    `lr_exponent`, beside the small-batch baseline; `options` as `StudyOptions`.
 
-
-def build(args) -> Study:
+    >>> configs = study(batch_sizes=(512,), ghost_sizes=(None, 32), seeds=2).trial_configs()
+    >>> [(c.batch_size, c.ghost_batch_size, c.seed) for c in configs][:3]
+    [(32, None, 0), (512, None, 0), (512, 32, 0)]
+    """
     return Study(
         name="ghost_size",
-        grid={
-            "batch_size": args.batch_sizes,
-            "ghost_batch_size": args.ghost_sizes,
-            "lr_exponent": (args.lr_exponent,),
-        },
+        grid={"batch_size": tuple(batch_sizes), "ghost_batch_size": tuple(ghost_sizes),
+              "lr_exponent": (lr_exponent,)},
         question=QUESTION,
         figures=figures,
         comparisons=comparisons,
-        **common_study_fields(args),
+        **study_fields("ghost_size", options, seeds=AUTO),
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("ghost_size", __doc__, defaults={"seeds": AUTO})
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--ghost-sizes", type=ghost_list, default=own["ghost_sizes"])
+    p.add_argument("--lr-exponent", type=float, default=own["lr_exponent"])
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,16 @@ base learning rate (log scale) jointly with the batch size (categorical).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Unpack
+
 from tunegap.analysis import plots
 from tunegap.analysis.effects import comparisons_within
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import float_list, int_list
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -49,32 +54,29 @@ def optuna_figures(cells, trials, epochs) -> dict:
     return {"optuna_trials": fig}
 
 
-def parser():
-    p = study_parser("lr_scaling", __doc__, seeds="auto", searches=("grid", "optuna"))
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
-    p.add_argument("--exponents", type=float_list("--exponents"),
-                   default=(0.0, 0.25, 0.5, 0.75, 1.0))
-    return p
-
-
 def comparisons(trials):
     """At each batch size, every pair of exponents, seed by seed: which one is better."""
     return comparisons_within(trials, group_by=["batch_size"], vary=["lr_exponent"])
 
 
-def build(args) -> Study:
-    fields = common_study_fields(args)
-    if args.search == "optuna":
+def study(*, batch_sizes: Sequence[int] = (128, 512, 2048),
+          exponents: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+          **options: Unpack[StudyOptions]) -> Study:
+    """The lr_scaling study: `batch_sizes` x lr `exponents` on a grid, or with
+    `search="optuna"` the exponent and base lr drawn by Optuna (one seed a trial by default);
+    `options` as `StudyOptions`."""
+    fields = study_fields("lr_scaling", options, searches=("grid", "optuna"), seeds=AUTO)
+    if fields["search"] == "optuna":
         # Optuna draws one configuration per trial: seeds are a number there, one by default.
-        if fields["seeds"] == "auto":
+        if fields["seeds"] == AUTO:
             fields["seeds"] = 1
         try:
-            base_lr = get_workload(args.workload).regime.base_lr
+            base_lr = get_workload(fields["workload"]).regime.base_lr
         except ValueError as err:
             raise StudyError(str(err)) from None
         return Study(
             name="lr_scaling",
-            grid={"batch_size": args.batch_sizes},
+            grid={"batch_size": tuple(batch_sizes)},
             optuna_space={"lr_exponent": (0.0, 1.0), "base_lr": (base_lr / 10, base_lr * 10)},
             question=QUESTION,
             figures=optuna_figures,
@@ -82,7 +84,7 @@ def build(args) -> Study:
         )
     return Study(
         name="lr_scaling",
-        grid={"batch_size": args.batch_sizes, "lr_exponent": args.exponents},
+        grid={"batch_size": tuple(batch_sizes), "lr_exponent": tuple(exponents)},
         question=QUESTION,
         figures=figures,
         comparisons=comparisons,
@@ -90,8 +92,16 @@ def build(args) -> Study:
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("lr_scaling", __doc__, defaults={"seeds": AUTO}, searches=("grid", "optuna"))
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--exponents", type=float_list("--exponents"), default=own["exponents"])
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

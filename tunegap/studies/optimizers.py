@@ -42,6 +42,8 @@ judged against the small-batch baseline (B0, SGD+momentum, same budget) at the m
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Unpack
 
 import numpy as np
 import pandas as pd
@@ -49,9 +51,11 @@ import pandas as pd
 from tunegap.analysis.decide import judged_accuracy
 from tunegap.analysis.report import format_number
 from tunegap.analysis.scaling import fit_scaling_regions, fits_table
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
-from tunegap.cli_values import int_list, number_in
+from tunegap.cli import args_builder, study_command, study_parser
+from tunegap.cli_values import int_list, number
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, check_number, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -71,6 +75,9 @@ DEFAULT_ACCURACY = "best"
 MOMENTUM = 0.9
 # The knobs the study sets in each cell: the common flags may not move them.
 OWN_KNOBS = ("optimizer", "momentum")
+# The study's own defaults of common options (its function and its command alike).
+DEFAULTS = {"seeds": AUTO, "max_updates": DEFAULT_MAX_UPDATES, "schedule": DEFAULT_SCHEDULE,
+            "accuracy": DEFAULT_ACCURACY}
 
 
 def optimizer_label(row) -> str:
@@ -295,21 +302,6 @@ def verdict_lines(cells: pd.DataFrame, validation_fraction: float = 0.0) -> list
     return lines
 
 
-def parser():
-    p = study_parser("optimizers", __doc__, seeds="auto")
-    p.set_defaults(max_updates=DEFAULT_MAX_UPDATES, schedule=DEFAULT_SCHEDULE,
-                   accuracy=DEFAULT_ACCURACY)
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"),
-                   default=(32, 64, 128, 256, 512))
-    p.add_argument("--target-acc", type=float, default=DEFAULT_TARGET,
-                   help=f"test accuracy (percent) for steps-to-target (default {DEFAULT_TARGET:g})")
-    p.add_argument("--lr-exponent", type=number_in("--lr-exponent", low=0, high=1), default=0.5,
-                   help="lr = base_lr * (B/B0)^exponent for every optimizer (default 0.5)")
-    p.add_argument("--adam-lr", type=number_in("--adam-lr", low=0, low_open=True), default=1e-3,
-                   help="Adam's base lr at B0 (default 1e-3)")
-    return p
-
-
 def comparisons(trials: pd.DataFrame) -> list:
     """At each batch size, each optimizer against SGD with heavy-ball momentum (the paper's
     rule), seed by seed on the judged accuracy."""
@@ -319,8 +311,16 @@ def comparisons(trials: pd.DataFrame) -> list:
                               reference=["sgd", MOMENTUM])
 
 
-def build(args) -> Study:
-    fields = common_study_fields(args)
+def study(*, batch_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+          target_acc: float = DEFAULT_TARGET, lr_exponent: float = 0.5, adam_lr: float = 1e-3,
+          **options: Unpack[StudyOptions]) -> Study:
+    """The optimizers study: plain SGD, SGD with heavy-ball momentum, Nesterov and Adam
+    (base lr `adam_lr`) at each of `batch_sizes`, lr scaled by (B/B0)^`lr_exponent`, every
+    trial at one budget of `max_updates` updates, judged at its best epoch on a validation
+    split by default; updates to reach `target_acc`; `options` as `StudyOptions`."""
+    lr_exponent = check_number("--lr-exponent", lr_exponent, low=0, high=1)
+    adam_lr = check_number("--adam-lr", adam_lr, low=0, low_open=True)
+    fields = study_fields("optimizers", options, **DEFAULTS)
     taken = [k for k in OWN_KNOBS if k in fields["knobs"]]
     if taken:
         raise StudyError(f"--{taken[0]} is not allowed here: the optimizers study sets each "
@@ -329,7 +329,7 @@ def build(args) -> Study:
         raise StudyError("--max-updates is needed: the study compares optimizers at one "
                          "budget of updates")
     try:
-        regime = get_workload(args.workload).regime
+        regime = get_workload(fields["workload"]).regime
     except ValueError as err:
         raise StudyError(str(err)) from None
     # The workload's momentum, where it is 0.9, is left implicit so the heavy-ball cell at B0
@@ -337,13 +337,13 @@ def build(args) -> Study:
     heavy = None if regime.momentum == MOMENTUM else MOMENTUM
     sgd_lr = round(regime.base_lr / (1.0 - MOMENTUM), 12)
     points = []
-    for b in args.batch_sizes:
-        scaled = {"batch_size": b, "lr_exponent": args.lr_exponent}
+    for b in batch_sizes:
+        scaled = {"batch_size": b, "lr_exponent": lr_exponent}
         points += [
             {**scaled, "optimizer": "sgd", "momentum": 0.0, "base_lr": sgd_lr},
             {**scaled, "optimizer": "sgd", "momentum": heavy},
             {**scaled, "optimizer": "nesterov", "momentum": MOMENTUM},
-            {**scaled, "optimizer": "adam", "momentum": MOMENTUM, "base_lr": args.adam_lr},
+            {**scaled, "optimizer": "adam", "momentum": MOMENTUM, "base_lr": adam_lr},
         ]
     return Study(
         name="optimizers",
@@ -353,13 +353,26 @@ def build(args) -> Study:
         report=report,
         tables=tables,
         comparisons=comparisons,
-        target_test_acc=args.target_acc,
+        target_test_acc=target_acc,
         **fields,
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("optimizers", __doc__, defaults=DEFAULTS)
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--target-acc", type=float, default=own["target_acc"],
+                   help=f"test accuracy (percent) for steps-to-target (default {DEFAULT_TARGET:g})")
+    p.add_argument("--lr-exponent", type=number("--lr-exponent"), default=own["lr_exponent"],
+                   help="lr = base_lr * (B/B0)^exponent for every optimizer, 0 to 1 (default 0.5)")
+    p.add_argument("--adam-lr", type=number("--adam-lr"), default=own["adam_lr"],
+                   help="Adam's base lr at B0, > 0 (default 1e-3)")
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

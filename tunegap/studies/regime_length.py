@@ -10,10 +10,16 @@ number of updates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal, Unpack
+
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import multiplier_list, positive_int
+from tunegap.regime import MATCHED
 from tunegap.study import Study
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -32,40 +38,49 @@ def figures(cells, trials, epochs) -> dict:
     }
 
 
-def parser():
-    p = study_parser("regime_length", __doc__, seeds="auto")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
-                   help="the large batch (default: the workload's large batch size)")
-    p.add_argument("--multipliers", type=multiplier_list, default=(1, 2, 4, 8, 16, "matched"))
-    p.add_argument("--ghost-batch-size", default="b0",
-                   help="ghost size, 'none' for BatchNorm (default: the workload's B0)")
-    p.add_argument("--lr-exponent", type=float, default=0.5)
-    return p
-
-
-def build(args) -> Study:
+def study(*, batch_size: int | None = None,
+          multipliers: Sequence[float | Literal["matched"]] = (1, 2, 4, 8, 16, MATCHED),
+          ghost_batch_size: int | Literal["b0"] | None = "b0", lr_exponent: float = 0.5,
+          **options: Unpack[StudyOptions]) -> Study:
+    """The regime_length study: the large `batch_size` (default the workload's) trained
+    `multipliers` times the base regime ("matched": as many updates as the small batch),
+    with ghost `ghost_batch_size` ("b0": the workload's B0, None: BatchNorm) at
+    `lr_exponent`; `options` as `StudyOptions`."""
+    fields = study_fields("regime_length", options, seeds=AUTO)
     try:
-        workload = get_workload(args.workload)
-        batch = args.batch_size or workload.large_batch_size
-        ghost = workload.regime.base_batch_size if args.ghost_batch_size == "b0" else args.ghost_batch_size
+        workload = get_workload(fields["workload"])
+        batch = batch_size or workload.large_batch_size
+        ghost = workload.regime.base_batch_size if ghost_batch_size == "b0" else ghost_batch_size
     except ValueError:
-        batch, ghost = args.batch_size or 0, None  # Study reports the unknown workload
+        batch, ghost = batch_size or 0, None  # Study reports the unknown workload
     return Study(
         name="regime_length",
         grid={
             "batch_size": (batch,),
             "ghost_batch_size": (ghost,),
-            "lr_exponent": (args.lr_exponent,),
-            "regime_multiplier": args.multipliers,
+            "lr_exponent": (lr_exponent,),
+            "regime_multiplier": tuple(multipliers),
         },
         question=QUESTION,
         figures=figures,
-        **common_study_fields(args),
+        **fields,
     )
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def parser():
+    own = own_defaults(study)
+    p = study_parser("regime_length", __doc__, defaults={"seeds": AUTO})
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=own["batch_size"],
+                   help="the large batch (default: the workload's large batch size)")
+    p.add_argument("--multipliers", type=multiplier_list, default=own["multipliers"])
+    p.add_argument("--ghost-batch-size", default=own["ghost_batch_size"],
+                   help="ghost size, 'none' for BatchNorm (default: the workload's B0)")
+    p.add_argument("--lr-exponent", type=float, default=own["lr_exponent"])
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,17 @@ seeds, beside the paper's numbers where the workload is one of the paper's.
 from __future__ import annotations
 
 import itertools
+from typing import Unpack
 
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
+from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import positive_int
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 from tunegap.workloads.workload import PublishedFigure
 
@@ -168,37 +171,45 @@ def comparisons(trials: pd.DataFrame) -> list:
             for b, a in itertools.pairwise(order)]
 
 
-def parser():
-    p = study_parser("table1", __doc__, seeds="auto")
-    p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"), default=None,
-                   help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
-    p.add_argument("--long-baseline", type=positive_int("--long-baseline"), default=None,
-                   metavar="MULT",
-                   help="also train the small batch MULT times the base regime, to measure "
-                        "how far a longer run gets (printed beside the published figure)")
-    return p
-
-
-def build(args) -> Study:
-    try:
-        rows = table1_rows(get_workload(args.workload), large_batch_size=args.large_batch_size)
-    except ValueError as err:
-        raise StudyError(str(err)) from None
-    points = tuple({k: v for k, v in kw.items() if k != "workload"} for _, kw in rows[1:])
-    if args.long_baseline is not None and args.long_baseline > 1:
-        b0 = get_workload(args.workload).regime.base_batch_size
-        points += ({"batch_size": b0, "regime_multiplier": float(args.long_baseline)},)
-    return Study(name="table1", points=points, question=QUESTION, figures=figures,
-                 report=report, comparisons=comparisons, **common_study_fields(args))
-
-
 def report(cells, trials, epochs) -> str:
     return (f"Table 1 (test accuracy %, {cells['n_seeds'].max()} seeds a column at most):\n\n"
             + table1_markdown(cells, trials, trials["workload"].iloc[0]))
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def study(*, large_batch_size: int | None = None, long_baseline: int | None = None,
+          **options: Unpack[StudyOptions]) -> Study:
+    """The table1 study: the paper's Table 1 columns (LB, +LR, +GBN, +RA) at
+    `large_batch_size` (default the workload's), and with `long_baseline` > 1 the small
+    batch also trained that many times its base regime; `options` as `StudyOptions`."""
+    fields = study_fields("table1", options, seeds=AUTO)
+    try:
+        workload = get_workload(fields["workload"])
+        rows = table1_rows(workload, large_batch_size=large_batch_size)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    points = tuple({k: v for k, v in kw.items() if k != "workload"} for _, kw in rows[1:])
+    if long_baseline is not None and long_baseline > 1:
+        points += ({"batch_size": workload.regime.base_batch_size,
+                    "regime_multiplier": float(long_baseline)},)
+    return Study(name="table1", points=points, question=QUESTION, figures=figures,
+                 report=report, comparisons=comparisons, **fields)
+
+
+def parser():
+    own = own_defaults(study)
+    p = study_parser("table1", __doc__, defaults={"seeds": AUTO})
+    p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"),
+                   default=own["large_batch_size"],
+                   help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")
+    p.add_argument("--long-baseline", type=positive_int("--long-baseline"),
+                   default=own["long_baseline"], metavar="MULT",
+                   help="also train the small batch MULT times the base regime, to measure "
+                        "how far a longer run gets (printed beside the published figure)")
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,18 @@ came closest and what the warm-up changed, from the tables.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Unpack
 
 import pandas as pd
 
 from tunegap.analysis import plots
 from tunegap.analysis.report import format_number
-from tunegap.cli import common_study_fields, study_builder, study_command, study_parser
-from tunegap.cli_values import int_list, number_in
+from tunegap.cli import args_builder, study_command, study_parser
+from tunegap.cli_values import int_list, number
 from tunegap.study import Study, StudyError
+from tunegap.study_checks import AUTO
+from tunegap.study_options import StudyOptions, check_number, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
 QUESTION = (
@@ -121,45 +125,6 @@ def _state(cell) -> str:
     return f"{cell['gap']:+.2f} ({cell['verdict']})"
 
 
-def parser():
-    p = study_parser("warmup", __doc__, seeds="auto")
-    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=(128, 512, 2048))
-    p.add_argument("--warmup-fraction", type=number_in("--warmup-fraction", low=0, high=1, low_open=True), default=0.1,
-                   help="warm-up length of the linear+warmup rule, as a fraction of the "
-                        "epochs (default 0.1)")
-    return p
-
-
-def build(args) -> Study:
-    fields = common_study_fields(args)
-    taken = [k for k in OWN_KNOBS if k in fields["knobs"]]
-    if taken:
-        flag = "--" + taken[0].replace("_", "-")
-        raise StudyError(f"{flag} is not allowed here: the warmup study sets the warm-up of "
-                         "each rule itself (use --warmup-fraction)")
-    try:
-        regime = get_workload(args.workload).regime
-    except ValueError as err:
-        raise StudyError(str(err)) from None
-    b0 = regime.base_batch_size
-    warmup_epochs = args.warmup_fraction * (args.epochs or regime.epochs)
-    points = []
-    for b in args.batch_sizes:
-        if b == b0:
-            continue  # every rule gives B0 its base lr: the baseline is that cell
-        points += [
-            {"batch_size": b, "lr_exponent": 1.0, "warmup_epochs": 0.0},
-            {"batch_size": b, "lr_exponent": 1.0, "warmup_epochs": warmup_epochs,
-             "warmup_start_factor": min(1.0, b0 / b)},
-            {"batch_size": b, "lr_exponent": 0.5, "warmup_epochs": 0.0},
-        ]
-    if not points:
-        raise StudyError(f"--batch-sizes {','.join(map(str, args.batch_sizes))} has no batch "
-                         f"size other than the baseline's B0={b0}: give a larger one")
-    return Study(name="warmup", points=tuple(points), question=QUESTION, figures=figures,
-                 report=report, comparisons=comparisons, **fields)
-
-
 def comparisons(trials):
     """At each batch size, every pair of rules (linear, linear with warm-up, sqrt), seed by
     seed: does warm-up help linear scaling, and does either beat sqrt?"""
@@ -169,8 +134,55 @@ def comparisons(trials):
                               vary=["lr_exponent", "warmup_epochs"])
 
 
-main = study_command(parser, build)
-study = study_builder(parser, build)
+def study(*, batch_sizes: Sequence[int] = (128, 512, 2048), warmup_fraction: float = 0.1,
+          **options: Unpack[StudyOptions]) -> Study:
+    """The warmup study: at each of `batch_sizes` (other than B0), linear scaling, linear
+    scaling with a linear warm-up over `warmup_fraction` of the epochs, and sqrt scaling;
+    `options` as `StudyOptions`."""
+    warmup_fraction = check_number("--warmup-fraction", warmup_fraction, low=0, high=1,
+                                   low_open=True)
+    fields = study_fields("warmup", options, seeds=AUTO)
+    taken = [k for k in OWN_KNOBS if k in fields["knobs"]]
+    if taken:
+        flag = "--" + taken[0].replace("_", "-")
+        raise StudyError(f"{flag} is not allowed here: the warmup study sets the warm-up of "
+                         "each rule itself (use --warmup-fraction)")
+    try:
+        regime = get_workload(fields["workload"]).regime
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    b0 = regime.base_batch_size
+    warmup_epochs = warmup_fraction * (fields["epochs"] or regime.epochs)
+    points = []
+    for b in batch_sizes:
+        if b == b0:
+            continue  # every rule gives B0 its base lr: the baseline is that cell
+        points += [
+            {"batch_size": b, "lr_exponent": 1.0, "warmup_epochs": 0.0},
+            {"batch_size": b, "lr_exponent": 1.0, "warmup_epochs": warmup_epochs,
+             "warmup_start_factor": min(1.0, b0 / b)},
+            {"batch_size": b, "lr_exponent": 0.5, "warmup_epochs": 0.0},
+        ]
+    if not points:
+        raise StudyError(f"--batch-sizes {','.join(map(str, batch_sizes))} has no batch "
+                         f"size other than the baseline's B0={b0}: give a larger one")
+    return Study(name="warmup", points=tuple(points), question=QUESTION, figures=figures,
+                 report=report, comparisons=comparisons, **fields)
+
+
+def parser():
+    own = own_defaults(study)
+    p = study_parser("warmup", __doc__, defaults={"seeds": AUTO})
+    p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
+    p.add_argument("--warmup-fraction", type=number("--warmup-fraction"),
+                   default=own["warmup_fraction"],
+                   help="warm-up length of the linear+warmup rule, as a fraction of the "
+                        "epochs, > 0 and <= 1 (default 0.1)")
+    return p
+
+
+main = study_command(parser, study)
+build = args_builder(study)
 
 
 if __name__ == "__main__":
