@@ -22,7 +22,7 @@ REAL, GENERATED, FRONTIER = "table1_fashion", "table1", "frontier_fashion"
 SECOND = "table1_fashion_f1"
 
 
-def _plain_large_batch(cells: pd.DataFrame) -> pd.Series:
+def plain_large_batch(cells: pd.DataFrame) -> pd.Series:
     """The cell without any remedy: the largest batch, plain BN, no LR scaling, base length."""
     grid = cells[~cells["is_baseline"].astype(bool)]
     plain = grid[grid["ghost_batch_size"].isna()
@@ -58,7 +58,7 @@ def real_data_paragraph(studies_root: str | os.PathLike[str]) -> str | None:
     real, generated = (pd.read_csv(root / n / "cells.csv") for n in (REAL, GENERATED))
     workload = get_workload(str(real["workload"].iloc[0]))
     base = real[real["is_baseline"].astype(bool)].iloc[0]
-    plain_real, plain_generated = _plain_large_batch(real), _plain_large_batch(generated)
+    plain_real, plain_generated = plain_large_batch(real), plain_large_batch(generated)
     grid = real[~real["is_baseline"].astype(bool)]
     answered = int(grid["verdict"].isin(ANSWERED).sum())
     used = pd.to_numeric(real["n_used"], errors="coerce")
@@ -102,7 +102,7 @@ def real_data_paragraph(studies_root: str | os.PathLike[str]) -> str | None:
 def _second_workload_sentence(cells: pd.DataFrame) -> str:
     """One sentence on `SECOND`'s table: its large batch's gap and +RA's verdict."""
     base = cells[cells["is_baseline"].astype(bool)].iloc[0]
-    plain = _plain_large_batch(cells)
+    plain = plain_large_batch(cells)
     text = (f"On `{cells['workload'].iloc[0]}` (`{SECOND}`, B0={int(base['batch_size'])} "
             f"against {int(plain['batch_size'])}), the large batch without a remedy is "
             f"{plain['gap']:.2f} points below the small batch ({plain['verdict']})")

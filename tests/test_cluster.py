@@ -57,6 +57,7 @@ def ray_schema() -> dict[str, Any]:
 
 def check_with_ray(config: dict[str, Any]) -> dict[str, Any]:
     """What `ray up` does before it talks to the cloud; returns the prepared config."""
+    # The launcher's own checks: Ray has no public API to validate a cluster file offline.
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     jsonschema.validate(config, ray_schema())
@@ -193,6 +194,7 @@ def test_a_broken_node_config_fails_the_ec2_check(breaks):
 
 
 def test_only_ssh_is_opened_to_the_world():
+    # The rules `ray up` opens on AWS, read from the launcher itself: no public API says them.
     from ray.autoscaler._private.aws.config import _create_default_inbound_rules
 
     config = load()
@@ -340,6 +342,7 @@ def test_commands_run_the_way_ray_runs_them_see_the_cluster_variables(path, tmp_
     run the way Ray's SSH command runner runs it (`bash --login -c -i 'source ~/.bashrc;
     ...'`): it sees TUNEGAP_STORAGE and MLFLOW_TRACKING_URI, as `ray start` does and so every
     job and trial it starts."""
+    # The launcher's own command wrapping: no public API builds the command it runs over SSH.
     from ray.autoscaler._private.command_runner import _with_interactive
 
     config = load(path)

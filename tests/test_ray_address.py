@@ -84,6 +84,8 @@ def test_auto_takes_ray_address_first(no_auto_env, monkeypatch):
 
 def test_auto_with_a_stale_ray_start_record_is_refused(no_auto_env):
     """What `auto` meets after a `ray start` cluster died: its address, still recorded."""
+    # Private on purpose: the test checks the very function Ray's `auto` reads the recorded
+    # address with; Ray has no public API for that record.
     import ray._private.utils
 
     recorded = f"127.0.0.1:{closed_port()}"

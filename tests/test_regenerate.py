@@ -255,7 +255,7 @@ def test_the_real_data_paragraph_is_written_from_the_shipped_tables(tmp_path):
     real = pd.read_csv(studies / "table1_fashion" / "cells.csv")
     generated = pd.read_csv(studies / "table1" / "cells.csv")
     for cells in (real, generated):
-        plain = real_data._plain_large_batch(cells)
+        plain = real_data.plain_large_batch(cells)
         assert f"{plain['gap']:.2f} " in paragraph
     base = real[real["is_baseline"]].iloc[0]
     assert f"reaches {base['test_acc_mean']:.2f}%" in paragraph

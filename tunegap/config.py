@@ -24,8 +24,6 @@ DEVICES: tuple[str, ...] = get_args(Device)
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 NO_GHOST_WORDS = ("none", "bn", "off")
-# Kept here, torch-free, so configs validate without importing the optimizers (see
-# `tunegap.optim`, which builds them).
 # "authors": bigBatch's own loop (`tunegap.engine`) and input pipelines
 # (`tunegap.data.protocols`); "clean" ours.
 Protocol = Literal["clean", "authors"]

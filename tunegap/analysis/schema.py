@@ -31,8 +31,8 @@ multiplier             float64 the resolved numeric multiplier ("matched" = ceil
 seed                   int64   the trial's seed
 epochs_override        int64   TrialConfig.epochs (overrides the workload's epochs); null
 base_lr_override       float64 TrialConfig.base_lr (overrides the workload's lr); null
-optimizer              string  a registered optimizer: sgd, nesterov, adam, adamw, lars, or a
-                               plugin's (`tunegap.register_optimizer`)
+optimizer              string  a registered optimizer (`tunegap.optim.OPTIMIZERS`: the built-in
+                               ones or a plugin's, `tunegap.register_optimizer`)
 momentum               float64 momentum as used (Adam's beta1); null if never resolved
 weight_decay           float64 weight decay as used before the first decay epoch; null
                                if never resolved

@@ -70,16 +70,11 @@ def _term_as_interrupt(signum: int, frame: FrameType | None) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def _trial_statuses(result_grid: Any) -> list[str]:
-    analysis = getattr(result_grid, "_experiment_analysis", None)
-    return [getattr(t, "status", "TERMINATED") for t in getattr(analysis, "trials", None) or []]
-
-
 def unfinished_trials(result_grid: Any) -> int:
     """Trials of a `ResultGrid` that neither finished nor failed (stopped by an interrupt)."""
-    return sum(s not in ("TERMINATED", "ERROR") for s in _trial_statuses(result_grid))
+    return len(result_grid) - result_grid.num_terminated - result_grid.num_errors
 
 
 def finished_trials(result_grid: Any) -> int:
     """Trials of a `ResultGrid` that finished or failed."""
-    return sum(s in ("TERMINATED", "ERROR") for s in _trial_statuses(result_grid))
+    return result_grid.num_terminated + result_grid.num_errors

@@ -24,7 +24,8 @@ STORAGE_ERRNOS = frozenset(
 _READ_ONLY_WORDS = ("read-only file system", "no space left on device", "disk quota exceeded")
 _TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 # Ray's syncer, copying the driver's files to the run folder, logs a refused copy's traceback
-# as the text of a warning.
+# as the text of a warning. Its logger is named after Ray's private module: Ray has no public
+# hook to hear of a failed sync, so the only way to quiet that traceback is by its name.
 _SYNCER_LOGGER = "ray.train._internal.syncer"
 _QUIETED_LOGGERS = (_TUNE_CONTROLLER_LOGGER, _SYNCER_LOGGER)
 

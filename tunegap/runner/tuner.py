@@ -62,8 +62,10 @@ class StoredOptunaSearch(OptunaSearch):
         super().__init__(study_name=study_name, storage=None, **kwargs)
 
     # OptunaSearch (Ray 2.60) takes a storage object, not a URL, and has no public hook for
-    # "load the study instead of making it" or for the trials it asked: its own `_setup_study`,
-    # `_storage`, `_points_to_evaluate`, `_ot_study` and `_ot_trials` are the only way.
+    # "load the study instead of making it" or for the trials it asked and finished: its own
+    # `_setup_study`, `_storage`, `_study_name`, `_points_to_evaluate`, `_ot_study`,
+    # `_ot_trials` and `_completed_trials` are the only way (missing public API: a storage
+    # URL with load_if_exists, and the searcher's Optuna trial per Tune trial).
     def _setup_study(self, mode: Any) -> None:
         import optuna
 
