@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunegap.analysis import schema as schema_module
-from tunegap.analysis.schema import EPOCH_METRICS, EPOCHS_SCHEMA, TRIALS_SCHEMA
+from tunegap.analysis.schema import EPOCHS_SCHEMA, TRIALS_SCHEMA
 from tunegap.analysis.tables import build_tables, read_tables, write_parquet_atomic, write_tables
-from tunegap.names import METRIC_NAMES
+from tunegap.names import EPOCH_METRICS, METRIC_NAMES
 
 
 def epoch(n, *, updates=None, test_acc=90.0, train_acc=95.0, distance=1.0, seconds=1.0, **kw):

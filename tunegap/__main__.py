@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tunegap.cli import OneLineParser, add_plugin_option, fail, import_plugins
+from tunegap.text import first_line
 
 PROG = "tunegap"
 USAGE = "tunegap {list,run STUDY,train} [options]   (tunegap COMMAND --help for its options)"
@@ -23,10 +24,6 @@ def study_names() -> list[str]:
     import tunegap.studies
 
     return sorted(m.name for m in pkgutil.iter_modules(tunegap.studies.__path__))
-
-
-def first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
 def list_command(argv: Sequence[str]) -> int:
@@ -39,7 +36,7 @@ def list_command(argv: Sequence[str]) -> int:
     print("studies (tunegap run STUDY --help):")
     for name in study_names():
         module = importlib.import_module(f"tunegap.studies.{name}")
-        print(f"  {name:15s} {first_line(module.__doc__)}")
+        print(f"  {name:15s} {first_line(module.__doc__ or '')}")
     print("workloads (--workload NAME):")
     for name in WORKLOADS.names():
         w = WORKLOADS.get(name)

@@ -42,6 +42,7 @@ from tunegap.study_options import (
     STUDY_OPTIONS,
     own_defaults,
 )
+from tunegap.text import first_line
 
 if TYPE_CHECKING:
     from tunegap.runner.run import StudyOutcome
@@ -59,7 +60,7 @@ INTERRUPTED_STATUS = 130  # what a shell reports for a command ended by SIGINT
 
 def fail(prog: str, message: object, *, status: int = 2) -> NoReturn:
     """Print `prog: error: message` (its first line) and exit with `status` (2: bad input)."""
-    sys.stderr.write(f"{prog}: error: {str(message).splitlines()[0] if str(message) else ''}\n")
+    sys.stderr.write(f"{prog}: error: {first_line(message)}\n")
     raise SystemExit(status)
 
 
@@ -214,7 +215,7 @@ def add_training_knobs(parser: argparse.ArgumentParser) -> None:
                    help="BatchNorm weights start at one, or uniform U(0,1) as in 2017 PyTorch")
     g.add_argument("--zero-init-residual", action="store_true", default=None,
                    help="zero the last BatchNorm weight of each residual block (ResNet/WRN)")
-    g.add_argument("--protocol", choices=list(PROTOCOLS),
+    g.add_argument("--protocol", choices=list(PROTOCOLS), default=PROTOCOLS[0],
                    help="clean (default) or authors: bigBatch's own training loop and input "
                         "pipelines")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
+from tunegap.gbn import check_ghost_batch_size
 from tunegap.models.init import BN_WEIGHT_INITS, BnWeightInit
 from tunegap.optim import check_optimizer, optimizer_spec
 from tunegap.regime import (
@@ -49,24 +51,14 @@ def ghost_is_whole_batch(ghost: int | None, batch_size: int) -> bool:
 
 
 def parse_ghost_batch_size(value: object) -> int | None:
-    """A ghost batch size: a positive integer, or None / "none" for plain BatchNorm."""
-    if value is None:
-        return None
+    """A ghost batch size: a positive integer (or its digits), or None / "none" for plain
+    BatchNorm (`tunegap.gbn.check_ghost_batch_size` is the rule)."""
     if isinstance(value, str):
         if value.strip().lower() in NO_GHOST_WORDS:
             return None
-        try:
+        with contextlib.suppress(ValueError):  # not a number: the rule below names it
             value = int(value)
-        except ValueError:
-            raise ValueError(
-                f"ghost_batch_size {value!r} is not allowed: use a positive integer or 'none'"
-            ) from None
-    value = _as_int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"ghost_batch_size {value!r} is not allowed: use a positive integer or 'none'"
-        )
-    return value
+    return check_ghost_batch_size(value)
 
 
 def _as_int(value: object) -> object:

@@ -75,17 +75,23 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_ghost_batch_size(value: object) -> int | None:
-    """Return `value` as an int or None; anything else is a configuration error."""
+    """A ghost batch size as an int, or None for plain BatchNorm: the one rule for modules,
+    trial configs and command lines (`tunegap.config.parse_ghost_batch_size` reads "none" and
+    digits first); anything else is a ValueError in one line.
+
+    >>> check_ghost_batch_size(32), check_ghost_batch_size(None)
+    (32, None)
+    >>> check_ghost_batch_size(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: ghost_batch_size 0 is not allowed: use a positive integer or 'none'
+    """
     if value is None:
         return None
     # bool is an int subclass, but `ghost_batch_size=True` is certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(
-            f"ghost_batch_size must be a positive int or None, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    if value <= 0:
-        raise ValueError(f"ghost_batch_size must be a positive int or None, got {value}")
+            f"ghost_batch_size {value!r} is not allowed: use a positive integer or 'none'")
     return int(value)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypedDict
 
 from tunegap.analysis.decide import DEFAULT_MARGIN
 from tunegap.cli_values import outside_range
-from tunegap.config import Protocol
+from tunegap.config import PROTOCOLS, Protocol
 from tunegap.errors import StudyError
 from tunegap.models.init import BnWeightInit
 from tunegap.names import TRAINING_KNOBS
@@ -73,7 +73,7 @@ STUDY_OPTIONS: tuple[str, ...] = tuple(StudyOptions.__annotations__)
 STUDY_DEFAULTS: dict[str, Any] = {
     "workload": DEFAULT_STUDY_WORKLOAD, "seeds": 1, "min_seeds": 3, "max_seeds": 12,
     "search": "grid", "num_samples": 20, "epochs": None, "baseline_epochs": None,
-    "margin": DEFAULT_MARGIN, "accuracy": None, "scheduler": "none", "protocol": "clean",
+    "margin": DEFAULT_MARGIN, "accuracy": None, "scheduler": "none", "protocol": PROTOCOLS[0],
 }
 
 

@@ -121,9 +121,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from tunegap import names
-
-__all__ = ["EPOCHS_SCHEMA", "EPOCH_METRICS", "SCHEMA_VERSION", "TRIALS_SCHEMA"]
+__all__ = ["EPOCHS_SCHEMA", "SCHEMA_VERSION", "TRIALS_SCHEMA"]
 
 SCHEMA_VERSION = "1"
 
@@ -217,7 +215,3 @@ def _schema(columns: Sequence[tuple[str, pa.DataType, bool, str]], table: str) -
 
 TRIALS_SCHEMA: pa.Schema = _schema(_TRIALS_COLUMNS, "trials")
 EPOCHS_SCHEMA: pa.Schema = _schema(_EPOCHS_COLUMNS, "epochs")
-
-# The per-epoch metrics a history row carries: the engine's metrics plus `diverged`, the
-# epochs table's columns after its two keys (a test keeps them in step with the schema).
-EPOCH_METRICS: tuple[str, ...] = names.EPOCH_METRICS

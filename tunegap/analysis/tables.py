@@ -20,9 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunegap.analysis.fits import fit_diffusion_phase, steps_to_target
-from tunegap.analysis.schema import EPOCH_METRICS, EPOCHS_SCHEMA, TRIALS_SCHEMA
+from tunegap.analysis.schema import EPOCHS_SCHEMA, TRIALS_SCHEMA
 from tunegap.atomic import write_atomically
-from tunegap.names import DIVERGED, METRIC_NAMES, OPTIONAL_METRICS, OUTCOMES, TRAINING_KNOBS
+from tunegap.names import (
+    DIVERGED,
+    EPOCH_METRICS,
+    METRIC_NAMES,
+    OPTIONAL_METRICS,
+    OUTCOMES,
+    TRAINING_KNOBS,
+)
 
 __all__ = [
     "EPOCHS_FILE",

@@ -44,6 +44,7 @@ from tunegap.analysis.decide import (
     decide_gap,
 )
 from tunegap.analysis.tables import best_epoch_test_acc
+from tunegap.config import ghost_is_whole_batch
 from tunegap.names import COMPLETED, DIVERGED, ERROR
 from tunegap.study import cell_key
 
@@ -324,7 +325,7 @@ def probe_config(template: dict[str, Any], batch_size: int, multiplier: int) -> 
     """The trial config (seed 0) of the frontier's probe at this batch size and multiplier."""
     ghost = template.get("ghost_batch_size")
     return {**template, "batch_size": batch_size, "regime_multiplier": float(multiplier),
-            "ghost_batch_size": ghost if ghost is not None and ghost < batch_size else None,
+            "ghost_batch_size": None if ghost_is_whole_batch(ghost, batch_size) else ghost,
             "seed": 0}
 
 

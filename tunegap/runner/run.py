@@ -47,7 +47,7 @@ from tunegap.runner.storage_faults import (
 )
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import Study
-from tunegap.tracking.text import one_line
+from tunegap.text import first_line, one_line
 from tunegap.tracking.uri import store_name
 
 STATE_FILE = "tunegap_study.json"
@@ -110,14 +110,14 @@ def check_inputs(plan: StudyPlan, options: RunOptions) -> None:
         check_workload_data(plan.study.workload, options.data_dir, sorted(plan.batch_sizes),
                             subsets=subsets)
     except ValueError as err:
-        raise StudyError(str(err).splitlines()[0]) from None
+        raise StudyError(first_line(err)) from None
     check_ray_address(options.address)
     preflight_study(plan, options)
     try:
         # Last: with a new sqlite file this creates MLflow's tables.
         check_tracking_uri(options.tracking_uri)
     except ValueError as err:
-        raise StudyError(str(err).splitlines()[0]) from None
+        raise StudyError(first_line(err)) from None
 
 
 def read_resume_state(root: Path, study: Study, options: RunOptions,
@@ -249,7 +249,7 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
         except (ValueError, MlflowException) as err:
             if not options.resume:
                 shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
-            raise StudyError(f"MLflow: {str(err).splitlines()[0]}") from None
+            raise StudyError(f"MLflow: {first_line(err)}") from None
         status = "FAILED"
         try:
             if not options.resume:

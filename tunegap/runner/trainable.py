@@ -37,7 +37,7 @@ from tunegap import registry
 from tunegap.config import TrialConfig
 from tunegap.cpu_memory import applied_mode, release_freed_memory
 from tunegap.engine import Engine
-from tunegap.tracking.text import one_line
+from tunegap.text import one_line
 from tunegap.trial_data import load_workload_data
 
 CHECKPOINT_FILE = "engine.pt"

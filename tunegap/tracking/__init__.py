@@ -9,7 +9,7 @@ also keep ``tunegap.tracking.MlflowTrackingCallback`` and ``tunegap.tracking.Stu
 importable for Tuners pickled before this became a package.
 """
 
-from tunegap.tracking.callback import LOGGED_METRICS, MlflowTrackingCallback, trial_error_text
+from tunegap.tracking.callback import MlflowTrackingCallback, trial_error_text
 from tunegap.tracking.runs import (
     TAG_OUTCOME,
     TAG_PARENT,
@@ -29,7 +29,6 @@ from tunegap.tracking.uri import (
 )
 
 __all__ = [
-    "LOGGED_METRICS",
     "TAG_OUTCOME",
     "TAG_PARENT",
     "TAG_ROLE",

@@ -17,11 +17,11 @@ from typing import Any
 
 from mlflow.entities import Metric, Param
 
-from tunegap.names import ERROR
-from tunegap.tracking.callback import ERROR_CHARS, LOGGED_METRICS, result_batch, step_of
+from tunegap.names import EPOCH_METRICS, ERROR
+from tunegap.text import clip, one_line
+from tunegap.tracking.callback import ERROR_CHARS, result_batch, step_of
 from tunegap.tracking.health import store_reachable
 from tunegap.tracking.runs import TAG_ERROR, TAG_OUTCOME, StudyTracker
-from tunegap.tracking.text import clip, one_line
 
 # MLflow's limits per log_batch call (mlflow.utils.validation).
 _METRICS_PER_BATCH = 1000
@@ -45,7 +45,7 @@ def backfill_study(
     tracker: StudyTracker,
     records: Iterable[Mapping[str, Any]],
     *,
-    metric_names: Sequence[str] = LOGGED_METRICS,
+    metric_names: Sequence[str] = EPOCH_METRICS,
 ) -> BackfillReport:
     """Log what MLflow lacks of each trial record (`tunegap.runner.records.collect_records`).
 

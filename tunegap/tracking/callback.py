@@ -51,6 +51,7 @@ from tunegap.names import (
     RESOLVED_PREFIX,
     ended_outcome,
 )
+from tunegap.text import clip, one_line
 from tunegap.tracking.health import store_reachable
 from tunegap.tracking.runs import (
     TAG_ERROR,
@@ -62,12 +63,8 @@ from tunegap.tracking.runs import (
     now_ms,
     param_value,
 )
-from tunegap.tracking.text import clip, one_line
 
 logger = logging.getLogger(__name__)
-
-# The engine's per-epoch metrics plus `diverged` as 0/1.
-LOGGED_METRICS: tuple[str, ...] = EPOCH_METRICS
 ERROR_CHARS = 5000
 # The outcome only a run's tag records, beside `tunegap.names.OUTCOMES`: a trial still
 # running when the experiment ended.
@@ -105,7 +102,7 @@ class MlflowTrackingCallback(Callback):
         self,
         tracker: StudyTracker,
         *,
-        metric_names: Sequence[str] = LOGGED_METRICS,
+        metric_names: Sequence[str] = EPOCH_METRICS,
         raise_errors: bool = False,
     ) -> None:
         self.tracker = tracker

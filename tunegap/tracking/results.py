@@ -197,7 +197,7 @@ def publish_study(tracker: Any, *, files: Sequence[Path], cells: pd.DataFrame,
 
     from tunegap.analysis.cells import verdict_counts
     from tunegap.names import OUTCOMES
-    from tunegap.tracking.text import one_line
+    from tunegap.text import one_line
 
     counts = trials["outcome"].value_counts().to_dict()
     try:

@@ -36,7 +36,7 @@ child run ``B<batch>-g<ghost>-a<lr_exponent>-r<regime_multiplier>-s<seed>`` (one
             ``resolved_multiplier``, ``resolved_total_updates``, ``resolved_lr_schedule`` and
             ``resolved_weight_decay_schedule`` ("epoch:value" where the value changes, e.g.
             "0:0.1,81:0.01").
-    metrics one point per epoch, all in a single ``log_batch`` call: `LOGGED_METRICS` of
+    metrics one point per epoch, all in a single ``log_batch`` call: `EPOCH_METRICS` of
             `tunegap.tracking.callback` (``diverged`` as 0/1). NaN (a diverged epoch) is
             logged as NaN.
 
@@ -67,8 +67,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from tunegap.text import one_line
 from tunegap.tracking.provenance import code_version, context_tags, package_versions
-from tunegap.tracking.text import one_line
 from tunegap.tracking.uri import default_artifact_location, safe_tracking_uri, tracking_client
 
 # The tags of tracking's runs, the parent's and the children's, named here and nowhere else.

@@ -42,8 +42,8 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock, Timeout
 
+from tunegap.text import one_line
 from tunegap.tracking.health import health_problem
-from tunegap.tracking.text import one_line
 
 # scheme://userinfo@ — the last "@" before the path ends the userinfo.
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")

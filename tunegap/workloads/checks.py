@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tunegap.data.catalog import DATASETS, dataset_hooks, load_dataset
+from tunegap.text import first_line
 from tunegap.workloads.catalog import get_workload
 from tunegap.workloads.workload import Workload
 
@@ -43,7 +44,7 @@ def check_workload_data(
         try:
             hooks.check(**kwargs)
         except (OSError, ValueError) as err:
-            raise ValueError(_one_line(err)) from None
+            raise ValueError(first_line(err) or type(err).__name__) from None
     subsets = sorted(set(subsets))
     for subset, batch in subsets:
         if batch > subset:
@@ -99,14 +100,11 @@ def _train_size(workload: Workload, data_dir: str | None) -> int | None:
             kwargs.pop("data_dir")
         return load_dataset(workload.dataset, **kwargs).train_size
     except Exception as err:  # a user's dataset function may raise anything
-        what = _one_line(err) if isinstance(err, OSError | ValueError) else (
-            f"{type(err).__name__}: {_one_line(err)}")
+        text = first_line(err) or type(err).__name__
+        what = text if isinstance(err, OSError | ValueError) else f"{type(err).__name__}: {text}"
         raise ValueError(
             f"the training examples of dataset {workload.dataset!r} (workload "
             f"{workload.name!r}) cannot be counted: {what}"
         ) from None
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

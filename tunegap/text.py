@@ -11,6 +11,17 @@ def one_line(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def first_line(value: Any) -> str:
+    """The first line of `value`'s text, stripped: what a one-line error keeps of a longer
+    message (its own first line names the problem); "" for an empty one.
+
+    >>> first_line("unknown workload 'x'\n  details"), first_line("")
+    ("unknown workload 'x'", '')
+    """
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def clip(text: str, limit: int) -> str:
     """Keep the first line (where Ray names the trial) and the end (where the exception is)."""
     if len(text) <= limit:
