@@ -53,7 +53,8 @@ def full_disk_line(stderr: str) -> str:
     """The study's one line for a full disk, with no traceback beside it."""
     assert "Traceback" not in stderr
     (line,) = error_lines(stderr)
-    assert "No space left" in line and "--resume" in line
+    assert "No space left" in line and "--resume" in line and "free space on it" in line
+    assert "storage path the run folder" not in line  # a write without a file name
     return line
 
 
@@ -173,6 +174,40 @@ def test_a_disk_that_fills_stops_in_one_line_and_resumes_after_space_is_freed(
     line = full_disk_line((tmp_path / "first.log").read_text())
     assert str(storage) in line
     resume_after_freeing(ballast, command, storage, uri)
+
+
+def test_a_full_disk_is_refused_in_one_line_before_ray_starts(tmp_path, data_dir, small_mount):
+    # An empty file still fits on a full disk: the check writes data.
+    fill(small_mount)
+    storage = small_mount / "results"
+    command = regime_study(storage, f"sqlite:///{tmp_path}/mlflow.db", data_dir)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    assert first.returncode == 2, first.stderr[-3000:]
+    (line,) = error_lines(first.stderr)
+    assert "No space left" in line and "free some space" in line
+    assert "Traceback" not in first.stderr and "Started a local Ray" not in first.stderr
+    assert not storage.exists()
+
+
+def test_a_disk_that_fills_as_the_study_starts_stops_and_resume_starts_it(
+        tmp_path, data_dir, small_mount):
+    storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    command = regime_study(storage, uri, data_dir)
+    filler = [sys.executable, str(Path(__file__).with_name("fill_at_start.py")), *command[2:]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
+    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=HANG_S)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    (line,) = error_lines(first.stderr)
+    assert "no trial was started; free space on it and run the same command" in line
+    assert run_dirs(storage) == []  # nothing recorded: no folder for --resume to stumble on
+    # The advice of every storage stop, "--resume", goes on here too: it starts the study.
+    (small_mount / "ballast").unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True,
+                             timeout=HANG_S)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "--resume: no earlier run of study regime_length" in resumed.stderr
+    assert_complete(storage, uri)
 
 
 def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(

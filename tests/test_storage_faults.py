@@ -18,10 +18,10 @@ from ray import cloudpickle, tune
 from study_procs import remount
 
 from tunegap.runner.records import EpochJournal
-from tunegap.runner.run import storage_fault
 from tunegap.runner.storage_faults import (
     QuietStorageFaults,
     StorageUnwritable,
+    storage_fault,
     storage_write_error,
 )
 
@@ -87,7 +87,7 @@ def test_a_refused_checkpoint_stops_the_study_without_a_traceback(
             tuner.fit()
     finally:
         remount(small_mount, "rw")
-    fault = storage_fault(caught.value)
+    fault = storage_fault(caught.value, tmp_path)
     assert isinstance(fault, StorageUnwritable), caught.value
     assert str(small_mount) in fault.path and fault.reason == "Read-only file system"
     assert "Trial task failed" not in capfd.readouterr().err

@@ -127,12 +127,6 @@ def test_gap_is_measured_against_the_baseline(ghost_study):
     assert len(cells) == 6
 
 
-def test_resume_without_previous_run_is_refused(tmp_path, data_dir):
-    study = Study(name="lr_scaling", workload="mnist1d-cnn", grid={"batch_size": (64,)})
-    with pytest.raises(StudyError, match="--resume found no previous run"):
-        run_study(study, options=options(tmp_path, data_dir, resume=True))
-
-
 def test_optuna_search_runs_baseline_first_then_samples(tmp_path, data_dir, ray_session):
     from tunegap.studies import lr_scaling
 

@@ -37,7 +37,6 @@ CASES = [
     ("ghost_size", ["--device", "cuda"], "--device cuda "),
     ("ghost_size", ["--device", "tpu"], "--device"),
     ("ghost_size", ["--checkpoint-every", "0"], "--checkpoint-every"),
-    ("ghost_size", ["--resume"], "--resume found no previous run"),
     ("ghost_size", ["--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
     ("ghost_size", ["--no-such-flag"], "unrecognized arguments"),
     ("regime_length", ["--multipliers", "0,2"], "--multipliers"),

@@ -18,11 +18,12 @@ continue from their last checkpoint, and MLflow keeps one child run per trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
-import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import (
     QuietStorageFaults,
-    StorageUnwritable,
-    storage_write_error,
+    check_storage,
+    storage_fault,
 )
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import Study
@@ -66,22 +67,6 @@ def latest_run_dir(root: Path) -> Path | None:
     runs = sorted(p.parent for p in root.glob("*/" + STATE_FILE)) if root.exists() else []
     unfinished = [r for r in runs if not (r / SUMMARY_FILE).exists()]
     return (unfinished or runs)[-1] if runs else None
-
-
-def check_storage(root: Path) -> None:
-    """`root` can be made and written, checked without making anything: a refusal leaves no
-    empty folder behind."""
-    existing = next((p for p in (root, *root.parents) if p.exists()), None)
-    try:
-        if existing is None or not existing.is_dir():
-            raise NotADirectoryError(20, "Not a directory")
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tunegap-probe-"):
-            pass
-    except OSError as err:
-        raise StudyError(
-            f"--storage-path {root.parent} is not writable ({err.strerror}): "
-            "choose a folder you can write to"
-        ) from None
 
 
 def preflight_study(plan: StudyPlan, options: RunOptions) -> None:
@@ -120,15 +105,9 @@ def check_inputs(plan: StudyPlan, options: RunOptions) -> None:
         raise StudyError(first_line(err)) from None
 
 
-def read_resume_state(root: Path, study: Study, options: RunOptions,
-                      hardware: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """The run folder and saved state that `--resume` continues, checked against this call."""
-    run_dir = latest_run_dir(root)
-    if run_dir is None:
-        raise StudyError(
-            f"--resume found no previous run of study {study.name} under {root}: "
-            "run it once without --resume"
-        )
+def read_resume_state(run_dir: Path, study: Study, options: RunOptions,
+                      hardware: dict[str, Any]) -> dict[str, Any]:
+    """The saved state of the run `--resume` continues, checked against this call."""
     try:
         state = json.loads((run_dir / STATE_FILE).read_text())
         saved_study = state["study"]
@@ -158,7 +137,23 @@ def read_resume_state(root: Path, study: Study, options: RunOptions,
             f"--resume: the study in {run_dir} is tracked in {state['tracking_uri']}, not "
             f"{store}: pass --tracking-uri {state['tracking_uri']}"
         )
-    return run_dir, state
+    return state
+
+
+def write_run_state(run_dir: Path, study: Study, options: RunOptions, hardware: dict[str, Any],
+                    parent_run_id: str) -> None:
+    """What `--resume` reads back (`read_resume_state`). Storage that refuses it stops the
+    study before any trial, the empty run folder removed so `--resume` starts afresh."""
+    state = {"study": study.describe(), "parent_run_id": parent_run_id, "hardware": hardware,
+             "tracking_uri": store_name(options.tracking_uri)}
+    try:
+        write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
+    except OSError as err:
+        storage = storage_fault(err, run_dir)
+        if storage is None:
+            raise
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise StudyStopped(storage.stop_line(run_dir, started=False)) from None
 
 
 def new_run_dir(root: Path) -> Path:
@@ -220,22 +215,35 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
     check_storage(root)
     options = plan_trial_hardware(study, options)
     hardware = {"gpus_per_trial": options.gpus_per_trial, "device": options.device}
-    if options.resume:
-        run_dir, state = read_resume_state(root, study, options, hardware)
-        parent_run_id = state["parent_run_id"]
+    earlier = latest_run_dir(root) if options.resume else None
+    if options.resume and earlier is None:
+        # Nothing to continue (a study stopped before it recorded anything, or never run):
+        # --resume starts it, so "run the same command with --resume" always goes on.
+        print(f"--resume: no earlier run of study {study.name} under {root}: starting it",
+              file=sys.stderr, flush=True)
+        options = replace(options, resume=False)
+    if earlier is not None and options.resume:
+        run_dir = earlier
+        parent_run_id = read_resume_state(run_dir, study, options, hardware)["parent_run_id"]
     else:
         run_dir, parent_run_id = new_run_dir(root), None
     plan = StudyPlan.of(study)
     check_inputs(plan, options)
+    if not options.resume:
+        # Claimed before the banner names it: two studies started at once get their own.
+        run_dir = claim_run_dir(run_dir)
     if not options.quiet:
         print(study_banner(plan, options, run_dir), flush=True)
     dataset = study_dataset(study, options.data_dir)
 
     with bounded_http_retries():
-        init_ray(options)
-        tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
-        if not options.resume:
-            run_dir = claim_run_dir(run_dir)
+        try:
+            init_ray(options)
+            tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
+        except BaseException:
+            if not options.resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
+            raise
         try:
             parent_run_id = tracker.start_parent(
                 params={
@@ -250,13 +258,14 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
             if not options.resume:
                 shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
             raise StudyError(f"MLflow: {first_line(err)}") from None
-        status = "FAILED"
+        status: str | None = "FAILED"
         try:
             if not options.resume:
-                state = {"study": study.describe(), "parent_run_id": parent_run_id,
-                         "hardware": hardware,
-                         "tracking_uri": store_name(options.tracking_uri)}
-                write_text_atomically(run_dir / STATE_FILE, json.dumps(state, indent=2))
+                try:
+                    write_run_state(run_dir, study, options, hardware, parent_run_id)
+                except StudyStopped:
+                    status = None  # no trial ran: no parent run is left behind
+                    raise
             outcome = fit_and_finish(plan, options, run_dir, tracker, dataset=dataset)
             status = "FINISHED"
             return outcome
@@ -265,15 +274,13 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
             if isinstance(stop, StudyInterrupted):
                 raise
             raise StudyInterrupted(interrupted_message(run_dir, None), run_dir) from None
+        except StudyError:
+            raise  # said in its own line already (a stop before any trial, a failed baseline)
         except Exception as err:
-            storage = storage_fault(err)
+            storage = storage_fault(err, run_dir)
             if storage is None:
                 raise
-            raise StudyStopped(
-                f"the storage path {storage.path} cannot be written any more "
-                f"({storage.reason}): the finished trials are kept in {run_dir}; make it "
-                "writable and run the same command with --resume"
-            ) from None
+            raise StudyStopped(storage.stop_line(run_dir)) from None
         finally:
             close_parent(tracker, status)
 
@@ -347,29 +354,15 @@ def interrupted_message(run_dir: Path, finished: int | None) -> str:
             "from the unfinished ones")
 
 
-def storage_fault(err: BaseException) -> StorageUnwritable | None:
-    """The `StorageUnwritable` behind `err` (Tune wraps a callback's error in its own)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, StorageUnwritable):
-            return current
-        todo += [current.__cause__, current.__context__]
-    # A refused write outside Tune's loop (the final tables, summary and figures).
-    refused = storage_write_error(err)
-    if refused is not None:
-        return StorageUnwritable(refused.filename or "the run folder", refused)
-    return None
-
-
-def close_parent(tracker: Any, status: str) -> None:
-    """End the parent run; a tracking server that went away must not cost the study."""
+def close_parent(tracker: Any, status: str | None) -> None:
+    """End the parent run (None: delete it, no trial ran); a tracking server that went away
+    must not cost the study."""
     from tunegap.tracking.health import store_reachable
 
+    if status is None:
+        with contextlib.suppress(Exception):  # a stray empty parent run is all it costs
+            tracker.discard_parent()
+        return
     if not store_reachable(tracker.tracking_uri):
         print(f"warning: MLflow at {tracker.tracking_uri} does not answer: the parent run "
               f"stays RUNNING until --resume marks it {status}", file=sys.stderr)

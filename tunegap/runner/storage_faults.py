@@ -13,7 +13,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from tunegap.errors import StudyError
 
 # What a file system says when it refuses a write, not what a bug says.
 STORAGE_ERRNOS = frozenset(
@@ -22,6 +26,10 @@ STORAGE_ERRNOS = frozenset(
     if code is not None
 )
 _READ_ONLY_WORDS = ("read-only file system", "no space left on device", "disk quota exceeded")
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# What `check_storage` writes to see that the storage takes data, not only names: an empty
+# file still fits on a full disk.
+PROBE_BYTES = 64 * 1024
 _TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 # Ray's syncer, copying the driver's files to the run folder, logs a refused copy's traceback
 # as the text of a warning. Its logger is named after Ray's private module: Ray has no public
@@ -38,6 +46,57 @@ class StorageUnwritable(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.full = error.errno in _FULL_ERRNOS or any(
+            words in str(error).lower() for words in _READ_ONLY_WORDS[1:])
+
+    def stop_line(self, run_dir: Path, *, started: bool = True) -> str:
+        """The study's one line for this fault: what to fix, and the command that goes on."""
+        fix = "free space on it" if self.full else "make it writable"
+        if not started:
+            return (f"the storage path {self.path} cannot be written ({self.reason}): no trial "
+                    f"was started; {fix} and run the same command again")
+        return (f"the storage path {self.path} cannot be written any more ({self.reason}): "
+                f"the finished trials are kept in {run_dir}; {fix} and run the same command "
+                "with --resume")
+
+
+def check_storage(root: Path) -> None:
+    """`root` can be made and written, a little data included (a full disk takes an empty
+    file), checked without making anything: a refusal leaves no empty folder behind and is a
+    `StudyError` in one line before Ray starts."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    try:
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tunegap-probe-") as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        fix = ("free some space on it" if err.errno in _FULL_ERRNOS
+               else "choose a folder you can write to")
+        raise StudyError(f"--storage-path {root.parent} is not writable ({err.strerror}): "
+                         f"{fix}") from None
+
+
+def storage_fault(err: BaseException, run_dir: Path) -> StorageUnwritable | None:
+    """The `StorageUnwritable` behind `err` (Tune wraps a callback's error in its own); a
+    refused write outside Tune's loop (the final tables, summary and figures) names its file,
+    else `run_dir`."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, StorageUnwritable):
+            return current
+        todo += [current.__cause__, current.__context__]
+    refused = storage_write_error(err)
+    if refused is not None:
+        return StorageUnwritable(refused_path(refused, str(run_dir)), refused)
+    return None
 
 
 def storage_write_error(error: BaseException | None) -> OSError | None:

@@ -320,6 +320,11 @@ class StudyTracker:
             raise ValueError(f"status {status!r} is not allowed: use {', '.join(PARENT_STATUSES)}")
         self.client.set_terminated(self._require_parent(), status=status)
 
+    def discard_parent(self) -> None:
+        """Delete the parent run of a study that stopped before any trial: its next start
+        makes the study's only parent run."""
+        self.client.delete_run(self._require_parent())
+
     def log_parent_artifacts(
         self, paths: Iterable[Path | str], artifact_path: str | None = None
     ) -> None:
