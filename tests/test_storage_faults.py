@@ -8,6 +8,7 @@ still writes. That isolates the path CI once hit by chance in the read-only faul
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def test_a_refused_checkpoint_stops_the_study_without_a_traceback(
     assert isinstance(fault, StorageUnwritable), caught.value
     assert str(small_mount) in fault.path and fault.reason == "Read-only file system"
     assert "Trial task failed" not in capfd.readouterr().err
+
+
+def test_result_files_cut_by_a_full_disk_are_not_warned_of_but_other_failures_are(caplog):
+    # Tune's ResultGrid warns once per trial whose result.json it cannot parse; tunegap's
+    # tables skip a line a full disk cut short, so that warning only alarms.
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    cut = ("Failed to fetch metrics for 1 trial(s):\n"
+           "- GapTrainable_a1b2c_00001: JSONDecodeError('Unterminated string starting at')")
+    other = ("Failed to fetch metrics for 1 trial(s):\n"
+             "- GapTrainable_a1b2c_00002: PermissionError(13, 'Permission denied')")
+    logger.addHandler(caplog.handler)  # Ray's loggers do not propagate to the root's
+    try:
+        with QuietStorageFaults():
+            logger.warning(cut)
+            logger.warning(other)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.name == logger.name] == [other]

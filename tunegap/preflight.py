@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tunegap.config import TrialConfig
+from tunegap.text import one_line
 
 # Samples in the pre-flight batch: enough for BatchNorm's statistics, small enough to be
 # instant for any model on a CPU.
@@ -104,6 +105,10 @@ def _where(config: TrialConfig) -> str:
 
 
 def _last_line(err: BaseException) -> str:
-    """The error's own last line (its type and message), as a traceback would end."""
-    text = "".join(traceback.format_exception_only(type(err), err)).strip()
-    return text.splitlines()[-1] if text else type(err).__name__
+    """The error's own last line (its type and message), as a traceback would end; a
+    message of several lines joined onto that one, none of it dropped.
+
+    >>> _last_line(RuntimeError("config error:\\n  width: missing\\n  depth: missing"))
+    'RuntimeError: config error: width: missing depth: missing'
+    """
+    return one_line("".join(traceback.format_exception_only(type(err), err))) or type(err).__name__

@@ -35,7 +35,10 @@ _TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 # as the text of a warning. Its logger is named after Ray's private module: Ray has no public
 # hook to hear of a failed sync, so the only way to quiet that traceback is by its name.
 _SYNCER_LOGGER = "ray.train._internal.syncer"
-_QUIETED_LOGGERS = (_TUNE_CONTROLLER_LOGGER, _SYNCER_LOGGER)
+# Tune's ResultGrid reading each trial's result.json: one cut short by a full disk is a
+# warning per trial, though tunegap's tables skip the cut line and lose nothing.
+_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+_QUIETED_LOGGERS = (_TUNE_CONTROLLER_LOGGER, _SYNCER_LOGGER, _ANALYSIS_LOGGER)
 
 
 class StorageUnwritable(RuntimeError):
@@ -141,7 +144,14 @@ class _DropStorageFaultTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return (storage_write_error(exc) is None and not _gone_checkpoint(record, exc)
-                and not _refused_sync(record))
+                and not _refused_sync(record) and not _cut_result_file(record))
+
+
+def _cut_result_file(record: logging.LogRecord) -> bool:
+    """Tune's warning for result files it cannot parse, where every one was cut short."""
+    lines = record.getMessage().splitlines()
+    return (record.name == _ANALYSIS_LOGGER and lines[0].startswith("Failed to fetch metrics")
+            and all("JSONDecodeError(" in line for line in lines[1:]))
 
 
 def _refused_sync(record: logging.LogRecord) -> bool:
@@ -163,7 +173,7 @@ class QuietStorageFaults:
     """Within the block, Tune's traceback for a trial whose storage refused a write is not
     printed (the study's one-line stop says it instead), nor the syncer's for a refused copy
     to the run folder, nor the one for deleting an old checkpoint already gone after a resume
-    (`_gone_checkpoint`)."""
+    (`_gone_checkpoint`), nor ResultGrid's for result files a full disk cut short."""
 
     def __init__(self) -> None:
         self._filter = _DropStorageFaultTracebacks()
