@@ -95,9 +95,8 @@ def test_a_registered_mapping_becomes_tensor_data_named_after_the_dataset():
 
 
 def test_registered_tensor_data_is_returned_as_is():
-    data = TensorData(
-        "anything", *(splits()[k] for k in ("x_train", "y_train", "x_test", "y_test")), 3
-    )
+    data = TensorData(name="anything", num_classes=3, **{
+        k: splits()[k] for k in ("x_train", "y_train", "x_test", "y_test")})
     assert load_dataset(register("test-tensordata", data)) is data
 
 

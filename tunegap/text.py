@@ -15,7 +15,7 @@ def first_line(value: Any) -> str:
     """The first line of `value`'s text, stripped: what a one-line error keeps of a longer
     message (its own first line names the problem); "" for an empty one.
 
-    >>> first_line("unknown workload 'x'\n  details"), first_line("")
+    >>> first_line("unknown workload 'x'\\n  details"), first_line("")
     ("unknown workload 'x'", '')
     """
     text = str(value).strip()
