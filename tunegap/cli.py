@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN
+from tunegap.analysis.decide import ACCURACIES, CONFIDENCE, DEFAULT_MARGIN, FAMILY_ALPHA
 from tunegap.cli_values import (
     integer,
     non_negative,
@@ -121,7 +121,7 @@ def study_parser(name: str, description: str, *, defaults: Mapping[str, Any] | N
     p.add_argument("--seeds", type=seed_count,
                    help=f"seeds per cell, or 'auto': judged at planned looks, --min-seeds "
                         f"a side, then doubling up to --max-seeds, more seeds only where a "
-                        f"cell is undecided; each one-sided test at 5%% / looks (default "
+                        f"cell is undecided; each one-sided test at {100 * FAMILY_ALPHA:g}%% / looks (default "
                         f"{seeds})")
     p.add_argument("--min-seeds", type=positive_int("--min-seeds"),
                    help="with --seeds auto: the seeds every cell starts with (default 3)")
@@ -154,7 +154,8 @@ def study_parser(name: str, description: str, *, defaults: Mapping[str, Any] | N
                    help="the largest loss of test accuracy, in points, that still counts as no "
                         "gap; declare it before the run, never fit it to the results. A cell is "
                         "closed when the upper end of Welch's interval of baseline - cell "
-                        "(90%% for one look) is <= POINTS, open when its lower end is > POINTS, "
+                        f"({100 * CONFIDENCE:g}%% for one look) is <= POINTS, open when its "
+                        "lower end is > POINTS, "
                         "at the margin when neither but no wider than 2 x POINTS, else "
                         f"inconclusive (default {DEFAULT_MARGIN:g})")
     p.add_argument("--accuracy", choices=list(ACCURACIES),

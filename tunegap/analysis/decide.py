@@ -382,7 +382,8 @@ def rule_sentence(*, margin: float, design: SeedDesign, accuracy: str = "final",
             f"against the margin {margin:g} points declared before the run: closed if its "
             f"upper end <= {margin:g}, open if its lower end > {margin:g}, at the margin if "
             f"neither but no wider than {2 * margin:g}, else inconclusive; over the map, Holm "
-            f"at 5% on the closed tests and, separately, on the open tests (verdict_holm)")
+            f"at {100 * FAMILY_ALPHA:g}% on the closed tests and, separately, on the open tests "
+            "(verdict_holm)")
 
 
 def check_margin(margin: object, name: str = "margin") -> float:

@@ -100,7 +100,7 @@ def compute_effects(trials_df: pd.DataFrame, comparisons: Sequence[Comparison], 
         return pd.DataFrame(columns=columns)
     effects = pd.DataFrame(rows)
     looks = len(design.looks)
-    for name in ("better", "worse", "equivalent"):
+    for name in (BETTER, WORSE, EQUIVALENT):
         raw = np.minimum(1.0, looks * effects[f"p_{name}"].to_numpy(dtype=float))
         effects[f"p_{name}_holm"] = holm(raw)
     effects["verdict_holm"] = [
@@ -168,7 +168,8 @@ def effects_markdown(effects: pd.DataFrame) -> str:
     lines += ["", f"Paired comparisons on the seeds both cells ran: the {conf:.3g}% paired t "
                   f"interval of A - B; better if it lies above 0, worse if below, equivalent "
                   f"if within ±{margin:g} points, else inconclusive; verdict (Holm): Holm at "
-                  f"5% over these {len(effects)} comparisons, for each kind of claim."]
+                  f"{100 * FAMILY_ALPHA:g}% over these {len(effects)} comparisons, for each "
+                  "kind of claim."]
     return "\n".join(lines)
 
 
@@ -177,13 +178,7 @@ def _holm_verdict(row: Mapping[str, Any]) -> str:
         value = row[f"p_{name}_holm"]
         return math.isfinite(value) and value < FAMILY_ALPHA
 
-    if holds("better"):
-        return BETTER
-    if holds("worse"):
-        return WORSE
-    if holds("equivalent"):
-        return EQUIVALENT
-    return INCONCLUSIVE
+    return next((v for v in (BETTER, WORSE, EQUIVALENT) if holds(v)), INCONCLUSIVE)
 
 
 def _by_seed(trials: pd.DataFrame, knobs: Mapping[str, Any], acc_col: str) -> dict[int, float]:

@@ -21,7 +21,15 @@ from matplotlib.patches import Rectangle
 from matplotlib.transforms import blended_transform_factory
 
 from tunegap.analysis.cells import cell_knobs, knob_keys, plain_value, sorted_keys, value_order
-from tunegap.analysis.decide import OPTIONAL_KNOBS
+from tunegap.analysis.decide import (
+    AT_MARGIN,
+    BASELINE,
+    CLOSED,
+    CONFIDENCE,
+    INCONCLUSIVE,
+    OPEN,
+    OPTIONAL_KNOBS,
+)
 from tunegap.analysis.fits import fit_diffusion, fit_diffusion_phase
 from tunegap.analysis.report import describe, format_value
 from tunegap.names import CELL_KNOBS, COMPLETED
@@ -61,8 +69,8 @@ def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Ax
 
 
 # What a square of the heatmap reads under its gap, per verdict.
-_VERDICT_MARK = {"closed": "closed", "open": "open", "at the margin": "≈ margin",
-                 "inconclusive": "?", "baseline": "baseline"}
+_VERDICT_MARK = {CLOSED: CLOSED, OPEN: OPEN, AT_MARGIN: "≈ margin", INCONCLUSIVE: "?",
+                 BASELINE: BASELINE}
 
 
 def gap_heatmap(
@@ -135,7 +143,7 @@ def gap_heatmap(
             )
             continue
         gap = gaps[i, j]
-        closed = word == "closed"
+        closed = word == CLOSED
         text = f"{gap:+.2f}\n{_VERDICT_MARK[word]}"
         extra = cells["n_diverged"].iloc[pos] + cells["n_error"].iloc[pos]
         if extra:
@@ -169,7 +177,7 @@ def gap_heatmap(
         )
     holm = ", Holm over the map" if verdict == "verdict_holm" else ""
     confidence = (float(cells["confidence"].iloc[0]) if "confidence" in cells.columns
-                  and pd.notna(cells["confidence"].iloc[0]) else 0.90)
+                  and pd.notna(cells["confidence"].iloc[0]) else CONFIDENCE)
     ax.set_title(
         f"{title}\nWelch {100 * confidence:.3g}% interval of the gap vs margin {margin:.2f} "
         f"pts{holm}: closed ≤ margin, open > margin, ≈ narrow across it, ? inconclusive",

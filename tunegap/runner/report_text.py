@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunegap.analysis.decide import ANSWERED, DECIDED, INCONCLUSIVE, rule_sentence
 from tunegap.plan import StudyPlan
 from tunegap.runner.options import RunOptions
 from tunegap.study import Study
@@ -59,7 +60,7 @@ def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
     by_outcome = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
     verdicts = verdict_counts(cells) if len(cells) else {}
     judged = and_list([f"{n} {v}" for v, n in verdicts.items()
-                       if n or v in ("closed", "open", "inconclusive")])
+                       if n or v in (*DECIDED, INCONCLUSIVE)])
     compared = sum(verdicts.values())
     trials = f"{total} trial{'s' if total != 1 else ''} ran ({by_outcome or 'none finished'})"
     cells_part = (f"of {compared} cell(s) compared with the baseline, {judged}" if compared
@@ -70,7 +71,6 @@ def closing_sentence(name: str, counts: Mapping[str, int], cells: pd.DataFrame,
 def decided_share(counts: Mapping[str, int]) -> str:
     """"9 of 12 cells (75%)": cells decided (closed or open) or at the margin, of all the
     cells compared with the baseline."""
-    from tunegap.analysis.decide import ANSWERED
 
     total = sum(counts.values())
     done = sum(counts.get(v, 0) for v in ANSWERED)
@@ -103,7 +103,6 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
                    wall_seconds: float, train_seconds: float, *, figures: Sequence[str],
                    baseline_sentence: str, warnings: Sequence[str] = ()) -> str:
     from tunegap.analysis.cells import verdict_counts
-    from tunegap.analysis.decide import rule_sentence
 
     margin = float(cells["margin"].iloc[0]) if len(cells) else float(study.margin)
     decidable = cells["p_value"].notna() & ~cells["is_baseline"].astype(bool)
@@ -123,8 +122,8 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
         f"- verdict per cell: {rule}; "
         f"the Holm families are the {int(decidable.sum())} decidable cells",
         "- cells: " + ", ".join(f"{v} {n}" for v, n in per_cell.items())
-        + f" (verdict_holm: closed {holm['closed']}, open {holm['open']}, "
-        f"at the margin {holm['at the margin']}, inconclusive {holm['inconclusive']})",
+        + " (verdict_holm: " + ", ".join(f"{v} {holm[v]}" for v in (*ANSWERED, INCONCLUSIVE))
+        + ")",
         f"- decided or at the margin: {decided_share(per_cell)}",
         f"- wall time {wall_seconds:.0f} s; sum of trial training time {train_seconds:.0f} s",
         "",

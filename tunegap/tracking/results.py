@@ -29,6 +29,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from tunegap.analysis.cells import knob_keys
+from tunegap.analysis.decide import ANSWERED, INCONCLUSIVE, OPTIONAL_KNOBS
 from tunegap.tracking.runs import metric_value, now_ms
 from tunegap.tracking.uri import redact_uri, sqlite_path
 
@@ -131,7 +132,6 @@ def child_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> dict[str, Mapping[
 
 
 def _knob_columns() -> tuple[str, ...]:
-    from tunegap.analysis.decide import OPTIONAL_KNOBS
     from tunegap.names import CELL_KNOBS
 
     return CELL_KNOBS + OPTIONAL_KNOBS
@@ -208,7 +208,7 @@ def publish_study(tracker: Any, *, files: Sequence[Path], cells: pd.DataFrame,
             **{f"trials_{o}": counts.get(o, 0) for o in OUTCOMES},
             "margin": float(margin),
             **{f"cells_{v.replace(' ', '_')}": n for v, n in verdict_counts(cells).items()
-               if v in ("closed", "open", "at the margin", "inconclusive")},
+               if v in (*ANSWERED, INCONCLUSIVE)},
             **({"figure_errors": figure_errors} if figure_errors else {}),
         })
     except Exception as err:
