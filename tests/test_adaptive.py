@@ -13,7 +13,7 @@ import random
 import pytest
 from ray.tune.search import Searcher
 
-from tunegap.analysis.decide import decide_gap
+from tunegap.analysis.decide import cell_key, decide_gap
 from tunegap.analysis.tables import best_epoch_test_acc
 from tunegap.runner.adaptive import (
     FixedSequences,
@@ -22,7 +22,6 @@ from tunegap.runner.adaptive import (
     probe_config,
 )
 from tunegap.runner.error_rates import drive_searcher
-from tunegap.study import cell_key
 from tunegap.study_checks import check_seed_budget, frontier_budget
 
 BASE = {"workload": "w", "batch_size": 32, "ghost_batch_size": None, "regime_multiplier": 1.0}

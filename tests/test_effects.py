@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tunegap.analysis.decide import SeedDesign, paired_effect
-from tunegap.analysis.effects import Comparison, comparisons_within, compute_effects
+from tunegap.analysis.decide import SeedDesign
+from tunegap.analysis.effects import Comparison, comparisons_within, compute_effects, paired_effect
 
 
 def trials_with_a_shared_seed_effect(n_seeds: int = 5, shift: float = 0.8) -> pd.DataFrame:

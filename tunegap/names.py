@@ -37,8 +37,6 @@ SEARCH_KNOBS: tuple[str, ...] = (
 )
 # Set per study (`Study.protocol`), never searched: "clean" or "authors".
 PROTOCOL = "protocol"
-# Knobs that tell one cell of a map from another (seeds of one cell share them).
-CELL_KNOBS: tuple[str, ...] = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier")
 # Probe settings of a trial: they change what is measured, never the training.
 INSTRUMENTS: tuple[str, ...] = ("noise_scale_every", "sharpness_every")
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunegap.analysis.decide import cell_key
 from tunegap.config import TrialConfig
-from tunegap.study import Study, cell_key, is_baseline, total_trials
+from tunegap.study import Study, is_baseline, total_trials
 from tunegap.study_checks import AUTO
 
 

@@ -16,7 +16,13 @@ from typing import Any, Literal, get_args
 
 import pandas as pd
 
-from tunegap.analysis.decide import ACCURACIES, DEFAULT_MARGIN, SeedDesign, check_margin
+from tunegap.analysis.decide import (
+    ACCURACIES,
+    DEFAULT_MARGIN,
+    SeedDesign,
+    cell_key,
+    check_margin,
+)
 from tunegap.config import PROTOCOLS, Protocol, TrialConfig, ghost_is_whole_batch
 from tunegap.errors import StudyError
 from tunegap.names import INSTRUMENTS, SEARCH_KNOBS, TRAINING_KNOBS
@@ -369,11 +375,6 @@ class Study:
             **({"knobs": dict(self.knobs)} if self.knobs else {}),
             **({"protocol": self.protocol} if self.protocol != "clean" else {}),
         }
-
-
-def cell_key(config: dict[str, Any]) -> str:
-    """A cell's identity: its trial config without the seed."""
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
 def total_trials(study: Study) -> int:

@@ -35,6 +35,7 @@ import pandas as pd
 from tunegap.analysis.decide import (
     ACCURACIES,
     BASELINE,
+    CELL_KNOBS,
     DEFAULT_MARGIN,
     DIVERGED_CELL,
     ERROR_CELL,
@@ -49,7 +50,7 @@ from tunegap.analysis.decide import (
     gap_p_values,
     map_verdicts,
 )
-from tunegap.names import CELL_KNOBS, ERROR, STOPPED, TRAINING_KNOBS
+from tunegap.names import ERROR, STOPPED, TRAINING_KNOBS
 
 
 class UnmeasurableBaseline(ValueError):

@@ -29,21 +29,22 @@ gap >= margin) and of the "open" test (H0: gap <= margin), times K, Holm-adjuste
 map's decidable cells, one family per direction: the chance that any "closed" of a map is
 wrong is at most 5%, and the same for any "open".
 
-**Paired effects** (`paired_effect`): two cells that share seeds (a seed fixes the initial
-weights and the data order) are compared on the per-seed differences d = A - B: a paired t
-interval at the same confidence, **better** when its lower end > 0, **worse** when its upper
-end < 0, **equivalent** when it lies within [-margin, margin], else **inconclusive**.
+**Paired effects**: the comparison of two cells seed by seed is decided in
+`tunegap.analysis.effects` (`paired_effect`), in the words defined here (better, worse,
+equivalent, inconclusive) and at the same confidence.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,8 @@ __all__ = [
     "ANSWERED",
     "AT_MARGIN",
     "BETTER",
+    "CELL_COLUMNS",
+    "CELL_KNOBS",
     "CLOSED",
     "CONFIDENCE",
     "DEFAULT_MARGIN",
@@ -67,9 +70,9 @@ __all__ = [
     "OPTIONAL_KNOBS",
     "VERDICTS",
     "WORSE",
-    "Effect",
     "GapDecision",
     "SeedDesign",
+    "cell_key",
     "check_margin",
     "closed_p_value",
     "counted_seeds",
@@ -77,14 +80,17 @@ __all__ = [
     "gap_p_values",
     "holm",
     "map_verdicts",
-    "paired_effect",
     "rule_sentence",
 ]
 
-# Only knobs of a cell when a study sets them on some trial; otherwise always missing. The
+# What a cell is: the knobs its seeds share. Always these four (a trial config without its
+# seed, `cell_key`, in the driver; the trials table's columns, `cells.cell_knobs`)...
+CELL_KNOBS: tuple[str, ...] = ("batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier")
+# ...and these, where a study sets them on some trial; otherwise always missing. The
 # training knobs (`tunegap.names.TRAINING_KNOBS`) always have a value in the trials table:
 # they are knobs of a cell only where they take more than one (`cells.cell_knobs`).
 OPTIONAL_KNOBS: tuple[str, ...] = ("base_lr_override", "epochs_override", *TRAINING_KNOBS)
+CELL_COLUMNS: tuple[str, ...] = (*CELL_KNOBS, *OPTIONAL_KNOBS)
 DEFAULT_MARGIN = 0.5
 FAMILY_ALPHA = 0.05  # each one-sided test, over all looks (and over a map, after Holm)
 CONFIDENCE = 1 - 2 * FAMILY_ALPHA  # the interval of a one-look design: 90%
@@ -272,67 +278,13 @@ def map_verdicts(verdicts: Sequence[str], p_closed: Sequence[float], p_open: Seq
     return adj_c, adj_o, out
 
 
-@dataclass(frozen=True)
-class Effect:
-    """`paired_effect`'s answer: cell A against cell B on the seeds they share."""
+def cell_key(config: Mapping[str, Any]) -> str:
+    """A cell's identity in the driver: its trial config without the seed.
 
-    verdict: str  # better | worse | equivalent | inconclusive
-    effect: float  # mean over shared seeds of acc_A - acc_B, points
-    low: float
-    high: float
-    n_pairs: int
-    p_better: float  # one-sided paired t p-value of H0: effect <= 0
-    p_worse: float  # of H0: effect >= 0
-    p_equivalent: float  # TOST: the larger p of H0: effect <= -margin and H0: effect >= margin
-    a_mean: float  # mean of A over the pairs
-    b_mean: float  # mean of B over the pairs
-
-
-def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: float,
-                  confidence: float = CONFIDENCE) -> Effect:
-    """Cell A against cell B, seed by seed: `a` and `b` map seed -> test accuracy (points).
-
-    Seeds present with a finite accuracy in both are the pairs; d = A - B per pair; the
-    interval is the paired t interval of mean(d) at `confidence`. Verdict: "better" if its
-    lower end > 0, "worse" if its upper end < 0, "equivalent" if it lies within
-    [-margin, margin], else (or with fewer than 2 pairs) "inconclusive". Without spread in
-    d the interval is the exact difference.
+    >>> cell_key({"batch_size": 512, "seed": 3}) == cell_key({"seed": 0, "batch_size": 512})
+    True
     """
-    margin = check_margin(margin)
-    seeds = sorted(s for s in set(a) & set(b)
-                   if _is_finite(a[s]) and _is_finite(b[s]))
-    d = np.array([float(a[s]) - float(b[s]) for s in seeds])
-    mean = float(d.mean()) if len(d) else math.nan
-    a_mean = float(np.mean([float(a[s]) for s in seeds])) if seeds else math.nan
-    b_mean = float(np.mean([float(b[s]) for s in seeds])) if seeds else math.nan
-    if len(d) < 2:
-        return Effect(INCONCLUSIVE, mean, math.nan, math.nan, len(d), math.nan, math.nan,
-                      math.nan, a_mean, b_mean)
-    if np.ptp(d) == 0:
-        low = high = mean
-        p_better = 0.0 if mean > 0 else 1.0
-        p_worse = 0.0 if mean < 0 else 1.0
-        p_equivalent = 0.0 if abs(mean) < margin else 1.0
-    else:
-        from scipy import stats
-
-        se = float(d.std(ddof=1)) / math.sqrt(len(d))
-        t = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
-        low, high = mean - t * se, mean + t * se
-        p_better = float(stats.t.sf(mean / se, len(d) - 1))
-        p_worse = float(stats.t.cdf(mean / se, len(d) - 1))
-        p_equivalent = float(max(stats.t.sf((mean + margin) / se, len(d) - 1),
-                                 stats.t.cdf((mean - margin) / se, len(d) - 1)))
-    if low > 0:
-        verdict = BETTER
-    elif high < 0:
-        verdict = WORSE
-    elif -margin <= low and high <= margin:
-        verdict = EQUIVALENT
-    else:
-        verdict = INCONCLUSIVE
-    return Effect(verdict, mean, low, high, len(d), p_better, p_worse, p_equivalent,
-                  a_mean, b_mean)
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
 
 
 def counted_seeds(outcomes: Sequence[str], values: Sequence[object]) -> np.ndarray:
@@ -395,10 +347,6 @@ def check_margin(margin: object, name: str = "margin") -> float:
         raise ValueError(f"{name} {margin!r} is not allowed: use points of test accuracy from "
                          "0 to 100")
     return float(margin)
-
-
-def _is_finite(value: object) -> bool:
-    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _as_floats(values: Sequence[object]) -> np.ndarray:

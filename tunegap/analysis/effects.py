@@ -4,10 +4,13 @@ A trial's seed fixes its initial weights and its data order, so two cells of a s
 ran the same seeds can be compared seed by seed: `compute_effects(trials, comparisons, ...)`
 gives, per `Comparison` (cell A against cell B, each picked by knob values), the mean of
 d = acc_A - acc_B over the seeds both have, its paired t interval at the design's confidence
-and `decide.paired_effect`'s verdict (better, worse, equivalent at the margin,
-inconclusive). Over the table, Holm at 5% on the "better" tests, on the "worse" tests and on
+and `paired_effect`'s verdict (better, worse, equivalent at the margin, inconclusive). Over the table, Holm at 5% on the "better" tests, on the "worse" tests and on
 the equivalence tests, each a family of its own (`verdict_holm`), after Bonferroni over the
 design's looks when seeds were added on the way.
+
+**The rule** (`paired_effect`): the paired t interval of mean(d) at the design's confidence;
+**better** when its lower end > 0, **worse** when its upper end < 0, **equivalent** when it
+lies within [-margin, margin], else **inconclusive** (`tunegap.analysis.decide`'s words).
 
 A study names its questions as comparisons (`Study.comparisons`): table1's "+GBN against
 +LR", ghost_size's "ghost 32 against plain BN at B=512", ...
@@ -25,6 +28,7 @@ A study names its questions as comparisons (`Study.comparisons`): table1's "+GBN
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +40,7 @@ from tunegap.analysis.cells import plain_value
 from tunegap.analysis.decide import (
     ACCURACIES,
     BETTER,
+    CONFIDENCE,
     EQUIVALENT,
     FAMILY_ALPHA,
     INCONCLUSIVE,
@@ -44,7 +49,6 @@ from tunegap.analysis.decide import (
     check_margin,
     counted_seeds,
     holm,
-    paired_effect,
 )
 
 EFFECTS_FILE = "effects.csv"
@@ -58,6 +62,74 @@ class Comparison:
     label: str
     a: Mapping[str, Any] = field(default_factory=dict)
     b: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """`paired_effect`'s answer: cell A against cell B on the seeds they share."""
+
+    verdict: str  # better | worse | equivalent | inconclusive
+    effect: float  # mean over shared seeds of acc_A - acc_B, points
+    low: float
+    high: float
+    n_pairs: int
+    p_better: float  # one-sided paired t p-value of H0: effect <= 0
+    p_worse: float  # of H0: effect >= 0
+    p_equivalent: float  # TOST: the larger p of H0: effect <= -margin and H0: effect >= margin
+    a_mean: float  # mean of A over the pairs
+    b_mean: float  # mean of B over the pairs
+
+
+def paired_effect(a: Mapping[int, float], b: Mapping[int, float], *, margin: float,
+                  confidence: float = CONFIDENCE) -> Effect:
+    """Cell A against cell B, seed by seed: `a` and `b` map seed -> test accuracy (points).
+
+    Seeds present with a finite accuracy in both are the pairs; d = A - B per pair; the
+    interval is the paired t interval of mean(d) at `confidence`. Verdict: "better" if its
+    lower end > 0, "worse" if its upper end < 0, "equivalent" if it lies within
+    [-margin, margin], else (or with fewer than 2 pairs) "inconclusive". Without spread in
+    d the interval is the exact difference.
+    """
+    margin = check_margin(margin)
+    seeds = sorted(s for s in set(a) & set(b)
+                   if _is_finite(a[s]) and _is_finite(b[s]))
+    d = np.array([float(a[s]) - float(b[s]) for s in seeds])
+    mean = float(d.mean()) if len(d) else math.nan
+    a_mean = float(np.mean([float(a[s]) for s in seeds])) if seeds else math.nan
+    b_mean = float(np.mean([float(b[s]) for s in seeds])) if seeds else math.nan
+    if len(d) < 2:
+        return Effect(INCONCLUSIVE, mean, math.nan, math.nan, len(d), math.nan, math.nan,
+                      math.nan, a_mean, b_mean)
+    if np.ptp(d) == 0:
+        low = high = mean
+        p_better = 0.0 if mean > 0 else 1.0
+        p_worse = 0.0 if mean < 0 else 1.0
+        p_equivalent = 0.0 if abs(mean) < margin else 1.0
+    else:
+        from scipy import stats
+
+        se = float(d.std(ddof=1)) / math.sqrt(len(d))
+        t = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
+        low, high = mean - t * se, mean + t * se
+        p_better = float(stats.t.sf(mean / se, len(d) - 1))
+        p_worse = float(stats.t.cdf(mean / se, len(d) - 1))
+        p_equivalent = float(max(stats.t.sf((mean + margin) / se, len(d) - 1),
+                                 stats.t.cdf((mean - margin) / se, len(d) - 1)))
+    if low > 0:
+        verdict = BETTER
+    elif high < 0:
+        verdict = WORSE
+    elif -margin <= low and high <= margin:
+        verdict = EQUIVALENT
+    else:
+        verdict = INCONCLUSIVE
+    return Effect(verdict, mean, low, high, len(d), p_better, p_worse, p_equivalent,
+                  a_mean, b_mean)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
 
 
 def compute_effects(trials_df: pd.DataFrame, comparisons: Sequence[Comparison], *,

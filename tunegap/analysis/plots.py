@@ -24,6 +24,7 @@ from tunegap.analysis.cells import cell_knobs, knob_keys, plain_value, sorted_ke
 from tunegap.analysis.decide import (
     AT_MARGIN,
     BASELINE,
+    CELL_KNOBS,
     CLOSED,
     CONFIDENCE,
     INCONCLUSIVE,
@@ -32,7 +33,7 @@ from tunegap.analysis.decide import (
 )
 from tunegap.analysis.fits import fit_diffusion, fit_diffusion_phase
 from tunegap.analysis.report import describe, format_value
-from tunegap.names import CELL_KNOBS, COMPLETED
+from tunegap.names import COMPLETED
 
 __all__ = ["curves", "diffusion_plot", "error_vs_batch", "gap_heatmap"]
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis.cells import plain_value, sort_cells
-from tunegap.analysis.decide import OPTIONAL_KNOBS
-from tunegap.names import CELL_KNOBS
+from tunegap.analysis.decide import CELL_KNOBS, OPTIONAL_KNOBS
 
 __all__ = [
     "DEFAULT_TABLE_COLUMNS",

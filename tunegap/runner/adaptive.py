@@ -40,13 +40,13 @@ from tunegap.analysis.decide import (
     OPEN,
     GapDecision,
     SeedDesign,
+    cell_key,
     counted_seeds,
     decide_gap,
 )
 from tunegap.analysis.tables import best_epoch_test_acc
 from tunegap.config import ghost_is_whole_batch
 from tunegap.names import COMPLETED, DIVERGED, ERROR
-from tunegap.study import cell_key
 
 
 @dataclass

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from ray.tune.search import Searcher
 
-from tunegap.analysis.decide import CLOSED, FAMILY_ALPHA, OPEN, SeedDesign, decide_gap
+from tunegap.analysis.decide import CLOSED, FAMILY_ALPHA, OPEN, SeedDesign, cell_key, decide_gap
 from tunegap.runner.adaptive import SeedsUntilDecided
-from tunegap.study import cell_key
 
 BASE_ACCURACY = 95.0
 

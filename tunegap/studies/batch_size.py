@@ -278,8 +278,8 @@ def comparisons(trials: pd.DataFrame) -> list:
     """At each large batch, each remedy against the row before it, seed by seed: +LR vs LB
     (does sqrt scaling recover part of the gap?) and +LR+GBN vs +LR (does GBN add to it?)."""
     from tunegap.analysis.cells import plain_value
+    from tunegap.analysis.decide import CELL_KNOBS
     from tunegap.analysis.effects import Comparison
-    from tunegap.names import CELL_KNOBS
 
     rows = trials[~trials["is_baseline"].fillna(False).astype(bool)]
     knobs: dict[tuple[int, str], dict] = {}

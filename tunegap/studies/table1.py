@@ -158,8 +158,8 @@ def comparisons(trials: pd.DataFrame) -> list:
     """Each remedy against the column before it, seed by seed: +LR vs LB, +GBN vs +LR (does
     GBN add to LR?), +RA vs +GBN (does RA add to GBN?)."""
     from tunegap.analysis.cells import plain_value
+    from tunegap.analysis.decide import CELL_KNOBS
     from tunegap.analysis.effects import Comparison
-    from tunegap.names import CELL_KNOBS
 
     b0 = get_workload(trials["workload"].iloc[0]).regime.base_batch_size
     knobs = {}

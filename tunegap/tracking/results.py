@@ -29,7 +29,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from tunegap.analysis.cells import knob_keys
-from tunegap.analysis.decide import ANSWERED, INCONCLUSIVE, OPTIONAL_KNOBS
+from tunegap.analysis.decide import ANSWERED, CELL_COLUMNS, INCONCLUSIVE
 from tunegap.tracking.runs import metric_value, now_ms
 from tunegap.tracking.uri import redact_uri, sqlite_path
 
@@ -119,7 +119,7 @@ def log_study_results(
 
 def child_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> dict[str, Mapping[str, Any]]:
     """Child run id -> the row of its trial's cell (trials without a run or cell left out)."""
-    knobs = [k for k in cells.columns if k in trials.columns and k in _knob_columns()]
+    knobs = [k for k in cells.columns if k in trials.columns and k in CELL_COLUMNS]
     if not len(cells) or "mlflow_run_id" not in trials.columns:
         return {}
     by_key = dict(zip(knob_keys(cells, knobs), cells.to_dict("records"), strict=True))
@@ -131,10 +131,6 @@ def child_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> dict[str, Mapping[
     return found
 
 
-def _knob_columns() -> tuple[str, ...]:
-    from tunegap.names import CELL_KNOBS
-
-    return CELL_KNOBS + OPTIONAL_KNOBS
 
 
 def child_batch(row: Mapping[str, Any]) -> tuple[list[Metric], list[RunTag]]:
