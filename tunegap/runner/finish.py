@@ -20,7 +20,16 @@ import pandas as pd
 from tunegap.atomic import write_text_atomically
 from tunegap.errors import StudyFailed
 from tunegap.runner.records import collect_records
-from tunegap.runner.report_text import closing_sentence, render_summary, unmeasurable_baseline
+from tunegap.runner.report_text import (
+    backfill_line,
+    closing_sentence,
+    figures_failed_warning,
+    mlflow_unreachable_warning,
+    paired_section,
+    publish_warnings,
+    render_summary,
+    unmeasurable_baseline,
+)
 from tunegap.study import Study
 from tunegap.tracking.results import publish_study
 
@@ -92,19 +101,18 @@ def finish_study(study: Study, run_dir: Path, tracker: Any, *, wall_seconds: flo
     outcome, figure_errors = write_reports(study, run_dir, trials_df, epochs_df, cells, files,
                                            wall_seconds)
     outcome.parent_run_id = tracker.parent_run_id
-    logged = reachable and publish_study(
-        tracker, files=outcome.files, cells=outcome.cells, trials=outcome.trials,
-        run_dir=run_dir, margin=study.margin, wall_seconds=wall_seconds,
-        figure_errors=figure_errors, dataset=dataset)
+    logged = False
+    if reachable:
+        parent_error, cells_error = publish_study(
+            tracker, files=outcome.files, cells=outcome.cells, trials=outcome.trials,
+            margin=study.margin, wall_seconds=wall_seconds, figure_errors=figure_errors,
+            dataset=dataset)
+        logged = parent_error is None
+        for line in publish_warnings(parent_error, cells_error, run_dir):
+            print(line, file=sys.stderr, flush=True)
     if not logged or unlogged:
-        missing = sorted(unlogged)
-        parts = [f"{len(missing)} trial run(s) ({', '.join(missing[:10])}"
-                 f"{' ...' if len(missing) > 10 else ''})"] if missing else []
-        parts += [] if logged else ["the study's results on the parent run"]
-        print(f"warning: MLflow at {tracker.tracking_uri} could not be reached: "
-              f"{' and '.join(parts)} are not (fully) logged; the Parquet tables in {run_dir} "
-              "are complete. Once MLflow is back, run the same command with --resume to log "
-              "them.", file=sys.stderr, flush=True)
+        print(mlflow_unreachable_warning(tracker.tracking_uri, sorted(unlogged), logged,
+                                         run_dir), file=sys.stderr, flush=True)
     if reachable:
         for line in open_lines(tracker):
             print(line, flush=True)
@@ -128,8 +136,7 @@ def sync_trials(tracker: Any, records: list[dict[str, Any]]) -> dict[str, str]:
 
     report = backfill_study(tracker, records)
     if report.updated:
-        print(f"MLflow: logged what {len(report.updated)} trial run(s) missed "
-              f"({report.steps_logged} epoch(s))", flush=True)
+        print(backfill_line(len(report.updated), report.steps_logged), flush=True)
     return report.failed
 
 
@@ -154,7 +161,7 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
         figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
         files += save_figures(figures, run_dir)
     except Exception as err:  # a figure must never cost the study its results
-        print(f"warning: the figures of {study.name} failed: {err}", file=sys.stderr)
+        print(figures_failed_warning(study.name, err), file=sys.stderr)
         figure_errors = 1
     train_seconds = float(trials_df["train_seconds"].fillna(0).sum())
     counts = trials_df["outcome"].value_counts().to_dict()
@@ -164,7 +171,7 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
     if effects is not None and len(effects):
         from tunegap.analysis.effects import effects_markdown
 
-        table += "\n\n## Paired comparisons\n\n" + effects_markdown(effects)
+        table += "\n\n" + paired_section(effects_markdown(effects))
     warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
                                         base_epochs=study.workload_def.regime.epochs,
                                         max_updates=study.knobs.get("max_updates"))

@@ -135,3 +135,58 @@ def render_summary(study: Study, table: str, cells: pd.DataFrame, counts: dict[s
     ]
     lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- MLflow and storage notes
+
+
+def no_earlier_run_line(study: str, root: Path) -> str:
+    """`--resume` with nothing to continue: it starts the study, and says so."""
+    return f"--resume: no earlier run of study {study} under {root}: starting it"
+
+
+def mlflow_unreachable_warning(tracking_uri: str, missing: Sequence[str], parent_logged: bool,
+                               run_dir: Path) -> str:
+    """What MLflow lacks when it could not be reached at the end, and how to fill it in."""
+    parts = [f"{len(missing)} trial run(s) ({', '.join(missing[:10])}"
+             f"{' ...' if len(missing) > 10 else ''})"] if missing else []
+    parts += [] if parent_logged else ["the study's results on the parent run"]
+    return (f"warning: MLflow at {tracking_uri} could not be reached: {' and '.join(parts)} "
+            f"are not (fully) logged; the Parquet tables in {run_dir} are complete. Once "
+            "MLflow is back, run the same command with --resume to log them.")
+
+
+def backfill_line(runs: int, epochs: int) -> str:
+    return f"MLflow: logged what {runs} trial run(s) missed ({epochs} epoch(s))"
+
+
+def publish_warnings(parent_error: str | None, cells_error: str | None,
+                     run_dir: Path) -> list[str]:
+    """The warnings for what the parent run or the trial runs could not be given."""
+    lines = []
+    if parent_error is not None:
+        lines.append("warning: MLflow: the study's results could not be logged on the parent "
+                     f"run ({parent_error})")
+    if cells_error is not None:
+        lines.append("warning: MLflow: the cells' gaps and verdicts could not be logged on the "
+                     f"trial runs ({cells_error}); the tables in {run_dir} hold them")
+    return lines
+
+
+def figures_failed_warning(study: str, error: object) -> str:
+    return f"warning: the figures of {study} failed: {error}"
+
+
+def paired_section(markdown: str) -> str:
+    """summary.md's section of paired comparisons (`tunegap.analysis.effects`)."""
+    return "## Paired comparisons\n\n" + markdown
+
+
+def parent_unanswered_warning(tracking_uri: str, status: str) -> str:
+    return (f"warning: MLflow at {tracking_uri} does not answer: the parent run stays RUNNING "
+            f"until --resume marks it {status}")
+
+
+def parent_unmarked_warning(status: str, error: str) -> str:
+    return (f"warning: MLflow: the parent run could not be marked {status} ({error}); "
+            "--resume marks it")

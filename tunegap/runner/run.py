@@ -38,7 +38,12 @@ from tunegap.runner.interrupts import InterruptWatch, finished_trials, unfinishe
 from tunegap.runner.options import RunOptions
 from tunegap.runner.progress import ProgressPrinter
 from tunegap.runner.records import JOURNAL_FILE, EpochJournal
-from tunegap.runner.report_text import study_banner
+from tunegap.runner.report_text import (
+    no_earlier_run_line,
+    parent_unanswered_warning,
+    parent_unmarked_warning,
+    study_banner,
+)
 from tunegap.runner.resources import init_ray, plan_trial_hardware
 from tunegap.runner.state_copies import StateCopies, StateUnrecoverable, repair_state
 from tunegap.runner.storage_faults import (
@@ -49,6 +54,7 @@ from tunegap.runner.storage_faults import (
 from tunegap.runner.tuner import build_tuner, trainable_with_resources
 from tunegap.study import Study
 from tunegap.text import first_line, one_line
+from tunegap.tracking.results import parent_run_fields
 from tunegap.tracking.uri import store_name
 
 STATE_FILE = "tunegap_study.json"
@@ -219,8 +225,7 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
     if options.resume and earlier is None:
         # Nothing to continue (a study stopped before it recorded anything, or never run):
         # --resume starts it, so "run the same command with --resume" always goes on.
-        print(f"--resume: no earlier run of study {study.name} under {root}: starting it",
-              file=sys.stderr, flush=True)
+        print(no_earlier_run_line(study.name, root), file=sys.stderr, flush=True)
         options = replace(options, resume=False)
     if earlier is not None and options.resume:
         run_dir = earlier
@@ -245,15 +250,9 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
                 shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
             raise
         try:
-            parent_run_id = tracker.start_parent(
-                params={
-                    **{k: v if isinstance(v, str | int | float) else json.dumps(v)
-                       for k, v in study.describe().items() if v is not None},
-                    "run_dir": str(run_dir),
-                    "total_trials": plan.total_trials,
-                },
-                tags={"tunegap.question": study.question[:5000]},
-            )
+            params, tags = parent_run_fields(study.describe(), question=study.question,
+                                             run_dir=run_dir, total_trials=plan.total_trials)
+            parent_run_id = tracker.start_parent(params=params, tags=tags)
         except (ValueError, MlflowException) as err:
             if not options.resume:
                 shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
@@ -364,11 +363,9 @@ def close_parent(tracker: Any, status: str | None) -> None:
             tracker.discard_parent()
         return
     if not store_reachable(tracker.tracking_uri):
-        print(f"warning: MLflow at {tracker.tracking_uri} does not answer: the parent run "
-              f"stays RUNNING until --resume marks it {status}", file=sys.stderr)
+        print(parent_unanswered_warning(tracker.tracking_uri, status), file=sys.stderr)
         return
     try:
         tracker.finish_parent(status)
     except Exception as err:
-        print(f"warning: MLflow: the parent run could not be marked {status} "
-              f"({one_line(err)}); --resume marks it", file=sys.stderr)
+        print(parent_unmarked_warning(status, one_line(err)), file=sys.stderr)

@@ -183,14 +183,13 @@ def image_names(files: Sequence[Path]) -> list[Path]:
 
 
 def publish_study(tracker: Any, *, files: Sequence[Path], cells: pd.DataFrame,
-                  trials: pd.DataFrame, run_dir: Path, margin: float, wall_seconds: float,
-                  figure_errors: int = 0, dataset: Any = None) -> bool:
+                  trials: pd.DataFrame, margin: float, wall_seconds: float,
+                  figure_errors: int = 0, dataset: Any = None) -> tuple[str | None, str | None]:
     """Everything a finished study logs on its parent run, in one place: the files and the
     summary numbers, then (`log_study_results`) each trial's cell on its child run, the
-    description, images and data set. False where the files or numbers failed to log; a
-    failure after them is a warning only, since what follows adds views of them."""
-    import sys
-
+    description, images and data set. Returns what failed, each error in one line (None
+    where it logged): the parent run's files and numbers (then nothing more is tried), and
+    what follows them, which adds views of them."""
     from tunegap.analysis.cells import verdict_counts
     from tunegap.names import OUTCOMES
     from tunegap.text import one_line
@@ -208,16 +207,22 @@ def publish_study(tracker: Any, *, files: Sequence[Path], cells: pd.DataFrame,
             **({"figure_errors": figure_errors} if figure_errors else {}),
         })
     except Exception as err:
-        print(f"warning: MLflow: the study's results could not be logged on the parent run "
-              f"({one_line(err)})", file=sys.stderr)
-        return False
+        return one_line(err), None
     summary = next((p for p in files if p.name == "summary.md"), None)
     try:
         log_study_results(tracker, cells=cells, trials=trials,
                           summary=summary.read_text() if summary else "",
                           images=image_names(files), dataset=dataset)
     except Exception as err:
-        print(f"warning: MLflow: the cells' gaps and verdicts could not be logged on the "
-              f"trial runs ({one_line(err)}); the tables in {run_dir} hold them",
-              file=sys.stderr)
-    return True
+        return None, one_line(err)
+    return None, None
+
+
+def parent_run_fields(description: Mapping[str, Any], *, question: str, run_dir: Path,
+                      total_trials: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The parent run's params (the study as it was asked, JSON where not a plain value, its
+    run folder and trial budget) and tags (its question, within MLflow's tag length)."""
+    params = {**{k: v if isinstance(v, str | int | float) else json.dumps(v)
+                 for k, v in description.items() if v is not None},
+              "run_dir": str(run_dir), "total_trials": total_trials}
+    return params, {"tunegap.question": question[:5000]}
