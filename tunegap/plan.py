@@ -34,12 +34,17 @@ class StudyPlan:
                    total_trials=total_trials(study))
 
     @property
-    def baseline(self) -> TrialConfig | None:
-        """Seed 0's baseline config (None for a study without one)."""
+    def baselines(self) -> tuple[TrialConfig, ...]:
+        """The baseline's configs, one per seed (the study's baseline rule, `is_baseline`)."""
         shared = self.study.trial_settings()
         epochs = self.study.baseline_epochs_override
-        return next((c for c in self.configs
-                     if c.seed == 0 and is_baseline(c.to_dict(), shared, epochs=epochs)), None)
+        return tuple(c for c in self.configs
+                     if is_baseline(c.to_dict(), shared, epochs=epochs))
+
+    @property
+    def baseline(self) -> TrialConfig | None:
+        """Seed 0's baseline config (None for a study without one)."""
+        return next((c for c in self.baselines if c.seed == 0), None)
 
     @property
     def cells(self) -> tuple[str, ...]:

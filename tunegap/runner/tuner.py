@@ -23,7 +23,7 @@ from tunegap.plan import StudyPlan
 from tunegap.runner import trainable
 from tunegap.runner.adaptive import FrontierSearch, SeedsUntilDecided
 from tunegap.runner.options import RunOptions
-from tunegap.study import Study, is_baseline
+from tunegap.study import Study
 from tunegap.study_checks import LOG_RANGE_KNOBS
 
 logger = logging.getLogger(__name__)
@@ -184,15 +184,12 @@ def trainable_with_resources(plan: StudyPlan, options: RunOptions) -> Any:
 
 def adaptive_search(plan: StudyPlan, configs: list[TrialConfig]) -> Any:
     """The searcher that decides seeds as results come in (`tunegap.runner.adaptive`);
-    `configs` are the plan's, placed on the run's device."""
+    `configs` are the plan's, in its order, placed on the run's device."""
     study = plan.study
-    shared = study.trial_settings()
-    epochs = study.baseline_epochs_override
-    baseline = next(c for c in configs
-                    if c.seed == 0 and is_baseline(c.to_dict(), shared, epochs=epochs)).to_dict()
+    placed = dict(zip(plan.configs, configs, strict=True))
+    baseline = placed[plan.baseline].to_dict()
     if study.search == "frontier":
-        first = next(c for c in configs
-                     if not is_baseline(c.to_dict(), shared, epochs=epochs)).to_dict()
+        first = next(placed[c] for c in plan.configs if c not in plan.baselines).to_dict()
         template = {**first, "ghost_batch_size": study.grid.get("ghost_batch_size", (None,))[0]}
         return FrontierSearch(
             study.grid["batch_size"], study.workload_def.regime.base_batch_size, template,
