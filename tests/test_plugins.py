@@ -112,13 +112,18 @@ def test_unknown_workload_names_the_plugin_ones_before_ray(plugin_file, tmp_path
     assert not (tmp_path / "tunegap_results").exists()  # nothing started
 
 
-def test_tunegap_list_shows_studies_and_plugin_workloads(plugin_file, tmp_path):
-    done = run([*tunegap_command(), "list", "--plugin", str(plugin_file)], cwd=tmp_path)
+def test_tunegap_list_shows_studies_and_plugin_workloads_and_optimizers(plugin_file, tmp_path):
+    optimizer_file = tmp_path / "lab_optim.py"
+    optimizer_file.write_text(OPTIMIZER_PLUGIN)
+    done = run([*tunegap_command(), "list", "--plugin", str(plugin_file), "--plugin",
+                str(optimizer_file)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(line.split()[:1] == ["ghost_size"] for line in lines)
     assert any(line.split()[:1] == ["lab-workload"] for line in lines)
     assert any(line.split()[:1] == ["mnist1d-cnn"] for line in lines)
+    (optimizers,) = [line for line in lines if line.startswith("optimizers")]
+    assert "lab-half-momentum" in optimizers and "sgd" in optimizers
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ def study_names() -> list[str]:
 
 
 def list_command(argv: Sequence[str]) -> int:
-    p = OneLineParser(prog=f"{PROG} list", description="Studies and workloads, one line each.")
+    p = OneLineParser(prog=f"{PROG} list",
+                      description="Studies, workloads and optimizers, one line each.")
     add_plugin_option(p)
     args = p.parse_args(argv)
     import_plugins(p.prog, args)
@@ -42,6 +43,9 @@ def list_command(argv: Sequence[str]) -> int:
         w = WORKLOADS.get(name)
         print(f"  {name:18s} model {w.model}, data {w.dataset}, B0 {w.regime.base_batch_size}, "
               f"{w.regime.epochs} epochs")
+    from tunegap.optim import OPTIMIZERS
+
+    print(f"optimizers (--optimizer NAME): {', '.join(OPTIMIZERS.names())}")
     return 0
 
 
