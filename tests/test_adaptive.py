@@ -124,6 +124,36 @@ def test_state_survives_save_and_restore_midway(tmp_path):
         assert sorted(got) == list(range(len(got)))
 
 
+def test_a_ledger_saved_before_it_kept_epochs_resumes(tmp_path):
+    # A run started by an earlier release pickled its ledger with each trial's best test
+    # accuracy ("best") and no epochs; --resume must go on with it, not fail.
+    import pickle
+
+    first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(256)]]
+    searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=1.0, max_seeds=6,
+                                 accuracy="best")
+    config = searcher.suggest("t0")
+    path = tmp_path / "old-searcher.pkl"
+    searcher.save(str(path))
+    saved = pickle.loads(path.read_bytes())
+    del saved["ledger"]["epochs"]
+    saved["ledger"]["best"] = {"t0": 97.0}
+    path.write_bytes(pickle.dumps(saved))
+    again = SeedsUntilDecided([], {**BASE, "seed": 0}, margin=1.0, max_seeds=6, accuracy="best")
+    again.restore(str(path))
+    # Tune's tuner.pkl holds the searcher itself: its ledger unpickled, no __init__ run.
+    old_ledger = searcher.ledger
+    del old_ledger.__dict__["epochs"]
+    old_ledger.__dict__["best"] = {"t0": 97.0}
+    unpickled = SeedsUntilDecided([], {**BASE, "seed": 0}, margin=1.0, max_seeds=6)
+    unpickled.ledger = pickle.loads(pickle.dumps(old_ledger))
+    for resumed in (again, unpickled):
+        resumed.on_trial_result("t0", {"epoch": 1, "test_acc": 96.0, "val_acc": 95.0})
+        resumed.on_trial_complete("t0", {"epoch": 2, "test_acc": 95.5, "val_acc": 94.0,
+                                         "diverged": False})
+        assert resumed.ledger.cells[cell_key(config)].values[config["seed"]] == 96.0
+
+
 def test_a_diverging_cell_stops_and_errors_count_as_unusable():
     first = [{**c, "seed": s} for s in range(3) for c in [BASE, cell(2048)]]
     searcher = SeedsUntilDecided(first, {**BASE, "seed": 0}, margin=0.5, max_seeds=8)

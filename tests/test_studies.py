@@ -343,3 +343,18 @@ def test_a_study_option_is_the_same_value_from_python_and_from_its_command():
     assert from_python.knobs["momentum"] == 0.5
     with pytest.raises(StudyError, match="--search 'optuna' is not allowed: use grid"):
         ghost_size.study(search="optuna")
+
+
+@pytest.mark.parametrize(("module", "options", "named"), [
+    (frontier, {"ghost_size": 0}, "--ghost-size 0"),
+    (frontier, {"noise_scale_every": 0}, "--noise-scale-every 0"),
+    (batch_size, {"ghost_batch_size": -8}, "--ghost-batch-size -8"),
+    (table1, {"long_baseline": 0}, "--long-baseline 0"),
+    (table1, {"large_batch_size": 0}, "--large-batch-size 0"),
+    (regime_length, {"batch_size": 0}, "--batch-size 0"),
+    (optimizers, {"lr_exponent": 2}, "--lr-exponent 2"),
+    (warmup, {"warmup_fraction": 0}, "--warmup-fraction 0"),
+], ids=lambda v: v.__name__.rsplit(".", 1)[1] if hasattr(v, "__name__") else None)
+def test_a_study_s_own_options_are_checked_from_python_as_on_its_command(module, options, named):
+    with pytest.raises(StudyError, match=named):
+        module.study(**options)

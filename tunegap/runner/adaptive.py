@@ -168,7 +168,13 @@ class SeedLedger:
                 "baseline": self.baseline, "by_trial": self.by_trial, "epochs": self.epochs}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__setstate__(state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A ledger saved before it kept epochs (it kept each trial's best test accuracy,
+        # "best") resumes with none: a trial still running then reports its epochs again.
+        self.__dict__.update({k: v for k, v in state.items() if k != "best"})
+        self.__dict__.setdefault("epochs", {})
 
 
 class StatefulSearcher(Searcher):

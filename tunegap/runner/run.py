@@ -322,13 +322,14 @@ def fit_and_finish(plan: StudyPlan, options: RunOptions, run_dir: Path, tracker:
         except StateUnrecoverable as err:
             raise StudyError(str(err)) from None
     if options.resume and tune.Tuner.can_restore(str(run_dir)):
-        tuner = tune.Tuner.restore(
-            str(run_dir),
-            trainable=trainable_with_resources(plan, options),
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
+        with QuietStorageFaults():  # restoring reads the result files a full disk cut short
+            tuner = tune.Tuner.restore(
+                str(run_dir),
+                trainable=trainable_with_resources(plan, options),
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
     else:
         tuner = build_tuner(plan, options, run_dir, callbacks)
     started = time.perf_counter()

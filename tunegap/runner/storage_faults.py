@@ -149,7 +149,7 @@ class _DropStorageFaultTracebacks(logging.Filter):
 
 def _cut_result_file(record: logging.LogRecord) -> bool:
     """Tune's warning for result files it cannot parse, where every one was cut short."""
-    lines = record.getMessage().splitlines()
+    lines = record.getMessage().splitlines() or [""]
     return (record.name == _ANALYSIS_LOGGER and lines[0].startswith("Failed to fetch metrics")
             and all("JSONDecodeError(" in line for line in lines[1:]))
 
