@@ -69,6 +69,16 @@ def resume_after_freeing(ballast: Path, command: list[str], storage: Path,
     assert_complete(storage, tracking_uri)
 
 
+def fill_before(function: str, command: list[str], mount: Path
+                ) -> subprocess.CompletedProcess:
+    """Run the study `command` through fill_before.py, which fills `mount` as the study
+    calls `tunegap.runner.run.<function>`."""
+    filler = [sys.executable, str(Path(__file__).with_name("fill_before.py")), *command[2:]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(mount),
+           "TUNEGAP_TEST_FILL_BEFORE": function}
+    return subprocess.run(filler, env=env, capture_output=True, text=True, timeout=HANG_S)
+
+
 def assert_complete(storage: Path, tracking_uri: str) -> None:
     (run_dir,) = run_dirs(storage)
     trials, epochs = read_tables(run_dir)
@@ -193,9 +203,7 @@ def test_a_disk_that_fills_as_the_study_starts_stops_and_resume_starts_it(
         tmp_path, data_dir, small_mount):
     storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
     command = regime_study(storage, uri, data_dir)
-    filler = [sys.executable, str(Path(__file__).with_name("fill_at_start.py")), *command[2:]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
-    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=HANG_S)
+    first = fill_before("write_run_state", command, small_mount)
     assert first.returncode == 1, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     (line,) = error_lines(first.stderr)
@@ -214,10 +222,7 @@ def test_a_disk_that_fills_at_the_final_tables_stops_in_one_line_and_resumes(
         tmp_path, data_dir, small_mount):
     storage, uri = small_mount / "results", f"sqlite:///{tmp_path}/mlflow.db"
     command = regime_study(storage, uri, data_dir)
-    filler = [sys.executable, str(Path(__file__).with_name("fill_at_final_tables.py")),
-              *command[2:]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEGAP_TEST_FILL_MOUNT": str(small_mount)}
-    first = subprocess.run(filler, env=env, capture_output=True, text=True, timeout=HANG_S)
+    first = fill_before("finish_study", command, small_mount)
     assert first.returncode == 1, first.stderr[-3000:]
     full_disk_line(first.stderr)
     resume_after_freeing(small_mount / "ballast", command, storage, uri)
