@@ -39,6 +39,10 @@ QUESTION = (
 REMEDIES = ("SB", "LB", "+LR", "+LR+GBN")
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+
+
 def remedy_label(row) -> str:
     """"SB" for the small-batch baseline (B=B0), else LB, +LR or +LR+GBN from the knobs."""
     if bool(row.get("is_baseline", False)):
@@ -305,7 +309,7 @@ def study(*, batch_sizes: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048, 40
     if ghost_batch_size is not None:
         check_count("--ghost-batch-size", ghost_batch_size)
     check_count("--noise-scale-every", noise_scale_every)
-    fields = study_fields("batch_size", options, seeds=AUTO)
+    fields = study_fields("batch_size", options, **DEFAULTS)
     try:
         workload = get_workload(fields["workload"])
         b0, base_epochs = workload.regime.base_batch_size, workload.regime.epochs
@@ -335,7 +339,7 @@ def study(*, batch_sizes: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048, 40
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("batch_size", __doc__, defaults={"seeds": AUTO})
+    p = study_parser("batch_size", __doc__, defaults=DEFAULTS)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--ghost-batch-size", type=positive_int("--ghost-batch-size"),
                    default=own["ghost_batch_size"],

@@ -30,6 +30,10 @@ QUESTION = (
 )
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": 3}
+
+
 def figures(cells, trials, epochs) -> dict:
     # The baseline is one line whatever exponent its trials carry (the same lr at B0).
     base = trials["is_baseline"].fillna(False).astype(bool)
@@ -107,13 +111,13 @@ def study(*, batch_sizes: Sequence[int] = (32, 128, 512, 2048),
         question=QUESTION,
         figures=figures,
         report=report,
-        **study_fields("diffusion", options, seeds=3),
+        **study_fields("diffusion", options, **DEFAULTS),
     )
 
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("diffusion", __doc__, defaults={"seeds": 3})
+    p = study_parser("diffusion", __doc__, defaults=DEFAULTS)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--exponents", type=float_list("--exponents"), default=own["exponents"])
     return p

@@ -41,6 +41,12 @@ FRONTIER_FILE = "frontier.csv"
 NOISE_PHASE = 0.5
 
 
+# The study's own defaults of the common options, and the searches it runs (the first
+# the default), for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+SEARCHES = ("frontier",)
+
+
 def frontier_table(cells: pd.DataFrame, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """One row per batch size: the bracket (largest open, smallest closed multiplier, with
     their updates), re-walked from the map's own verdicts by the search's fixed sequences,
@@ -215,7 +221,7 @@ def study(*, batch_sizes: Sequence[int] = (256, 512, 1024, 2048), ghost_size: in
     if ghost_size is not None:
         check_count("--ghost-size", ghost_size)
     check_count("--noise-scale-every", noise_scale_every)
-    fields = study_fields("frontier", options, searches=("frontier",), seeds=AUTO)
+    fields = study_fields("frontier", options, searches=SEARCHES, **DEFAULTS)
     try:
         b0 = get_workload(fields["workload"]).regime.base_batch_size
     except ValueError as err:
@@ -240,7 +246,7 @@ def study(*, batch_sizes: Sequence[int] = (256, 512, 1024, 2048), ghost_size: in
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("frontier", __doc__, defaults={"seeds": AUTO}, searches=("frontier",))
+    p = study_parser("frontier", __doc__, defaults=DEFAULTS, searches=SEARCHES)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--ghost-size", type=positive_int("--ghost-size"), default=own["ghost_size"],
                    help="ghost batch size (default: the workload's B0)")

@@ -26,6 +26,10 @@ QUESTION = (
 )
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+
+
 def figures(cells, trials, epochs) -> dict:
     return {
         "gap_map": plots.gap_heatmap(
@@ -58,13 +62,13 @@ def study(*, batch_sizes: Sequence[int] = (128, 512, 2048),
         question=QUESTION,
         figures=figures,
         comparisons=comparisons,
-        **study_fields("ghost_size", options, seeds=AUTO),
+        **study_fields("ghost_size", options, **DEFAULTS),
     )
 
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("ghost_size", __doc__, defaults={"seeds": AUTO})
+    p = study_parser("ghost_size", __doc__, defaults=DEFAULTS)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--ghost-sizes", type=ghost_list, default=own["ghost_sizes"])
     p.add_argument("--lr-exponent", type=float, default=own["lr_exponent"])

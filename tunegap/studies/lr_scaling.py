@@ -28,6 +28,12 @@ QUESTION = (
 )
 
 
+# The study's own defaults of the common options, and the searches it runs (the first
+# the default), for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+SEARCHES = ("grid", "optuna")
+
+
 def figures(cells, trials, epochs) -> dict:
     grid = cells[~cells["is_baseline"]]
     return {
@@ -65,7 +71,7 @@ def study(*, batch_sizes: Sequence[int] = (128, 512, 2048),
     """The lr_scaling study: `batch_sizes` x lr `exponents` on a grid, or with
     `search="optuna"` the exponent and base lr drawn by Optuna (one seed a trial by default);
     `options` as `StudyOptions`."""
-    fields = study_fields("lr_scaling", options, searches=("grid", "optuna"), seeds=AUTO)
+    fields = study_fields("lr_scaling", options, searches=SEARCHES, **DEFAULTS)
     if fields["search"] == "optuna":
         # Optuna draws one configuration per trial: seeds are a number there, one by default.
         if fields["seeds"] == AUTO:
@@ -94,7 +100,7 @@ def study(*, batch_sizes: Sequence[int] = (128, 512, 2048),
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("lr_scaling", __doc__, defaults={"seeds": AUTO}, searches=("grid", "optuna"))
+    p = study_parser("lr_scaling", __doc__, defaults=DEFAULTS, searches=SEARCHES)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--exponents", type=float_list("--exponents"), default=own["exponents"])
     return p

@@ -28,6 +28,10 @@ QUESTION = (
 )
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+
+
 def figures(cells, trials, epochs) -> dict:
     grid = cells[~cells["is_baseline"]]
     return {
@@ -48,7 +52,7 @@ def study(*, batch_size: int | None = None,
     `lr_exponent`; `options` as `StudyOptions`."""
     if batch_size is not None:
         check_count("--batch-size", batch_size)
-    fields = study_fields("regime_length", options, seeds=AUTO)
+    fields = study_fields("regime_length", options, **DEFAULTS)
     try:
         workload = get_workload(fields["workload"])
         batch = batch_size or workload.large_batch_size
@@ -71,7 +75,7 @@ def study(*, batch_size: int | None = None,
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("regime_length", __doc__, defaults={"seeds": AUTO})
+    p = study_parser("regime_length", __doc__, defaults=DEFAULTS)
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=own["batch_size"],
                    help="the large batch (default: the workload's large batch size)")
     p.add_argument("--multipliers", type=multiplier_list, default=own["multipliers"])

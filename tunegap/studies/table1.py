@@ -34,6 +34,10 @@ QUESTION = (
 )
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+
+
 def column_of(row: pd.Series, b0: int) -> str:
     if row["batch_size"] == b0:
         mult = str(row["regime_multiplier"])
@@ -184,7 +188,7 @@ def study(*, large_batch_size: int | None = None, long_baseline: int | None = No
     for flag, value in (("--large-batch-size", large_batch_size), ("--long-baseline", long_baseline)):
         if value is not None:
             check_count(flag, value)
-    fields = study_fields("table1", options, seeds=AUTO)
+    fields = study_fields("table1", options, **DEFAULTS)
     try:
         workload = get_workload(fields["workload"])
         rows = table1_rows(workload, large_batch_size=large_batch_size)
@@ -200,7 +204,7 @@ def study(*, large_batch_size: int | None = None, long_baseline: int | None = No
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("table1", __doc__, defaults={"seeds": AUTO})
+    p = study_parser("table1", __doc__, defaults=DEFAULTS)
     p.add_argument("--large-batch-size", type=positive_int("--large-batch-size"),
                    default=own["large_batch_size"],
                    help="the large batch (default: the workload's, 2048 for mnist1d-cnn)")

@@ -47,6 +47,10 @@ OWN_KNOBS = ("warmup_epochs", "warmup_start_factor")
 RULE_ORDER = {"baseline": -1, **{r: i for i, r in enumerate(RULES)}}
 
 
+# The study's own defaults of the common options, for its function and its command alike.
+DEFAULTS = {"seeds": AUTO}
+
+
 def rule_label(row) -> str:
     """"baseline" for B=B0, else the rule of the row: linear, linear+warmup or sqrt."""
     if bool(row.get("is_baseline", False)):
@@ -141,7 +145,7 @@ def study(*, batch_sizes: Sequence[int] = (128, 512, 2048), warmup_fraction: flo
     `options` as `StudyOptions`."""
     warmup_fraction = check_number("--warmup-fraction", warmup_fraction, low=0, high=1,
                                    low_open=True)
-    fields = study_fields("warmup", options, seeds=AUTO)
+    fields = study_fields("warmup", options, **DEFAULTS)
     taken = [k for k in OWN_KNOBS if k in fields["knobs"]]
     if taken:
         flag = "--" + taken[0].replace("_", "-")
@@ -172,7 +176,7 @@ def study(*, batch_sizes: Sequence[int] = (128, 512, 2048), warmup_fraction: flo
 
 def parser():
     own = own_defaults(study)
-    p = study_parser("warmup", __doc__, defaults={"seeds": AUTO})
+    p = study_parser("warmup", __doc__, defaults=DEFAULTS)
     p.add_argument("--batch-sizes", type=int_list("--batch-sizes"), default=own["batch_sizes"])
     p.add_argument("--warmup-fraction", type=number("--warmup-fraction"),
                    default=own["warmup_fraction"],
