@@ -16,8 +16,8 @@ from tunegap.analysis.decide import (
     holm,
 )
 from tunegap.analysis.power import MAX_SEEDS_TO_DECIDE
-from tunegap.analysis.report import baseline_summary
 from tunegap.analysis.tables import build_tables, read_tables, write_tables
+from tunegap.runner.report_text import baseline_summary
 
 CELL_COLUMNS = [
     "workload", "batch_size", "ghost_batch_size", "lr_exponent", "regime_multiplier",

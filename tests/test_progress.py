@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunegap.runner.progress import ProgressPrinter, eta_seconds, format_duration
-from tunegap.runner.report_text import closing_sentence
+from tunegap.runner.progress import ProgressPrinter
+from tunegap.runner.report_text import closing_sentence, eta_seconds, format_duration
 
 
 @dataclass

@@ -2,8 +2,9 @@ import pytest
 from gap_records import study_records
 
 from tunegap.analysis.cells import compute_cells
-from tunegap.analysis.report import baseline_summary, describe, format_value, markdown_table
+from tunegap.analysis.formatting import describe, format_value, markdown_table
 from tunegap.analysis.tables import build_tables
+from tunegap.runner.report_text import baseline_summary
 
 
 @pytest.fixture(scope="module")

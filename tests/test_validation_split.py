@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tunegap import RunOptions, Study, run_study
-from tunegap.analysis.report import best_epoch_warning
 from tunegap.analysis.tables import best_epoch_test_acc, read_tables
 from tunegap.config import TrialConfig
 from tunegap.engine import Engine
+from tunegap.runner.report_text import best_epoch_warning
 
 
 def config(data_dir, **kw) -> TrialConfig:

@@ -32,7 +32,7 @@ from tunegap.analysis.decide import (
     OPTIONAL_KNOBS,
 )
 from tunegap.analysis.fits import fit_diffusion, fit_diffusion_phase
-from tunegap.analysis.report import describe, format_value
+from tunegap.analysis.formatting import describe, format_value
 from tunegap.names import COMPLETED
 
 __all__ = ["curves", "diffusion_plot", "error_vs_batch", "gap_heatmap"]

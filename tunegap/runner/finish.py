@@ -22,6 +22,9 @@ from tunegap.errors import StudyFailed
 from tunegap.runner.records import collect_records
 from tunegap.runner.report_text import (
     backfill_line,
+    baseline_summary,
+    baseline_warnings,
+    best_epoch_warning,
     closing_sentence,
     figures_failed_warning,
     mlflow_unreachable_warning,
@@ -152,10 +155,10 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
                   wall_seconds: float) -> tuple[StudyOutcome, int]:
     """Figures, summary.md and the study's own tables, beside the Parquet tables; and
     whether the figures failed (1) or not (0)."""
-    from tunegap.analysis import report
     from tunegap.analysis.figure_files import save_figures
+    from tunegap.analysis.formatting import markdown_table
 
-    table = report.markdown_table(cells)
+    table = markdown_table(cells)
     figure_errors = 0
     try:
         figures = study.figures(cells, trials_df, epochs_df) if study.figures else {}
@@ -172,14 +175,14 @@ def write_reports(study: Study, run_dir: Path, trials_df: pd.DataFrame, epochs_d
         from tunegap.analysis.effects import effects_markdown
 
         table += "\n\n" + paired_section(effects_markdown(effects))
-    warnings = report.baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
-                                        base_epochs=study.workload_def.regime.epochs,
-                                        max_updates=study.knobs.get("max_updates"))
-    warnings += report.best_epoch_warning(str(study.accuracy), study.protocol,
-                                          float(study.knobs.get("validation_fraction", 0.0)))
+    warnings = baseline_warnings(trials_df, epochs_df, margin=float(study.margin),
+                                 base_epochs=study.workload_def.regime.epochs,
+                                 max_updates=study.knobs.get("max_updates"))
+    warnings += best_epoch_warning(str(study.accuracy), study.protocol,
+                                   float(study.knobs.get("validation_fraction", 0.0)))
     summary = render_summary(study, table, cells, counts, wall_seconds, train_seconds,
                              figures=[p.name for p in files if p.suffix == ".png"],
-                             baseline_sentence=report.baseline_summary(cells),
+                             baseline_sentence=baseline_summary(cells),
                              warnings=warnings)
     files.append(write_text_atomically(run_dir / "summary.md", summary))
     own_tables = study.tables(cells, trials_df, epochs_df) if study.tables else {}

@@ -1,4 +1,5 @@
-"""What the terminal shows while a study runs: one line per finished trial.
+"""What the terminal shows while a study runs: one line per finished trial (its words:
+`tunegap.runner.report_text.progress_line`).
 
 A line reads ``[3/8 done, 2 running, 5 left, ETA 1m40s] B=512 ghost=BN a=0.5 rho=1 seed=0:
 completed test_acc 71.20 epochs 2 (12s)``. The ETA comes from the trials finished in this
@@ -14,39 +15,9 @@ from typing import Any
 from ray import tune
 
 from tunegap.names import COMPLETED, DIVERGED, ERROR
+from tunegap.runner.report_text import eta_seconds, progress_counts, progress_line
 
 _FINISHED = ("TERMINATED", "ERROR")
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as the terminal shows it: "45s", "3m05s", "2h07m"."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def eta_seconds(elapsed: float, finished_here: int, left: int) -> float | None:
-    """Seconds until `left` more trials finish, at the rate the `finished_here` trials of
-    this process finished in `elapsed` seconds; None before any finished."""
-    if finished_here <= 0 or elapsed <= 0:
-        return None
-    return elapsed / finished_here * max(left, 0)
-
-
-def progress_counts(done: int, running: int, total: int, *, at_most: bool,
-                    eta: float | None) -> str:
-    """The bracket that opens a progress line: done / total, running, left and the ETA."""
-    left = max(total - done, 0)
-    bound = "<=" if at_most else ""
-    when = "ETA ?" if eta is None else f"ETA {format_duration(eta)}"
-    if left == 0:
-        when = "all done"
-    return (f"[{done}/{bound}{total} done, {running} running, {bound}{left} left, {when}]")
 
 
 class ProgressPrinter(tune.Callback):
@@ -81,14 +52,7 @@ class ProgressPrinter(tune.Callback):
         left = max(self.total_trials - done, 0)
         counts = progress_counts(done, running, self.total_trials, at_most=self.at_most,
                                  eta=eta_seconds(elapsed, self.finished_here, left))
-        r = trial.last_result or {}
-        c = trial.config
-        return (
-            f"{counts} B={c['batch_size']} ghost={c['ghost_batch_size'] or 'BN'} "
-            f"a={c['lr_exponent']:g} rho={c['regime_multiplier']} seed={c['seed']}: {outcome} "
-            f"test_acc {r.get('test_acc', float('nan')):.2f} epochs {r.get('epoch', 0)} "
-            f"({format_duration(elapsed)})"
-        )
+        return progress_line(counts, trial.config, trial.last_result or {}, outcome, elapsed)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}

@@ -1,14 +1,19 @@
 """Every text a study prints or writes about itself, in one place: the line before Ray
-starts (`study_banner`), `summary.md` (`render_summary`), the closing line
-(`closing_sentence`) and the one line a study whose baseline cannot be measured ends with
-(`unmeasurable_baseline`). The numbers come from the tables; the words are only here."""
+starts (`study_banner`), the line per finished trial (`progress_line`), `summary.md`
+(`render_summary`, with `baseline_summary` and the warnings under its table), the closing
+line (`closing_sentence`), the one line a study whose baseline cannot be measured ends with
+(`unmeasurable_baseline`) and its warnings. The numbers come from the tables; the words are
+only here (how one value reads, in tables and figures alike: `tunegap.analysis.formatting`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tunegap.analysis.decide import ANSWERED, DECIDED, INCONCLUSIVE, rule_sentence
@@ -190,3 +195,126 @@ def parent_unanswered_warning(tracking_uri: str, status: str) -> str:
 def parent_unmarked_warning(status: str, error: str) -> str:
     return (f"warning: MLflow: the parent run could not be marked {status} ({error}); "
             "--resume marks it")
+
+
+def baseline_summary(cells: pd.DataFrame) -> str:
+    """One sentence on the baseline, the accuracy judged and the margin, for summaries under
+    the table. It states no verdict: those are the table's."""
+    row = cells.iloc[0]
+    std = row["baseline_test_acc_std"]
+    spread = f" ± {std:.2f}" if math.isfinite(std) else ""
+    which = "best-epoch" if row.get("accuracy", "final") == "best" else "final-epoch"
+    return (
+        f"Baseline {which} test accuracy {row['baseline_test_acc']:.2f}{spread} % over "
+        f"{row['baseline_n_seeds']} seed(s); each gap is judged against a margin of "
+        f"{row['margin']:.2f} points declared before the run."
+    )
+
+
+def best_epoch_warning(accuracy: str, protocol: str, validation_fraction: float = 0.0
+                       ) -> list[str]:
+    """The caveat of judging the best epoch where it is chosen on the test set itself (no
+    validation split held out of the training set)."""
+    if accuracy != "best" or validation_fraction:
+        return []
+    who = ("as the authors' code does (best_prec1)" if protocol == "authors"
+           else "on the test set itself")
+    return [f"warning: each trial is judged by its best epoch's test accuracy, chosen {who}: "
+            "an optimistic estimate that grows with the number of epochs (more chances), "
+            "so it favours the longer runs; --accuracy final is the unbiased one"]
+
+
+def baseline_warnings(trials: pd.DataFrame, epochs: pd.DataFrame, *, margin: float,
+                      base_epochs: int | None = None,
+                      max_updates: int | None = None) -> list[str]:
+    """One-line warnings about the reference itself: trained fewer epochs than the
+    workload's base regime (`base_epochs`; because of --baseline-epochs, or of a study-wide
+    budget of `max_updates` weight updates that stops every trial alike), or its test
+    accuracy still rising by more than the margin over its last quarter of epochs (mean over
+    its seeds), i.e. "closing" would mean matching an undertrained small batch.
+
+    >>> t = pd.DataFrame({"trial_id": ["a"], "is_baseline": [True], "resolved_epochs": [4.0]})
+    >>> e = pd.DataFrame({"trial_id": ["a"] * 4, "epoch": [1, 2, 3, 4],
+    ...                   "test_acc": [80.0, 90.0, 92.0, 93.0]})
+    >>> for line in baseline_warnings(t, e, margin=0.5, base_epochs=20): print(line)
+    warning: the baseline trained 4 epochs, not the workload's 20 (--baseline-epochs): gaps are measured against a shortened small batch
+    warning: the baseline's test accuracy still rose by 1.00 points over its last quarter of epochs (3 to 4), more than the margin 0.5: it may be undertrained, and "closed" may mean matching an undertrained reference
+    >>> baseline_warnings(t, e.iloc[:0], margin=0.5, base_epochs=20, max_updates=1000)[0][:85]
+    "warning: the baseline trained 4 epochs, not the workload's 20 (--max-updates 1000, as"
+    """
+    base_ids = trials.loc[trials["is_baseline"].fillna(False).astype(bool), "trial_id"]
+    lines = []
+    if base_epochs is not None and "resolved_epochs" in trials and len(base_ids):
+        trained = pd.to_numeric(trials.loc[trials["trial_id"].isin(base_ids),
+                                           "resolved_epochs"], errors="coerce").max()
+        if math.isfinite(trained) and trained < base_epochs:
+            cause = ("--baseline-epochs" if max_updates is None
+                     else f"--max-updates {max_updates}, as every trial")
+            lines.append(f"warning: the baseline trained {trained:g} epochs, not the "
+                         f"workload's {base_epochs} ({cause}): "
+                         "gaps are measured against a shortened small batch")
+    if epochs.empty or not len(base_ids):
+        return lines
+    rises, spans = [], set()
+    for _, curve in epochs[epochs["trial_id"].isin(base_ids)].groupby("trial_id"):
+        curve = curve.sort_values("epoch")
+        acc = pd.to_numeric(curve["test_acc"], errors="coerce").to_numpy(dtype=float)
+        last = float(curve["epoch"].iloc[-1])
+        if len(curve) < 2 or not math.isfinite(acc[-1]):
+            continue
+        start_epoch = 0.75 * last
+        earlier = curve[curve["epoch"] <= start_epoch]
+        ref = earlier.iloc[-1] if len(earlier) else curve.iloc[0]
+        rises.append(acc[-1] - float(ref["test_acc"]))
+        spans.add((float(ref["epoch"]), last))
+    if rises and float(np.mean(rises)) > margin:
+        span = " or ".join(f"{a:g} to {b:g}" for a, b in sorted(spans))
+        lines.append(f"warning: the baseline's test accuracy still rose by "
+                     f"{float(np.mean(rises)):.2f} points over its last quarter of epochs "
+                     f"({span}), more than the margin {margin:g}: it may be undertrained, and "
+                     f"\"closed\" may mean matching an undertrained reference")
+    return lines
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as the terminal shows it: "45s", "3m05s", "2h07m"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def eta_seconds(elapsed: float, finished_here: int, left: int) -> float | None:
+    """Seconds until `left` more trials finish, at the rate the `finished_here` trials of
+    this process finished in `elapsed` seconds; None before any finished."""
+    if finished_here <= 0 or elapsed <= 0:
+        return None
+    return elapsed / finished_here * max(left, 0)
+
+
+def progress_counts(done: int, running: int, total: int, *, at_most: bool,
+                    eta: float | None) -> str:
+    """The bracket that opens a progress line: done / total, running, left and the ETA."""
+    left = max(total - done, 0)
+    bound = "<=" if at_most else ""
+    when = "ETA ?" if eta is None else f"ETA {format_duration(eta)}"
+    if left == 0:
+        when = "all done"
+    return (f"[{done}/{bound}{total} done, {running} running, {bound}{left} left, {when}]")
+
+
+def progress_line(counts: str, config: Mapping[str, Any], result: Mapping[str, Any],
+                  outcome: str, elapsed: float) -> str:
+    """The line printed as a trial finishes: the `progress_counts` bracket, the trial's
+    knobs, its outcome and last test accuracy, and the study's time so far."""
+    return (
+        f"{counts} B={config['batch_size']} ghost={config['ghost_batch_size'] or 'BN'} "
+        f"a={config['lr_exponent']:g} rho={config['regime_multiplier']} "
+        f"seed={config['seed']}: {outcome} "
+        f"test_acc {result.get('test_acc', float('nan')):.2f} epochs {result.get('epoch', 0)} "
+        f"({format_duration(elapsed)})"
+    )

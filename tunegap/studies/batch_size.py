@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.analysis.report import format_number
+from tunegap.analysis.formatting import format_number
 from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, positive_int
 from tunegap.study import Study, StudyError

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from tunegap.analysis.decide import judged_accuracy
-from tunegap.analysis.report import format_number
+from tunegap.analysis.formatting import format_number
 from tunegap.analysis.scaling import fit_scaling_regions, fits_table
 from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, number

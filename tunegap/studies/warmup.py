@@ -29,7 +29,7 @@ from typing import Unpack
 import pandas as pd
 
 from tunegap.analysis import plots
-from tunegap.analysis.report import format_number
+from tunegap.analysis.formatting import format_number
 from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, number
 from tunegap.study import Study, StudyError
