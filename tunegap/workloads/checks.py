@@ -100,11 +100,11 @@ def _train_size(workload: Workload, data_dir: str | None) -> int | None:
             kwargs.pop("data_dir")
         return load_dataset(workload.dataset, **kwargs).train_size
     except Exception as err:  # a user's dataset function may raise anything
-        text = first_line(err) or type(err).__name__
-        what = text if isinstance(err, OSError | ValueError) else f"{type(err).__name__}: {text}"
+        text = first_line(err)
+        what = f"{type(err).__name__}: {text}" if text else type(err).__name__
         raise ValueError(
-            f"the training examples of dataset {workload.dataset!r} (workload "
-            f"{workload.name!r}) cannot be counted: {what}"
+            f"loading dataset {workload.dataset!r} (workload {workload.name!r}) to count its "
+            f"training examples failed: {what}"
         ) from None
 
 
