@@ -90,7 +90,7 @@ def test_the_analysis_never_imports_torch():
     # The tables, fits and figures run where torch may be absent (a laptop reading results).
     code = (
         "import sys\n"
-        "from tunegap.analysis import fits, plots, report, schema, tables, decide\n"
+        "from tunegap.analysis import fits, plots, formatting, schema, tables, decide\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
