@@ -86,3 +86,20 @@ def test_knob_values_read_the_same_everywhere():
     assert format_value("lr_exponent", 0.5) == "0.5" and format_value("batch_size", 1024.0) == "1024"
     values = {"batch_size": 1024, "ghost_batch_size": None, "lr_exponent": 0.5, "remedy": "LB"}
     assert describe(values, list(values)) == "B=1024, ghost=BN, α=0.5, remedy=LB"
+
+
+@pytest.mark.parametrize("name, where", [
+    ("markdown_table", "tunegap.analysis.formatting"),
+    ("format_value", "tunegap.analysis.formatting"),
+    ("baseline_summary", "tunegap.runner.report_text"),
+    ("baseline_warnings", "tunegap.runner.report_text"),
+])
+def test_an_import_from_the_earlier_report_module_says_where_the_name_went(name, where):
+    import importlib
+
+    with pytest.raises(ImportError, match=rf"report\.{name} moved: import it from {where}$"):
+        exec(f"from tunegap.analysis.report import {name}", {})
+    # ...and the name is there.
+    assert hasattr(importlib.import_module(where), name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        importlib.import_module("tunegap.analysis.report").nothing  # noqa: B018
