@@ -33,6 +33,7 @@ from tunegap.study_checks import (
     MAX_TRIALS,
     Scheduler,
     check_count,
+    check_optional_count,
     check_optuna_space,
     check_scheduler,
     check_seed_budget,
@@ -203,10 +204,8 @@ class Study:
                 raise StudyError("--seeds with --search optuna is not allowed: Optuna trials use seed 0")
         check_optuna_space(self.optuna_space)
         check_scheduler(self)
-        if self.epochs is not None:
-            check_count("--epochs", self.epochs, MAX_EPOCHS)
-        if self.baseline_epochs is not None:
-            check_count("--baseline-epochs", self.baseline_epochs, MAX_EPOCHS)
+        check_optional_count("--epochs", self.epochs, MAX_EPOCHS)
+        check_optional_count("--baseline-epochs", self.baseline_epochs, MAX_EPOCHS)
         try:
             check_margin(self.margin, "--margin")
         except ValueError as err:

@@ -48,6 +48,12 @@ def check_count(flag: str, value: object, most: int | None = None) -> None:
         raise StudyError(f"{flag} {value!r} is not allowed: use an integer from 1 to {most}")
 
 
+def check_optional_count(flag: str, value: object, most: int | None = None) -> None:
+    """None (left to its default), or `check_count`'s whole number >= 1 (at most `most`)."""
+    if value is not None:
+        check_count(flag, value, most)
+
+
 def check_scheduler(study: Any) -> None:
     if study.scheduler not in SCHEDULERS:
         raise StudyError(f"--scheduler {study.scheduler!r} is not allowed: use "

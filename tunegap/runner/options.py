@@ -13,7 +13,7 @@ from pathlib import Path
 from tunegap.config import Device
 from tunegap.cpu_memory import cpu_malloc_mode
 from tunegap.errors import StudyError
-from tunegap.study_checks import check_count
+from tunegap.study_checks import check_count, check_optional_count
 
 DEFAULT_STORAGE = "./tunegap_results"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -50,8 +50,7 @@ class RunOptions:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_concurrent is not None:
-            check_count("--max-concurrent", self.max_concurrent)
+        check_optional_count("--max-concurrent", self.max_concurrent)
         check_count("--checkpoint-every", self.checkpoint_every)
         if self.gpus_per_trial is not None and not (
             math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0

@@ -27,7 +27,7 @@ from tunegap.analysis.formatting import format_number
 from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, positive_int
 from tunegap.study import Study, StudyError
-from tunegap.study_checks import AUTO, check_count
+from tunegap.study_checks import AUTO, check_count, check_optional_count
 from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
@@ -306,8 +306,7 @@ def study(*, batch_sizes: Sequence[int] = (32, 64, 128, 256, 512, 1024, 2048, 40
     `ghost_batch_size`, default the workload's B0); steps to `target_acc` (default the
     workload's), the noise scale every `noise_scale_every` steps; `options` as
     `StudyOptions`."""
-    if ghost_batch_size is not None:
-        check_count("--ghost-batch-size", ghost_batch_size)
+    check_optional_count("--ghost-batch-size", ghost_batch_size)
     check_count("--noise-scale-every", noise_scale_every)
     fields = study_fields("batch_size", options, **DEFAULTS)
     try:

@@ -26,7 +26,7 @@ from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import int_list, positive_int
 from tunegap.runner.adaptive import FixedSequences
 from tunegap.study import Study, StudyError
-from tunegap.study_checks import AUTO, check_count
+from tunegap.study_checks import AUTO, check_count, check_optional_count
 from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
@@ -218,8 +218,7 @@ def study(*, batch_sizes: Sequence[int] = (256, 512, 1024, 2048), ghost_size: in
     """The frontier study: per batch size (each above B0), the bracket of regime multipliers
     where the gap closes, with ghost `ghost_size` (default B0) at `lr_exponent`; `options`
     as `StudyOptions` (its search is "frontier", its seeds "auto")."""
-    if ghost_size is not None:
-        check_count("--ghost-size", ghost_size)
+    check_optional_count("--ghost-size", ghost_size)
     check_count("--noise-scale-every", noise_scale_every)
     fields = study_fields("frontier", options, searches=SEARCHES, **DEFAULTS)
     try:

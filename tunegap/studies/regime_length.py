@@ -18,7 +18,7 @@ from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import multiplier_list, positive_int
 from tunegap.regime import MATCHED
 from tunegap.study import Study
-from tunegap.study_checks import AUTO, check_count
+from tunegap.study_checks import AUTO, check_optional_count
 from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 
@@ -50,8 +50,7 @@ def study(*, batch_size: int | None = None,
     `multipliers` times the base regime ("matched": as many updates as the small batch),
     with ghost `ghost_batch_size` ("b0": the workload's B0, None: BatchNorm) at
     `lr_exponent`; `options` as `StudyOptions`."""
-    if batch_size is not None:
-        check_count("--batch-size", batch_size)
+    check_optional_count("--batch-size", batch_size)
     fields = study_fields("regime_length", options, **DEFAULTS)
     try:
         workload = get_workload(fields["workload"])

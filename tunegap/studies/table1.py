@@ -20,7 +20,7 @@ from tunegap.cli import args_builder, study_command, study_parser
 from tunegap.cli_values import positive_int
 from tunegap.remedies import TABLE1_COLUMNS, table1_rows
 from tunegap.study import Study, StudyError
-from tunegap.study_checks import AUTO, check_count
+from tunegap.study_checks import AUTO, check_optional_count
 from tunegap.study_options import StudyOptions, own_defaults, study_fields
 from tunegap.workloads import get_workload
 from tunegap.workloads.workload import PublishedFigure
@@ -185,9 +185,8 @@ def study(*, large_batch_size: int | None = None, long_baseline: int | None = No
     """The table1 study: the paper's Table 1 columns (LB, +LR, +GBN, +RA) at
     `large_batch_size` (default the workload's), and with `long_baseline` > 1 the small
     batch also trained that many times its base regime; `options` as `StudyOptions`."""
-    for flag, value in (("--large-batch-size", large_batch_size), ("--long-baseline", long_baseline)):
-        if value is not None:
-            check_count(flag, value)
+    check_optional_count("--large-batch-size", large_batch_size)
+    check_optional_count("--long-baseline", long_baseline)
     fields = study_fields("table1", options, **DEFAULTS)
     try:
         workload = get_workload(fields["workload"])
