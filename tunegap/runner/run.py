@@ -237,11 +237,6 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
     if not options.resume:
         # Claimed before the banner names it: two studies started at once get their own.
         run_dir = claim_run_dir(run_dir)
-
-    def release_claim() -> None:
-        if not options.resume:
-            shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
-
     with bounded_http_retries():
         # Until the study's state is written, any stop (Ctrl-C included) leaves no folder.
         try:
@@ -250,18 +245,15 @@ def run_study(study: Study, *, options: RunOptions | None = None) -> StudyOutcom
             dataset = study_dataset(study, options.data_dir)
             init_ray(options)
             tracker = StudyTracker(options.tracking_uri, study.name, parent_run_id=parent_run_id)
+            try:
+                params, tags = parent_run_fields(study.describe(), question=study.question,
+                                                 run_dir=run_dir, total_trials=plan.total_trials)
+                parent_run_id = tracker.start_parent(params=params, tags=tags)
+            except (ValueError, MlflowException) as err:
+                raise StudyError(f"MLflow: {first_line(err)}") from None
         except BaseException:
-            release_claim()
-            raise
-        try:
-            params, tags = parent_run_fields(study.describe(), question=study.question,
-                                             run_dir=run_dir, total_trials=plan.total_trials)
-            parent_run_id = tracker.start_parent(params=params, tags=tags)
-        except (ValueError, MlflowException) as err:
-            release_claim()
-            raise StudyError(f"MLflow: {first_line(err)}") from None
-        except BaseException:
-            release_claim()
+            if not options.resume:
+                shutil.rmtree(run_dir, ignore_errors=True)  # claimed, still empty
             raise
         status: str | None = "FAILED"
         try:
